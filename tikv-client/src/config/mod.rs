@@ -1,0 +1,734 @@
+//! Client configuration: every tunable of the client in one value, loadable from TOML.
+//!
+//! This module owns [`Config`] and its sections ([`TikvClientConfig`], [`PdClientConfig`],
+//! [`PessimisticTxnConfig`], [`TxnLocalLatchesConfig`], [`AsyncCommitConfig`], [`RuV2Config`],
+//! [`BatchPolicy`]), the TLS settings in [`Security`], and the `tikv://` URI parser
+//! ([`TikvPath`]). It holds data and checks it; it does no I/O beyond reading the files it is
+//! pointed at.
+//!
+//! Who calls it: applications build a [`Config`] (defaults, `with_*` builders, or a TOML file)
+//! and hand it to a client builder; the transport, PD client, region cache and transaction
+//! layers read their sections from it. There is no global configuration (client-go has
+//! `GetGlobalConfig`/`UpdateGlobal`): each client owns the `Config` it was built with.
+//!
+//! Ports client-go `config/config.go`, `config/client.go` and `config/security.go`. Defaults
+//! equal client-go's `DefaultConfig()`, and TOML keys are client-go's `toml` tags (kebab-case),
+//! so a `[tikv-client]` or `[security]` section written for client-go loads unchanged. Knobs
+//! client-go keeps only for old clusters (`TxnScope`, `EnableReplicaSelectorV2`) and its
+//! TiDB-only coprocessor settings are not ported; a file that sets them gets an error that says
+//! so, rather than a silent no-op.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tikv_client::Config;
+//! use tikv_client::config::TikvClientConfig;
+//!
+//! let config = Config::from_toml_str(
+//!     r#"
+//!     enable-async-commit = true
+//!     [tikv-client]
+//!     grpc-connection-count = 8
+//!     commit-timeout = "30s"
+//!     "#,
+//! )?;
+//! assert_eq!(config.tikv_client.commit_timeout, Duration::from_secs(30));
+//!
+//! let built = Config::default()
+//!     .with_async_commit(true)
+//!     .with_tikv_client(
+//!         TikvClientConfig::default()
+//!             .with_grpc_connection_count(8)
+//!             .with_commit_timeout(Duration::from_secs(30)),
+//!     );
+//! assert_eq!(built, config);
+//! # Ok::<(), tikv_client::Error>(())
+//! ```
+//!
+//! # Durations in TOML
+//!
+//! Every duration is a [`Duration`] in Rust. In TOML each one keeps the form its client-go field
+//! has, so files are interchangeable: integer seconds for Go `uint` seconds (for example
+//! `region-cache-ttl = 600`), integer milliseconds for `max-txn-ttl`, float seconds for
+//! `grpc-keepalive-timeout`, a Go duration string for Go `string` fields
+//! (`commit-timeout = "41s"`), and for Go `time.Duration` fields either a Go duration string or
+//! an integer of nanoseconds (`safe-window = "2s"` or `2000000000`). Each field's doc states its
+//! form.
+
+mod batch_policy;
+mod client;
+mod duration;
+mod path;
+mod security;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use batch_policy::{BatchPolicy, BatchTrigger, BatchTriggerOptions};
+pub use client::{AsyncCommitConfig, GrpcCompression, RuV2Config, TikvClientConfig};
+use duration::{check_whole_millis, check_whole_secs};
+pub use path::TikvPath;
+pub use security::{Security, TlsMaterial};
+
+use crate::{Error, Result};
+
+/// Everything a client can be tuned with (client-go `config.Config`).
+///
+/// Build it from [`Config::default`] with the `with_*` methods, set the public fields, or load
+/// a TOML file with [`Config::from_toml_file`]. Loading checks the result with
+/// [`Config::validate`]; call it yourself after changing fields by hand.
+///
+/// client-go's `Config` has no `toml` tags of its own; its top-level keys are the kebab-case
+/// form of the Go field names (as TiDB, client-go's main user, spells them).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Config {
+    /// Most prewrite/commit batches a transaction sends at once (`CommitterConcurrency`,
+    /// default 128). Must be > 0.
+    pub committer_concurrency: usize,
+    /// The longest a transaction's primary lock is kept alive (`MaxTxnTTL`, integer
+    /// milliseconds, default 1 hour).
+    #[serde(with = "duration::millis")]
+    pub max_txn_ttl: Duration,
+    /// How often store metadata is refreshed from PD (`StoresRefreshInterval`, integer seconds,
+    /// default 60s). Must be > 0.
+    #[serde(with = "duration::secs")]
+    pub stores_refresh_interval: Duration,
+    /// How often every cached region is reloaded from PD (`RegionsRefreshInterval`, integer
+    /// seconds, default 0 = never).
+    #[serde(with = "duration::secs")]
+    pub regions_refresh_interval: Duration,
+    /// Load all regions into the cache when the client starts (`EnablePreload`, default false).
+    pub enable_preload: bool,
+    /// Reach a store that the client cannot connect to through another store of the same region
+    /// (`EnableForwarding`, default false).
+    pub enable_forwarding: bool,
+    /// Commit transactions asynchronously when they fit the
+    /// [`AsyncCommitConfig`] limits (`EnableAsyncCommit`, default false).
+    pub enable_async_commit: bool,
+    /// Commit single-region transactions in one phase (`Enable1PC`, TOML `enable-1pc`, default
+    /// false).
+    pub enable_1pc: bool,
+    /// Use the asynchronous batch-get path (`EnableAsyncBatchGet`, default false). client-go
+    /// switches to a callback-driven batch get; this client's reads are asynchronous either
+    /// way, and the snapshot layer decides what, if anything, the flag still changes.
+    pub enable_async_batch_get: bool,
+    /// The `zone` label of the machine this client runs on, used to tell same-zone from
+    /// cross-zone traffic (`ZoneLabel`, default empty = unknown).
+    pub zone_label: String,
+    /// Propagate tracing context on every RPC (`OpenTracingEnable`, default false; client-go
+    /// installs its OpenTracing gRPC interceptors).
+    pub open_tracing_enable: bool,
+    /// The `tikv://` URI this configuration was made for (`Path`, default empty); parse it with
+    /// [`Config::parse_path`].
+    pub path: String,
+    /// Connection and request settings for TiKV (`TiKVClient`, table `[tikv-client]`).
+    pub tikv_client: TikvClientConfig,
+    /// PD client settings (`PDClient`, table `[pd-client]`).
+    pub pd_client: PdClientConfig,
+    /// Pessimistic transaction settings (`PessimisticTxn`, table `[pessimistic-txn]`).
+    pub pessimistic_txn: PessimisticTxnConfig,
+    /// In-process latches (`TxnLocalLatches`, table `[txn-local-latches]`).
+    pub txn_local_latches: TxnLocalLatchesConfig,
+    /// TLS settings (`Security`, table `[security]`).
+    pub security: Security,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            committer_concurrency: 128,
+            max_txn_ttl: Duration::from_secs(60 * 60),
+            stores_refresh_interval: Duration::from_secs(60),
+            regions_refresh_interval: Duration::ZERO,
+            enable_preload: false,
+            enable_forwarding: false,
+            enable_async_commit: false,
+            enable_1pc: false,
+            enable_async_batch_get: false,
+            zone_label: String::new(),
+            open_tracing_enable: false,
+            path: String::new(),
+            tikv_client: TikvClientConfig::default(),
+            pd_client: PdClientConfig::default(),
+            pessimistic_txn: PessimisticTxnConfig::default(),
+            txn_local_latches: TxnLocalLatchesConfig::default(),
+            security: Security::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses a TOML document and validates the result. Keys left out keep their defaults;
+    /// unknown keys are errors.
+    pub fn from_toml_str(toml: &str) -> Result<Config> {
+        let config = parse_toml(toml).map_err(Error::config)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and parses a TOML file, then validates the result.
+    pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Config> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::config(format!(
+                "cannot read configuration file {}: {e}",
+                path.display()
+            ))
+        })?;
+        let config =
+            parse_toml(&text).map_err(|e| Error::config(format!("{}: {e}", path.display())))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Writes the configuration as TOML, in the form [`Config::from_toml_str`] reads back.
+    pub fn to_toml_string(&self) -> Result<String> {
+        toml::to_string(self).map_err(|e| Error::config(format!("cannot write TOML: {e}")))
+    }
+
+    /// Parses a `tikv://pd1:2379,pd2:2379?disableGC=true&keyspaceName=ks` URI (client-go
+    /// `ParsePath`). See [`TikvPath::parse`].
+    pub fn parse_path(path: &str) -> Result<TikvPath> {
+        TikvPath::parse(path)
+    }
+
+    /// Checks every setting, as client-go's `Valid` methods do (`TiKVClient`, `PDClient`,
+    /// `TxnLocalLatches`), plus the ranges this crate relies on: nonzero counts and intervals,
+    /// durations that fit their TOML form, and TLS settings that fit together. The error names
+    /// the TOML key, what is wrong, and what is accepted.
+    pub fn validate(&self) -> Result<()> {
+        if self.committer_concurrency == 0 {
+            return Err(Error::config(
+                "committer-concurrency: must be greater than 0",
+            ));
+        }
+        check_whole_millis("max-txn-ttl", self.max_txn_ttl)?;
+        if self.max_txn_ttl.is_zero() {
+            return Err(Error::config("max-txn-ttl: must be at least 1 millisecond"));
+        }
+        check_whole_secs("stores-refresh-interval", self.stores_refresh_interval)?;
+        if self.stores_refresh_interval.is_zero() {
+            return Err(Error::config(
+                "stores-refresh-interval: must be at least 1 second",
+            ));
+        }
+        check_whole_secs("regions-refresh-interval", self.regions_refresh_interval)?;
+        self.tikv_client.validate()?;
+        self.pd_client.validate()?;
+        self.txn_local_latches.validate()?;
+        self.security.validate()
+    }
+
+    /// Sets the TLS settings.
+    pub fn with_security(mut self, security: Security) -> Self {
+        self.security = security;
+        self
+    }
+
+    /// Sets the TiKV connection and request settings.
+    pub fn with_tikv_client(mut self, tikv_client: TikvClientConfig) -> Self {
+        self.tikv_client = tikv_client;
+        self
+    }
+
+    /// Sets how long the PD client waits for a PD server.
+    pub fn with_pd_server_timeout(mut self, timeout: Duration) -> Self {
+        self.pd_client.pd_server_timeout = timeout;
+        self
+    }
+
+    /// Sets how many prewrite/commit batches a transaction sends at once.
+    pub fn with_committer_concurrency(mut self, concurrency: usize) -> Self {
+        self.committer_concurrency = concurrency;
+        self
+    }
+
+    /// Sets the longest a transaction's primary lock is kept alive.
+    pub fn with_max_txn_ttl(mut self, ttl: Duration) -> Self {
+        self.max_txn_ttl = ttl;
+        self
+    }
+
+    /// Turns async commit on or off.
+    pub fn with_async_commit(mut self, enabled: bool) -> Self {
+        self.enable_async_commit = enabled;
+        self
+    }
+
+    /// Turns one-phase commit on or off.
+    pub fn with_one_pc(mut self, enabled: bool) -> Self {
+        self.enable_1pc = enabled;
+        self
+    }
+
+    /// Turns forwarding through other stores on or off.
+    pub fn with_forwarding(mut self, enabled: bool) -> Self {
+        self.enable_forwarding = enabled;
+        self
+    }
+
+    /// Turns loading all regions at start-up on or off.
+    pub fn with_preload(mut self, enabled: bool) -> Self {
+        self.enable_preload = enabled;
+        self
+    }
+
+    /// Turns in-process latches on, with room for `capacity` slots.
+    pub fn with_txn_local_latches(mut self, capacity: usize) -> Self {
+        self.txn_local_latches = TxnLocalLatchesConfig {
+            enabled: true,
+            capacity,
+        };
+        self
+    }
+
+    /// Sets the `zone` label of the machine this client runs on.
+    pub fn with_zone_label(mut self, zone: impl Into<String>) -> Self {
+        self.zone_label = zone.into();
+        self
+    }
+
+    /// Sets how often store and region metadata are refreshed from PD; a zero region interval
+    /// turns the periodic region reload off.
+    pub fn with_refresh_intervals(mut self, stores: Duration, regions: Duration) -> Self {
+        self.stores_refresh_interval = stores;
+        self.regions_refresh_interval = regions;
+        self
+    }
+}
+
+/// PD client settings (client-go `config.PDClient`, TOML table `[pd-client]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PdClientConfig {
+    /// How long the PD client waits for a PD server (`PDServerTimeout`, integer seconds,
+    /// default 3s). Must be > 0.
+    #[serde(with = "duration::secs")]
+    pub pd_server_timeout: Duration,
+}
+
+impl Default for PdClientConfig {
+    fn default() -> Self {
+        PdClientConfig {
+            pd_server_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+impl PdClientConfig {
+    fn validate(&self) -> Result<()> {
+        check_whole_secs("pd-client.pd-server-timeout", self.pd_server_timeout)?;
+        if self.pd_server_timeout.is_zero() {
+            return Err(Error::config(
+                "pd-client.pd-server-timeout: must be at least 1 second",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Pessimistic transaction settings (client-go `config.PessimisticTxn`, TOML table
+/// `[pessimistic-txn]`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PessimisticTxnConfig {
+    /// Most retries of one statement in a pessimistic transaction (`MaxRetryCount`). client-go's
+    /// `DefaultConfig()` leaves it at 0 (TiDB, which sets it, defaults to 256).
+    pub max_retry_count: usize,
+}
+
+/// In-process latches that catch conflicts between transactions of this client before they
+/// reach TiKV (client-go `config.TxnLocalLatches`, TOML table `[txn-local-latches]`).
+///
+/// client-go hides these two fields from TOML (`toml:"-"`); the keys here are the ones TiDB uses
+/// for the same section.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TxnLocalLatchesConfig {
+    /// Whether latches are used (`Enabled`, default false).
+    pub enabled: bool,
+    /// Number of latch slots (`Capacity`, default 0). Must be > 0 when enabled.
+    pub capacity: usize,
+}
+
+impl TxnLocalLatchesConfig {
+    fn validate(&self) -> Result<()> {
+        if self.enabled && self.capacity == 0 {
+            return Err(Error::config(
+                "txn-local-latches.capacity: must be greater than 0 when latches are enabled",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// client-go keys this crate deliberately does not port, and why.
+const RETIRED_KEYS: &[(&[&str], &str)] = &[
+    (
+        &["txn-scope"],
+        "local transactions are gone from PD; timestamps are always global",
+    ),
+    (
+        &["tikv-client", "enable-replica-selector-v2"],
+        "deprecated in client-go; there is one replica selector",
+    ),
+    (
+        &["tikv-client", "enable-chunk-rpc"],
+        "a TiDB coprocessor setting; this client sends no coprocessor requests",
+    ),
+    (
+        &["tikv-client", "copr-cache"],
+        "a TiDB coprocessor setting; this client sends no coprocessor requests",
+    ),
+    (
+        &["tikv-client", "copr-req-timeout"],
+        "a TiDB coprocessor setting; this client sends no coprocessor requests",
+    ),
+];
+
+fn parse_toml(text: &str) -> std::result::Result<Config, String> {
+    toml::from_str(text).map_err(|error| retired_key(text).unwrap_or_else(|| error.to_string()))
+}
+
+/// On a parse failure, a retired client-go key gets a message saying why it is gone instead of
+/// serde's generic "unknown field".
+fn retired_key(text: &str) -> Option<String> {
+    let table: toml::Table = toml::from_str(text).ok()?;
+    RETIRED_KEYS.iter().find_map(|(key_path, why)| {
+        let (last, parents) = key_path.split_last()?;
+        let mut table = &table;
+        for parent in parents {
+            table = table.get(*parent)?.as_table()?;
+        }
+        table.contains_key(*last).then(|| {
+            format!(
+                "{}: client-go setting not supported by this client ({why}); remove it",
+                key_path.join(".")
+            )
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn testdata(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/config/testdata")
+            .join(name)
+    }
+
+    fn load_err(toml: &str) -> String {
+        Config::from_toml_str(toml)
+            .expect_err("loading should fail")
+            .to_string()
+    }
+
+    #[test]
+    fn defaults_match_client_go() {
+        let c = Config::default();
+        assert_eq!(c.committer_concurrency, 128);
+        assert_eq!(c.max_txn_ttl, Duration::from_millis(3_600_000));
+        assert_eq!(c.stores_refresh_interval, Duration::from_secs(60));
+        assert_eq!(c.regions_refresh_interval, Duration::ZERO);
+        assert!(!c.enable_preload && !c.enable_forwarding && !c.enable_async_batch_get);
+        assert!(!c.enable_async_commit && !c.enable_1pc && !c.open_tracing_enable);
+        assert_eq!((c.zone_label.as_str(), c.path.as_str()), ("", ""));
+        assert_eq!(c.pd_client.pd_server_timeout, Duration::from_secs(3));
+        assert_eq!(c.pessimistic_txn.max_retry_count, 0);
+        assert_eq!(
+            c.txn_local_latches,
+            TxnLocalLatchesConfig {
+                enabled: false,
+                capacity: 0
+            }
+        );
+        assert_eq!(c.tikv_client, TikvClientConfig::default());
+        assert_eq!(c.security, Security::default());
+        c.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn default_round_trips_through_toml() {
+        let text = Config::default().to_toml_string().unwrap();
+        assert_eq!(
+            Config::from_toml_str(&text).unwrap(),
+            Config::default(),
+            "{text}"
+        );
+        // Durations are written in their client-go form.
+        assert!(text.contains("max-txn-ttl = 3600000"), "{text}");
+        assert!(text.contains("commit-timeout = \"41s\""), "{text}");
+        assert!(text.contains("grpc-keepalive-timeout = 3.0"), "{text}");
+        assert!(text.contains("safe-window = \"2s\""), "{text}");
+        assert!(text.contains("batch-policy = \"standard\""), "{text}");
+    }
+
+    #[test]
+    fn changed_config_round_trips_through_toml() {
+        let config = Config::default()
+            .with_async_commit(true)
+            .with_txn_local_latches(1024)
+            .with_zone_label("z1")
+            .with_security(Security::new("/ca.pem", "/c.pem", "/k.pem", ["tikv"]))
+            .with_tikv_client(
+                TikvClientConfig::default()
+                    .with_batch_policy(
+                        r#"custom {"v":2,"t":0.001,"w":0.2,"p":0.5}"#.parse().unwrap(),
+                    )
+                    .with_batch_wait(Duration::from_micros(1_500), 4)
+                    .with_grpc_compression(GrpcCompression::Gzip),
+            );
+        let text = config.to_toml_string().unwrap();
+        assert_eq!(Config::from_toml_str(&text).unwrap(), config, "{text}");
+    }
+
+    #[test]
+    fn loads_a_client_go_style_file() {
+        let config = Config::from_toml_file(testdata("client-go.toml")).unwrap();
+        let mut expected = Config::default()
+            .with_committer_concurrency(64)
+            .with_max_txn_ttl(Duration::from_secs(600))
+            .with_refresh_intervals(Duration::from_secs(30), Duration::from_secs(300))
+            .with_preload(true)
+            .with_forwarding(true)
+            .with_async_commit(true)
+            .with_one_pc(true)
+            .with_zone_label("us-west-1a")
+            .with_pd_server_timeout(Duration::from_secs(5))
+            .with_txn_local_latches(2_048_000)
+            .with_security(Security::new(
+                "/etc/tikv/ca.pem",
+                "/etc/tikv/client.pem",
+                "/etc/tikv/client-key.pem",
+                ["tikv-server", "pd-server"],
+            ));
+        expected.enable_async_batch_get = true;
+        expected.open_tracing_enable = true;
+        expected.path = "tikv://pd0:2379,pd1:2379?disableGC=true".to_owned();
+        expected.pessimistic_txn.max_retry_count = 256;
+
+        let c = &mut expected.tikv_client;
+        c.grpc_connection_count = 16;
+        c.grpc_keepalive_time = Duration::from_secs(20);
+        c.grpc_keepalive_timeout = Duration::from_millis(2_500);
+        c.grpc_compression_type = GrpcCompression::Gzip;
+        c.grpc_shared_buffer_pool = true;
+        c.grpc_initial_window_size = 1 << 26;
+        c.grpc_initial_conn_window_size = 1 << 28;
+        c.commit_timeout = Duration::from_secs(90);
+        c.batch_policy = "custom {\"v\":1,\"t\":0.0002,\"n\":4,\"w\":0.3,\"p\":0.7,\"q\":0.6}"
+            .parse()
+            .unwrap();
+        c.max_batch_size = 64;
+        c.overload_threshold = 300;
+        c.max_batch_wait_time = Duration::from_millis(2);
+        c.batch_wait_size = 16;
+        c.max_concurrency_request_limit = 10_000;
+        c.region_cache_ttl = Duration::from_secs(300);
+        c.region_cache_ttl_jitter = Duration::from_secs(30);
+        c.store_limit = 1_000;
+        c.store_liveness_timeout = Duration::from_millis(1_500);
+        c.ttl_refreshed_txn_size = 16 * 1024 * 1024;
+        c.resolve_lock_lite_threshold = 256;
+        c.async_commit.keys_limit = 512;
+        c.async_commit.total_key_size_limit = 8_192;
+        c.async_commit.safe_window = Duration::from_secs(4);
+        c.async_commit.allowed_clock_drift = Duration::from_millis(250);
+        c.ru_v2.ru_scale = 3.5;
+        c.ru_v2.tikv_raftstore_store_write_trigger_wb_bytes = 0.0001;
+
+        assert_eq!(config, expected);
+    }
+
+    #[test]
+    fn partial_file_keeps_other_defaults() {
+        let config = Config::from_toml_str("[tikv-client]\nmax-batch-size = 0\n").unwrap();
+        assert_eq!(config.tikv_client.max_batch_size, 0);
+        assert_eq!(
+            config,
+            Config {
+                tikv_client: config.tikv_client.clone(),
+                ..Config::default()
+            }
+        );
+        assert_eq!(Config::from_toml_str("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn go_time_duration_fields_accept_nanoseconds() {
+        let config = Config::from_toml_str(
+            "[tikv-client]\nmax-batch-wait-time = 1000000\n\
+             [tikv-client.async-commit]\nsafe-window = 2000000000\n\
+             allowed-clock-drift = \"1.5s\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.tikv_client.max_batch_wait_time,
+            Duration::from_millis(1)
+        );
+        assert_eq!(
+            config.tikv_client.async_commit.safe_window,
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            config.tikv_client.async_commit.allowed_clock_drift,
+            Duration::from_millis(1_500)
+        );
+        // Go float fields take integers too.
+        let config = Config::from_toml_str("[tikv-client]\ngrpc-keepalive-timeout = 1\n").unwrap();
+        assert_eq!(
+            config.tikv_client.grpc_keepalive_timeout,
+            Duration::from_secs(1)
+        );
+    }
+
+    #[test]
+    fn unknown_and_retired_keys_are_clear_errors() {
+        let err = load_err("[tikv-client]\ngrpc-conection-count = 4\n");
+        assert!(
+            err.contains("unknown field `grpc-conection-count`"),
+            "{err}"
+        );
+        let err = load_err("no-such-knob = 1\n");
+        assert!(err.contains("unknown field `no-such-knob`"), "{err}");
+
+        let err = load_err("[tikv-client]\nenable-replica-selector-v2 = true\n");
+        assert!(
+            err.contains("tikv-client.enable-replica-selector-v2: client-go setting not supported"),
+            "{err}"
+        );
+        let err = load_err("[tikv-client.copr-cache]\ncapacity-mb = 1000.0\n");
+        assert!(
+            err.contains("tikv-client.copr-cache: client-go setting not supported"),
+            "{err}"
+        );
+        let err = load_err("txn-scope = \"global\"\n");
+        assert!(
+            err.contains("txn-scope: client-go setting not supported"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn wrong_values_are_clear_errors() {
+        for (toml, expected) in [
+            ("[tikv-client]\ncommit-timeout = 41\n", "Go duration string"),
+            (
+                "[tikv-client]\ncommit-timeout = \"41\"\n",
+                "a unit is missing",
+            ),
+            (
+                "[tikv-client]\nstore-liveness-timeout = \"1d\"\n",
+                "unknown unit \"d\"",
+            ),
+            (
+                "[tikv-client]\ngrpc-compression-type = \"zstd\"\n",
+                "unknown variant `zstd`",
+            ),
+            (
+                "[tikv-client]\nbatch-policy = \"turbo\"\n",
+                "tikv-client.batch-policy",
+            ),
+            ("[tikv-client]\nregion-cache-ttl = -1\n", "region-cache-ttl"),
+            (
+                "[tikv-client]\ngrpc-keepalive-timeout = -0.5\n",
+                "non-negative",
+            ),
+            (
+                "[tikv-client.async-commit]\nsafe-window = -1\n",
+                "non-negative",
+            ),
+            ("max-txn-ttl = \"1h\"\n", "max-txn-ttl"),
+            (
+                "[security]\ncluster-verify-cn = \"tikv\"\n",
+                "cluster-verify-cn",
+            ),
+        ] {
+            let err = load_err(toml);
+            assert!(err.contains(expected), "{toml:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn loading_runs_validate() {
+        for (toml, expected) in [
+            (
+                "[tikv-client]\ngrpc-connection-count = 0\n",
+                "tikv-client.grpc-connection-count: must be greater than 0",
+            ),
+            (
+                "[tikv-client]\ngrpc-keepalive-timeout = 0.04\n",
+                "tikv-client.grpc-keepalive-timeout: must be at least 0.05 seconds",
+            ),
+            (
+                "[pd-client]\npd-server-timeout = 0\n",
+                "pd-client.pd-server-timeout: must be at least",
+            ),
+            (
+                "[txn-local-latches]\nenabled = true\n",
+                "txn-local-latches.capacity: must be greater than 0",
+            ),
+            (
+                "committer-concurrency = 0\n",
+                "committer-concurrency: must be greater than 0",
+            ),
+            (
+                "stores-refresh-interval = 0\n",
+                "stores-refresh-interval: must be at least",
+            ),
+            (
+                "[security]\ncluster-ssl-cert = \"/c.pem\"\n",
+                "security.cluster-ssl-key: not set",
+            ),
+        ] {
+            let err = load_err(toml);
+            assert!(err.contains(expected), "{toml:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn validate_checks_hand_set_fields() {
+        let config = Config::default().with_max_txn_ttl(Duration::from_micros(1_500));
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("max-txn-ttl: must be a whole number of milliseconds"),
+            "{err}"
+        );
+        // What validate refuses, the writer refuses too instead of truncating.
+        assert!(config.to_toml_string().is_err());
+
+        let config = Config::default().with_pd_server_timeout(Duration::from_millis(2_500));
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("pd-client.pd-server-timeout")
+        );
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let path = testdata("missing.toml");
+        let err = Config::from_toml_file(&path).unwrap_err().to_string();
+        assert!(err.contains("cannot read configuration file"), "{err}");
+        assert!(err.contains(&path.display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn parse_path_delegates_to_tikv_path() {
+        let path =
+            Config::parse_path("tikv://pd1:2379,pd2:2379?disableGC=true&keyspaceName=ks").unwrap();
+        assert_eq!(path.pd_endpoints, ["pd1:2379", "pd2:2379"]);
+        assert!(path.disable_gc);
+        assert_eq!(path.keyspace_name.as_deref(), Some("ks"));
+    }
+}

@@ -1,0 +1,1295 @@
+//! The public error catalogue.
+//!
+//! Every fallible operation of the crate returns [`Error`]. Each variant carries the facts a
+//! caller needs to act (keys, timestamps, the region, the store) instead of a formatted string,
+//! and the enum classifies itself:
+//!
+//! - [`Error::is_retryable`]: retrying the whole operation (for a transaction, a fresh one) may
+//!   succeed, because the failure came from a transient condition or a conflict.
+//! - [`Error::is_undetermined`]: a write may or may not have been applied. Such errors are never
+//!   retryable: the caller has to find out what happened before acting again.
+//!
+//! Who produces them: the request sender maps region errors ([`RegionErrorKind`]) and gRPC
+//! failures, the transaction layer maps TiKV key errors (in client-go's `ExtractKeyErr` order),
+//! and the config, codec and API layers reject bad input with
+//! [`Error::InvalidArgument`], [`Error::Config`] and [`Error::Codec`].
+//!
+//! Ports client-go `error/error.go` (sentinels, typed errors, `ExtractKeyErr`) and the error
+//! classification spread over `internal/locate/region_request.go` and `config/retry`. Proto
+//! types stay private: the public variants use [`Key`] and plain integers.
+
+use std::fmt;
+use std::time::Duration;
+
+use tikv_proto::{errorpb, kvrpcpb};
+
+use crate::kv::Key;
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Errors returned by this crate.
+///
+/// The enum is `#[non_exhaustive]`: match the variants you act on and keep a fallback arm.
+/// Large payloads are boxed so that `Result<T, Error>` stays small on hot paths.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    // ----- bad input -------------------------------------------------------------------------
+    /// A caller passed a value the operation cannot accept. Nothing was sent or written.
+    #[error("invalid argument: {message}")]
+    InvalidArgument {
+        /// What was wrong and how to fix it.
+        message: String,
+    },
+    /// Bytes could not be decoded (memcomparable codec, key encodings).
+    #[error("codec error: {message}")]
+    Codec {
+        /// What could not be decoded.
+        message: String,
+    },
+    /// A configuration value or file is invalid.
+    #[error("invalid configuration: {message}")]
+    Config {
+        /// Which setting is wrong and why.
+        message: String,
+    },
+    /// A key is larger than TiKV accepts.
+    #[error("key of {size} bytes exceeds the limit of {limit} bytes")]
+    KeyTooLarge {
+        /// Size of the key in bytes.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// A key-value entry is larger than the configured entry size limit.
+    #[error("entry of {size} bytes exceeds the limit of {limit} bytes")]
+    EntryTooLarge {
+        /// Size of key plus value in bytes.
+        size: u64,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// A transaction's buffered mutations exceed the transaction size limit.
+    #[error("transaction of {size} bytes is too large; split it into smaller transactions")]
+    TxnTooLarge {
+        /// Size of the buffered mutations in bytes.
+        size: usize,
+    },
+
+    // ----- transaction conflicts and key errors (TiKV `KeyError`) -----------------------------
+    /// Another transaction wrote the key after this one started (or after its `for_update_ts`).
+    /// Retry the transaction with a new start timestamp.
+    #[error("{0}")]
+    WriteConflict(Box<WriteConflict>),
+    /// A local latch found a conflicting transaction in this process before anything was sent.
+    #[error("write conflict in local latch, start_ts {start_ts}; retry the transaction")]
+    WriteConflictInLatch {
+        /// Start timestamp of the transaction that lost.
+        start_ts: u64,
+    },
+    /// An insert met a key that already exists.
+    #[error("key {key} already exists")]
+    KeyExists {
+        /// The existing key.
+        key: Key,
+    },
+    /// Waiting for a pessimistic lock would deadlock.
+    #[error("{0}")]
+    Deadlock(Box<Deadlock>),
+    /// A key assertion (must exist / must not exist) did not hold.
+    #[error("{0}")]
+    AssertionFailed(Box<AssertionFailed>),
+    /// A key is locked by another transaction whose lock could not be resolved.
+    #[error("{0}")]
+    Locked(Box<LockedKey>),
+    /// The commit timestamp is below the lock's `min_commit_ts`; commit again with a newer one.
+    #[error(
+        "commit_ts {attempted_commit_ts} of txn {start_ts} is below min_commit_ts \
+         {min_commit_ts} of key {key}"
+    )]
+    CommitTsExpired {
+        /// Start timestamp of the transaction.
+        start_ts: u64,
+        /// The rejected commit timestamp.
+        attempted_commit_ts: u64,
+        /// The key whose lock rejected it.
+        key: Key,
+        /// The lock's minimum commit timestamp.
+        min_commit_ts: u64,
+    },
+    /// The commit timestamp computed for async commit exceeds the allowed maximum.
+    #[error("commit_ts {commit_ts} is too large for async commit")]
+    CommitTsTooLarge {
+        /// The rejected commit timestamp.
+        commit_ts: u64,
+    },
+    /// The transaction's primary lock was not found when its status was checked.
+    #[error("txn {start_ts} not found (primary key {primary_key})")]
+    TxnNotFound {
+        /// Start timestamp of the transaction.
+        start_ts: u64,
+        /// Its primary key.
+        primary_key: Key,
+    },
+    /// Commit found no lock of this transaction: it was rolled back (for example by another
+    /// transaction that resolved its expired lock) or never prewritten.
+    #[error("lock of the transaction not found on key {key}; it was rolled back")]
+    TxnLockNotFound {
+        /// The key that had no lock.
+        key: Key,
+    },
+    /// A status check reached a key that is not the lock's primary.
+    #[error("key {key} is not the primary of txn {start_ts}")]
+    PrimaryMismatch {
+        /// Start timestamp of the lock's transaction.
+        start_ts: u64,
+        /// The key that was wrongly taken as primary.
+        key: Key,
+    },
+    /// A shared lock could not be upgraded to an exclusive lock.
+    #[error("lock upgrade conflict on key {key} (txn {start_ts}, owner {owner_start_ts})")]
+    LockUpgradeConflict {
+        /// The key.
+        key: Key,
+        /// Start timestamp of the transaction that tried to upgrade.
+        start_ts: u64,
+        /// Start timestamp of the transaction holding the conflicting lock.
+        owner_start_ts: u64,
+    },
+    /// A shared pessimistic lock disappeared before the transaction prewrote.
+    #[error("shared lock of txn {start_ts} on key {key} was lost")]
+    SharedLockLost {
+        /// The key.
+        key: Key,
+        /// Start timestamp of the transaction.
+        start_ts: u64,
+    },
+    /// TiKV says the operation may succeed if retried (`KeyError.retryable`).
+    #[error("retryable: {message}")]
+    Retryable {
+        /// TiKV's explanation.
+        message: String,
+    },
+    /// TiKV aborted the transaction (`KeyError.abort`).
+    #[error("transaction aborted by TiKV: {message}")]
+    TxnAborted {
+        /// TiKV's explanation.
+        message: String,
+    },
+    /// Waiting for a pessimistic lock timed out.
+    #[error("lock wait timeout")]
+    LockWaitTimeout,
+    /// A lock was held and the request asked not to wait.
+    #[error("lock acquire failed and no-wait is set")]
+    LockAcquireFailedNoWait,
+    /// Resolving a lock did not finish within its backoff budget.
+    #[error("resolve lock timeout")]
+    ResolveLockTimeout,
+    /// The transaction's start timestamp is below the txn safe point: GC may have removed the
+    /// versions it reads.
+    #[error(
+        "transaction start_ts {start_ts} is below the txn safe point {txn_safe_point}: GC \
+         life time is shorter than the transaction"
+    )]
+    TxnAbortedByGc {
+        /// Start timestamp of the transaction.
+        start_ts: u64,
+        /// The txn safe point it fell below.
+        txn_safe_point: u64,
+    },
+    /// The commit timestamp lags behind the one the caller required.
+    #[error("commit timestamp {commit_ts} lags behind the required {required_ts}")]
+    CommitTsLag {
+        /// The timestamp obtained.
+        commit_ts: u64,
+        /// The lower bound required.
+        required_ts: u64,
+    },
+    /// The operation is not valid for the transaction in its current state (for example, it
+    /// was already committed or rolled back).
+    #[error("invalid transaction: {message}")]
+    InvalidTransaction {
+        /// What was attempted and why it is not allowed.
+        message: String,
+    },
+    /// A write may or may not have been applied (for example the connection broke after the
+    /// commit request was sent). Never retry blindly: check the outcome first.
+    #[error("result undetermined: {message}")]
+    Undetermined {
+        /// What was in flight when the outcome became unknown.
+        message: String,
+    },
+
+    // ----- routing, replication and server state ----------------------------------------------
+    /// TiKV refused a request for a routing or replication reason and retries did not help.
+    #[error("{0}")]
+    Region(Box<RegionError>),
+    /// A store's request token limit is reached.
+    #[error("store {store_id} token limit reached")]
+    StoreTokenLimit {
+        /// The store.
+        store_id: u64,
+    },
+
+    // ----- PD ---------------------------------------------------------------------------------
+    /// PD returned an error.
+    #[error("PD error: {message}")]
+    Pd {
+        /// PD's error text.
+        message: String,
+    },
+    /// PD did not answer in time or has no leader.
+    #[error("PD server timeout: {message}")]
+    PdServerTimeout {
+        /// What was being asked.
+        message: String,
+    },
+    /// A PD or TiKV server belongs to another cluster than the one the client joined.
+    #[error("mismatch cluster id: expected {expected}, got {actual}")]
+    ClusterIdMismatch {
+        /// The cluster id the client joined.
+        expected: u64,
+        /// The cluster id the server reported.
+        actual: u64,
+    },
+    /// The keyspace does not exist.
+    #[error("keyspace {name:?} not found")]
+    KeyspaceNotFound {
+        /// Its name.
+        name: String,
+    },
+    /// The keyspace exists but is not in the ENABLED state.
+    #[error("keyspace {name:?} is not enabled (state {state})")]
+    KeyspaceNotEnabled {
+        /// Its name.
+        name: String,
+        /// Its current state as PD reports it.
+        state: String,
+    },
+
+    // ----- transport --------------------------------------------------------------------------
+    /// A gRPC call failed.
+    #[error("gRPC call to {address} failed with {code}: {message}")]
+    Grpc {
+        /// The server address.
+        address: String,
+        /// The gRPC status code.
+        code: GrpcCode,
+        /// The status message.
+        message: String,
+    },
+    /// A connection could not be established.
+    #[error("cannot connect to {address}: {message}")]
+    Connect {
+        /// The server address.
+        address: String,
+        /// Why.
+        message: String,
+    },
+    /// An operation did not finish before its deadline.
+    #[error("{operation} timed out after {after:?}")]
+    Timeout {
+        /// What timed out.
+        operation: String,
+        /// The deadline that passed.
+        after: Duration,
+    },
+    /// A retry loop used up its backoff budget; `last` is the error that was being retried.
+    #[error("backoff budget exhausted after {total_sleep:?} sleeping on {kind}: {last}")]
+    BackoffExhausted {
+        /// The backoff kind that ran out (for example `regionMiss`, `tikvRPC`).
+        kind: String,
+        /// Total time slept across all kinds.
+        total_sleep: Duration,
+        /// The last error before giving up.
+        last: Box<Error>,
+    },
+    /// The client was closed.
+    #[error("client is closed")]
+    Closed,
+    /// The operation was cancelled by the caller.
+    #[error("operation cancelled")]
+    Cancelled,
+    /// An invariant of the client or the protocol did not hold; this is a bug to report.
+    #[error("internal error: {message}")]
+    Internal {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// A write conflict reported by TiKV.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WriteConflict {
+    /// Start timestamp of the transaction that hit the conflict.
+    pub start_ts: u64,
+    /// Start timestamp of the conflicting transaction.
+    pub conflict_ts: u64,
+    /// Commit timestamp of the conflicting write (0 if unknown).
+    pub conflict_commit_ts: u64,
+    /// The conflicting key.
+    pub key: Key,
+    /// Primary key of the transaction that hit the conflict.
+    pub primary: Key,
+    /// Why TiKV reported the conflict.
+    pub reason: WriteConflictReason,
+}
+
+impl fmt::Display for WriteConflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "write conflict on key {}: txn {} conflicts with txn {} committed at {} ({:?}); \
+             retry the transaction",
+            self.key, self.start_ts, self.conflict_ts, self.conflict_commit_ts, self.reason
+        )
+    }
+}
+
+/// Why TiKV reported a write conflict (`kvrpcpb.WriteConflict.Reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum WriteConflictReason {
+    /// Not specified.
+    Unknown,
+    /// An optimistic transaction's prewrite found a newer write.
+    Optimistic,
+    /// A pessimistic lock request found a newer write than its `for_update_ts`.
+    PessimisticRetry,
+    /// The transaction's own rollback record was found.
+    SelfRolledBack,
+    /// An RCCheckTS read found a newer version.
+    RcCheckTs,
+    /// A lazily checked unique key turned out to conflict at prewrite.
+    LazyUniquenessCheck,
+    /// A key that was not pessimistically locked met a conflict.
+    NotLockedKeyConflict,
+}
+
+impl WriteConflictReason {
+    // Called by the request sender and the transaction layer as they land.
+    #[cfg_attr(not(test), allow(dead_code))]
+    fn from_proto(value: i32) -> Self {
+        use kvrpcpb::write_conflict::Reason as R;
+        match R::try_from(value) {
+            Ok(R::Optimistic) => Self::Optimistic,
+            Ok(R::PessimisticRetry) => Self::PessimisticRetry,
+            Ok(R::SelfRolledBack) => Self::SelfRolledBack,
+            Ok(R::RcCheckTs) => Self::RcCheckTs,
+            Ok(R::LazyUniquenessCheck) => Self::LazyUniquenessCheck,
+            Ok(R::NotLockedKeyConflict) => Self::NotLockedKeyConflict,
+            Ok(R::Unknown) | Err(_) => Self::Unknown,
+        }
+    }
+}
+
+/// A deadlock detected while waiting for a pessimistic lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Deadlock {
+    /// Start timestamp of the transaction holding the lock that was waited for.
+    pub lock_ts: u64,
+    /// The key that was waited for.
+    pub lock_key: Key,
+    /// Hash of the key that closes the cycle.
+    pub deadlock_key_hash: u64,
+    /// The key that closes the cycle, when TiKV reports it.
+    pub deadlock_key: Key,
+    /// The cycle, as (waiting txn, waited-for txn, key) entries.
+    pub wait_chain: Vec<WaitForEntry>,
+    /// Whether retrying the statement may succeed (client-go `ErrDeadlock.IsRetryable`): true
+    /// when the deadlock involved only locks of the current statement.
+    pub is_retryable: bool,
+}
+
+impl fmt::Display for Deadlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "deadlock: waiting for lock of txn {} on key {} (cycle of {} waits)",
+            self.lock_ts,
+            self.lock_key,
+            self.wait_chain.len()
+        )
+    }
+}
+
+/// One edge of a deadlock's wait-for cycle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WaitForEntry {
+    /// The waiting transaction.
+    pub txn: u64,
+    /// The transaction it waits for.
+    pub wait_for_txn: u64,
+    /// Hash of the key waited on.
+    pub key_hash: u64,
+    /// The key waited on.
+    pub key: Key,
+    /// How long it had waited, in milliseconds.
+    pub wait_time_ms: u64,
+}
+
+/// A failed key assertion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AssertionFailed {
+    /// Start timestamp of the transaction.
+    pub start_ts: u64,
+    /// The key.
+    pub key: Key,
+    /// What was asserted.
+    pub assertion: Assertion,
+    /// Start timestamp of the existing version (0 if none).
+    pub existing_start_ts: u64,
+    /// Commit timestamp of the existing version (0 if none).
+    pub existing_commit_ts: u64,
+}
+
+impl fmt::Display for AssertionFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "assertion {:?} failed on key {} in txn {} (existing version start_ts {}, \
+             commit_ts {})",
+            self.assertion,
+            self.key,
+            self.start_ts,
+            self.existing_start_ts,
+            self.existing_commit_ts
+        )
+    }
+}
+
+/// A key assertion (`kvrpcpb.Assertion`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Assertion {
+    /// No assertion.
+    None,
+    /// The key must exist.
+    Exist,
+    /// The key must not exist.
+    NotExist,
+}
+
+/// A lock held by another transaction, as reported by TiKV.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LockedKey {
+    /// The locked key.
+    pub key: Key,
+    /// Primary key of the lock's transaction.
+    pub primary: Key,
+    /// Start timestamp of the lock's transaction.
+    pub lock_ts: u64,
+    /// Lock TTL in milliseconds.
+    pub ttl_ms: u64,
+    /// Number of keys the transaction writes (a hint for resolution).
+    pub txn_size: u64,
+    /// The lock's minimum commit timestamp (async commit).
+    pub min_commit_ts: u64,
+    /// `for_update_ts` of a pessimistic lock, 0 otherwise.
+    pub for_update_ts: u64,
+    /// Whether the transaction uses async commit.
+    pub use_async_commit: bool,
+}
+
+impl fmt::Display for LockedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "key {} is locked by txn {} (primary {}, ttl {} ms)",
+            self.key, self.lock_ts, self.primary, self.ttl_ms
+        )
+    }
+}
+
+/// A region error that was not resolved by retrying.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RegionError {
+    /// The region the request addressed, when known.
+    pub region_id: Option<u64>,
+    /// What TiKV reported.
+    pub kind: RegionErrorKind,
+    /// TiKV's message.
+    pub message: String,
+}
+
+impl fmt::Display for RegionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.region_id {
+            Some(id) => write!(f, "region {id}: {:?}: {}", self.kind, self.message),
+            None => write!(f, "region error {:?}: {}", self.kind, self.message),
+        }
+    }
+}
+
+/// The variants of TiKV's `errorpb.Error`, one per detail field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RegionErrorKind {
+    /// The peer is not the leader; the new leader's store when known.
+    NotLeader {
+        /// Store of the new leader, when TiKV knows it.
+        leader_store_id: Option<u64>,
+    },
+    /// The store has no peer of the region.
+    RegionNotFound,
+    /// A key is outside the region.
+    KeyNotInRegion,
+    /// The region's epoch changed (split, merge, membership change).
+    EpochNotMatch,
+    /// The store is overloaded.
+    ServerIsBusy {
+        /// TiKV's reason.
+        reason: String,
+        /// TiKV's estimate of the queueing delay.
+        estimated_wait: Duration,
+    },
+    /// The proposal was dropped on a leader change.
+    StaleCommand,
+    /// The request reached a store other than the peer's.
+    StoreNotMatch,
+    /// The request is too large for one Raft entry: split the batch.
+    RaftEntryTooLarge {
+        /// Size of the entry TiKV would have proposed.
+        entry_size: u64,
+    },
+    /// A new leader has not yet synced its max timestamp.
+    MaxTimestampNotSynced,
+    /// A follower has no read index yet.
+    ReadIndexNotReady,
+    /// The region is merging.
+    ProposalInMergingMode,
+    /// A stale read asked for a timestamp above the replica's safe ts.
+    DataIsNotReady {
+        /// The replica's safe ts.
+        safe_ts: u64,
+    },
+    /// The peer has no data yet.
+    RegionNotInitialized,
+    /// Stores are out of disk space.
+    DiskFull {
+        /// The full stores.
+        store_ids: Vec<u64>,
+    },
+    /// Online unsafe recovery is running on the region.
+    RecoveryInProgress,
+    /// The region is in flashback.
+    FlashbackInProgress,
+    /// The region is not prepared for flashback.
+    FlashbackNotPrepared,
+    /// The peer is a witness and holds no data.
+    IsWitness,
+    /// The request's peer id does not match the store's peer.
+    MismatchPeerId,
+    /// The request's bucket version is stale.
+    BucketVersionNotMatch,
+    /// The write may or may not have been applied.
+    UndeterminedResult,
+    /// An error with no known detail field.
+    Other,
+}
+
+impl RegionErrorKind {
+    /// Whether the condition is transient, so that a later attempt may succeed.
+    pub fn is_transient(&self) -> bool {
+        !matches!(
+            self,
+            RegionErrorKind::RaftEntryTooLarge { .. }
+                | RegionErrorKind::DiskFull { .. }
+                | RegionErrorKind::FlashbackInProgress
+                | RegionErrorKind::FlashbackNotPrepared
+                | RegionErrorKind::UndeterminedResult
+                | RegionErrorKind::Other
+        )
+    }
+}
+
+/// gRPC status codes, as defined by the gRPC protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum GrpcCode {
+    /// Not an error.
+    Ok,
+    /// The operation was cancelled.
+    Cancelled,
+    /// Unknown error.
+    Unknown,
+    /// The client specified an invalid argument.
+    InvalidArgument,
+    /// The deadline expired before the operation could complete.
+    DeadlineExceeded,
+    /// Some requested entity was not found.
+    NotFound,
+    /// Some entity already exists.
+    AlreadyExists,
+    /// The caller lacks permission.
+    PermissionDenied,
+    /// Some resource has been exhausted.
+    ResourceExhausted,
+    /// The system is not in a state required for the operation.
+    FailedPrecondition,
+    /// The operation was aborted.
+    Aborted,
+    /// The operation was attempted past the valid range.
+    OutOfRange,
+    /// The operation is not implemented or not supported by the server.
+    Unimplemented,
+    /// Internal server error.
+    Internal,
+    /// The service is currently unavailable.
+    Unavailable,
+    /// Unrecoverable data loss or corruption.
+    DataLoss,
+    /// The request lacks valid authentication credentials.
+    Unauthenticated,
+}
+
+impl GrpcCode {
+    /// Whether a later attempt of the same call may succeed.
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            GrpcCode::Unavailable
+                | GrpcCode::DeadlineExceeded
+                | GrpcCode::ResourceExhausted
+                | GrpcCode::Aborted
+                | GrpcCode::Cancelled
+        )
+    }
+
+    /// Maps a tonic status code.
+    // Called by the request sender and the transaction layer as they land.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn from_tonic(code: tonic::Code) -> Self {
+        use tonic::Code as C;
+        match code {
+            C::Ok => GrpcCode::Ok,
+            C::Cancelled => GrpcCode::Cancelled,
+            C::Unknown => GrpcCode::Unknown,
+            C::InvalidArgument => GrpcCode::InvalidArgument,
+            C::DeadlineExceeded => GrpcCode::DeadlineExceeded,
+            C::NotFound => GrpcCode::NotFound,
+            C::AlreadyExists => GrpcCode::AlreadyExists,
+            C::PermissionDenied => GrpcCode::PermissionDenied,
+            C::ResourceExhausted => GrpcCode::ResourceExhausted,
+            C::FailedPrecondition => GrpcCode::FailedPrecondition,
+            C::Aborted => GrpcCode::Aborted,
+            C::OutOfRange => GrpcCode::OutOfRange,
+            C::Unimplemented => GrpcCode::Unimplemented,
+            C::Internal => GrpcCode::Internal,
+            C::Unavailable => GrpcCode::Unavailable,
+            C::DataLoss => GrpcCode::DataLoss,
+            C::Unauthenticated => GrpcCode::Unauthenticated,
+        }
+    }
+}
+
+impl fmt::Display for GrpcCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+impl Error {
+    /// An [`Error::InvalidArgument`].
+    pub fn invalid_argument(message: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            message: message.into(),
+        }
+    }
+
+    /// An [`Error::Codec`].
+    pub fn codec(message: impl Into<String>) -> Self {
+        Error::Codec {
+            message: message.into(),
+        }
+    }
+
+    /// An [`Error::Config`].
+    pub fn config(message: impl Into<String>) -> Self {
+        Error::Config {
+            message: message.into(),
+        }
+    }
+
+    /// An [`Error::Internal`]: an invariant did not hold.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Error::Internal {
+            message: message.into(),
+        }
+    }
+
+    /// Whether retrying the whole operation may succeed: a conflict (retry the transaction with
+    /// a new timestamp) or a transient condition of the cluster. Undetermined errors are never
+    /// retryable.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::WriteConflict(_)
+            | Error::WriteConflictInLatch { .. }
+            | Error::Retryable { .. }
+            | Error::LockWaitTimeout
+            | Error::ResolveLockTimeout
+            | Error::Locked(_)
+            | Error::CommitTsExpired { .. }
+            | Error::StoreTokenLimit { .. }
+            | Error::PdServerTimeout { .. }
+            | Error::Connect { .. }
+            | Error::Timeout { .. } => true,
+            Error::Deadlock(d) => d.is_retryable,
+            Error::Region(r) => r.kind.is_transient(),
+            Error::Grpc { code, .. } => code.is_transient(),
+            Error::BackoffExhausted { last, .. } => last.is_retryable(),
+            _ => false,
+        }
+    }
+
+    /// Whether a write may or may not have been applied. The caller must find out (for a
+    /// transaction: read back, or check the primary's status) before acting again.
+    pub fn is_undetermined(&self) -> bool {
+        match self {
+            Error::Undetermined { .. } => true,
+            Error::Region(r) => r.kind == RegionErrorKind::UndeterminedResult,
+            Error::BackoffExhausted { last, .. } => last.is_undetermined(),
+            _ => false,
+        }
+    }
+
+    /// Whether this is a write conflict (client-go `IsErrWriteConflict`).
+    pub fn is_write_conflict(&self) -> bool {
+        matches!(
+            self,
+            Error::WriteConflict(_) | Error::WriteConflictInLatch { .. }
+        )
+    }
+
+    /// Whether an insert found the key already present (client-go `IsErrKeyExist`).
+    pub fn is_key_exists(&self) -> bool {
+        matches!(self, Error::KeyExists { .. })
+    }
+
+    /// Maps a gRPC status from a call to `address`.
+    // Called by the request sender and the transaction layer as they land.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn from_status(address: &str, status: &tonic::Status) -> Self {
+        Error::Grpc {
+            address: address.to_owned(),
+            code: GrpcCode::from_tonic(status.code()),
+            message: status.message().to_owned(),
+        }
+    }
+
+    /// Maps a TiKV key error. When several fields are set (TiKV sets one), the precedence is
+    /// client-go's `ExtractKeyErr`: conflict, retryable, assertion, abort, commit ts too large,
+    /// txn not found; then the kinds client-go handles at its call sites.
+    // Called by the request sender and the transaction layer as they land.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn from_key_error(err: kvrpcpb::KeyError) -> Self {
+        if let Some(c) = err.conflict {
+            return Error::WriteConflict(Box::new(WriteConflict {
+                start_ts: c.start_ts,
+                conflict_ts: c.conflict_ts,
+                conflict_commit_ts: c.conflict_commit_ts,
+                key: c.key.into(),
+                primary: c.primary.into(),
+                reason: WriteConflictReason::from_proto(c.reason),
+            }));
+        }
+        if !err.retryable.is_empty() {
+            return Error::Retryable {
+                message: err.retryable,
+            };
+        }
+        if let Some(a) = err.assertion_failed {
+            let assertion = match kvrpcpb::Assertion::try_from(a.assertion) {
+                Ok(kvrpcpb::Assertion::Exist) => Assertion::Exist,
+                Ok(kvrpcpb::Assertion::NotExist) => Assertion::NotExist,
+                _ => Assertion::None,
+            };
+            return Error::AssertionFailed(Box::new(AssertionFailed {
+                start_ts: a.start_ts,
+                key: a.key.into(),
+                assertion,
+                existing_start_ts: a.existing_start_ts,
+                existing_commit_ts: a.existing_commit_ts,
+            }));
+        }
+        if !err.abort.is_empty() {
+            return Error::TxnAborted { message: err.abort };
+        }
+        if let Some(c) = err.commit_ts_too_large {
+            return Error::CommitTsTooLarge {
+                commit_ts: c.commit_ts,
+            };
+        }
+        if let Some(t) = err.txn_not_found {
+            return Error::TxnNotFound {
+                start_ts: t.start_ts,
+                primary_key: t.primary_key.into(),
+            };
+        }
+        if let Some(l) = err.locked {
+            return Error::Locked(Box::new(locked_key(l)));
+        }
+        if let Some(e) = err.already_exist {
+            return Error::KeyExists { key: e.key.into() };
+        }
+        if let Some(d) = err.deadlock {
+            return Error::Deadlock(Box::new(Deadlock {
+                lock_ts: d.lock_ts,
+                lock_key: d.lock_key.into(),
+                deadlock_key_hash: d.deadlock_key_hash,
+                deadlock_key: d.deadlock_key.into(),
+                wait_chain: d
+                    .wait_chain
+                    .into_iter()
+                    .map(|w| WaitForEntry {
+                        txn: w.txn,
+                        wait_for_txn: w.wait_for_txn,
+                        key_hash: w.key_hash,
+                        key: w.key.into(),
+                        wait_time_ms: w.wait_time,
+                    })
+                    .collect(),
+                is_retryable: false,
+            }));
+        }
+        if let Some(c) = err.commit_ts_expired {
+            return Error::CommitTsExpired {
+                start_ts: c.start_ts,
+                attempted_commit_ts: c.attempted_commit_ts,
+                key: c.key.into(),
+                min_commit_ts: c.min_commit_ts,
+            };
+        }
+        if let Some(t) = err.txn_lock_not_found {
+            return Error::TxnLockNotFound { key: t.key.into() };
+        }
+        if let Some(p) = err.primary_mismatch {
+            let lock = p.lock_info.unwrap_or_default();
+            return Error::PrimaryMismatch {
+                start_ts: lock.lock_version,
+                key: lock.key.into(),
+            };
+        }
+        if let Some(c) = err.lock_upgrade_conflict {
+            return Error::LockUpgradeConflict {
+                key: c.key.into(),
+                start_ts: c.start_ts,
+                owner_start_ts: c.owner_start_ts,
+            };
+        }
+        if let Some(s) = err.shared_lock_lost {
+            return Error::SharedLockLost {
+                key: s.key.into(),
+                start_ts: s.start_ts,
+            };
+        }
+        Error::Internal {
+            message: "TiKV returned a key error with no detail set".to_owned(),
+        }
+    }
+
+    /// Maps a TiKV region error for `region_id`.
+    // Called by the request sender and the transaction layer as they land.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn from_region_error(region_id: Option<u64>, err: errorpb::Error) -> Self {
+        let kind = RegionErrorKind::from_proto(&err);
+        Error::Region(Box::new(RegionError {
+            region_id,
+            kind,
+            message: err.message,
+        }))
+    }
+}
+
+impl RegionErrorKind {
+    /// Classifies a region error by the detail field TiKV set.
+    // Called by the request sender and the transaction layer as they land.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn from_proto(err: &errorpb::Error) -> Self {
+        if let Some(nl) = &err.not_leader {
+            return RegionErrorKind::NotLeader {
+                leader_store_id: nl.leader.as_ref().map(|p| p.store_id),
+            };
+        }
+        if err.region_not_found.is_some() {
+            return RegionErrorKind::RegionNotFound;
+        }
+        if err.key_not_in_region.is_some() {
+            return RegionErrorKind::KeyNotInRegion;
+        }
+        if err.epoch_not_match.is_some() {
+            return RegionErrorKind::EpochNotMatch;
+        }
+        if let Some(b) = &err.server_is_busy {
+            return RegionErrorKind::ServerIsBusy {
+                reason: b.reason.clone(),
+                estimated_wait: Duration::from_millis(u64::from(b.estimated_wait_ms)),
+            };
+        }
+        if err.stale_command.is_some() {
+            return RegionErrorKind::StaleCommand;
+        }
+        if err.store_not_match.is_some() {
+            return RegionErrorKind::StoreNotMatch;
+        }
+        if let Some(r) = &err.raft_entry_too_large {
+            return RegionErrorKind::RaftEntryTooLarge {
+                entry_size: r.entry_size,
+            };
+        }
+        if err.max_timestamp_not_synced.is_some() {
+            return RegionErrorKind::MaxTimestampNotSynced;
+        }
+        if err.read_index_not_ready.is_some() {
+            return RegionErrorKind::ReadIndexNotReady;
+        }
+        if err.proposal_in_merging_mode.is_some() {
+            return RegionErrorKind::ProposalInMergingMode;
+        }
+        if let Some(d) = &err.data_is_not_ready {
+            return RegionErrorKind::DataIsNotReady { safe_ts: d.safe_ts };
+        }
+        if err.region_not_initialized.is_some() {
+            return RegionErrorKind::RegionNotInitialized;
+        }
+        if let Some(d) = &err.disk_full {
+            return RegionErrorKind::DiskFull {
+                store_ids: d.store_id.clone(),
+            };
+        }
+        if err.recovery_in_progress.is_some() {
+            return RegionErrorKind::RecoveryInProgress;
+        }
+        if err.flashback_in_progress.is_some() {
+            return RegionErrorKind::FlashbackInProgress;
+        }
+        if err.flashback_not_prepared.is_some() {
+            return RegionErrorKind::FlashbackNotPrepared;
+        }
+        if err.is_witness.is_some() {
+            return RegionErrorKind::IsWitness;
+        }
+        if err.mismatch_peer_id.is_some() {
+            return RegionErrorKind::MismatchPeerId;
+        }
+        if err.bucket_version_not_match.is_some() {
+            return RegionErrorKind::BucketVersionNotMatch;
+        }
+        if err.undetermined_result.is_some() {
+            return RegionErrorKind::UndeterminedResult;
+        }
+        RegionErrorKind::Other
+    }
+}
+
+#[cfg_attr(not(test), allow(dead_code))]
+fn locked_key(l: kvrpcpb::LockInfo) -> LockedKey {
+    LockedKey {
+        key: l.key.into(),
+        primary: l.primary_lock.into(),
+        lock_ts: l.lock_version,
+        ttl_ms: l.lock_ttl,
+        txn_size: l.txn_size,
+        min_commit_ts: l.min_commit_ts,
+        for_update_ts: l.lock_for_update_ts,
+        use_async_commit: l.use_async_commit,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn key_error() -> kvrpcpb::KeyError {
+        kvrpcpb::KeyError::default()
+    }
+
+    #[test]
+    fn error_stays_small() {
+        // Boxed payloads keep Result<T, Error> cheap to move on hot paths.
+        assert!(
+            std::mem::size_of::<Error>() <= 80,
+            "size {}",
+            std::mem::size_of::<Error>()
+        );
+    }
+
+    #[test]
+    fn write_conflict_maps_every_field_and_is_retryable() {
+        let err = Error::from_key_error(kvrpcpb::KeyError {
+            conflict: Some(kvrpcpb::WriteConflict {
+                start_ts: 10,
+                conflict_ts: 11,
+                key: Bytes::from_static(b"k"),
+                primary: Bytes::from_static(b"p"),
+                conflict_commit_ts: 12,
+                reason: kvrpcpb::write_conflict::Reason::PessimisticRetry as i32,
+            }),
+            // client-go checks the conflict before `retryable`.
+            retryable: "also set".to_owned(),
+            ..key_error()
+        });
+        let Error::WriteConflict(wc) = &err else {
+            panic!("got {err:?}")
+        };
+        assert_eq!(wc.start_ts, 10);
+        assert_eq!(wc.conflict_ts, 11);
+        assert_eq!(wc.conflict_commit_ts, 12);
+        assert_eq!(wc.key, Key::from(b"k".to_vec()));
+        assert_eq!(wc.primary, Key::from(b"p".to_vec()));
+        assert_eq!(wc.reason, WriteConflictReason::PessimisticRetry);
+        assert!(err.is_retryable());
+        assert!(err.is_write_conflict());
+        assert!(!err.is_undetermined());
+        assert!(err.to_string().contains("retry the transaction"));
+    }
+
+    #[test]
+    fn key_error_precedence_follows_client_go() {
+        let err = Error::from_key_error(kvrpcpb::KeyError {
+            retryable: "stale".to_owned(),
+            abort: "aborted".to_owned(),
+            ..key_error()
+        });
+        assert!(matches!(err, Error::Retryable { ref message } if message == "stale"));
+
+        let err = Error::from_key_error(kvrpcpb::KeyError {
+            abort: "aborted".to_owned(),
+            txn_not_found: Some(Default::default()),
+            ..key_error()
+        });
+        assert!(matches!(err, Error::TxnAborted { .. }));
+        assert!(!err.is_retryable());
+    }
+
+    #[test]
+    fn every_key_error_kind_is_typed() {
+        type Check = fn(&Error) -> bool;
+        let cases: Vec<(kvrpcpb::KeyError, Check)> = vec![
+            (
+                kvrpcpb::KeyError {
+                    already_exist: Some(kvrpcpb::AlreadyExist {
+                        key: Bytes::from_static(b"a"),
+                    }),
+                    ..key_error()
+                },
+                |e| e.is_key_exists(),
+            ),
+            (
+                kvrpcpb::KeyError {
+                    locked: Some(Default::default()),
+                    ..key_error()
+                },
+                |e| matches!(e, Error::Locked(_)),
+            ),
+            (
+                kvrpcpb::KeyError {
+                    deadlock: Some(Default::default()),
+                    ..key_error()
+                },
+                |e| matches!(e, Error::Deadlock(_)) && !e.is_retryable(),
+            ),
+            (
+                kvrpcpb::KeyError {
+                    commit_ts_expired: Some(Default::default()),
+                    ..key_error()
+                },
+                |e| matches!(e, Error::CommitTsExpired { .. }),
+            ),
+            (
+                kvrpcpb::KeyError {
+                    txn_not_found: Some(Default::default()),
+                    ..key_error()
+                },
+                |e| matches!(e, Error::TxnNotFound { .. }),
+            ),
+            (
+                kvrpcpb::KeyError {
+                    commit_ts_too_large: Some(Default::default()),
+                    ..key_error()
+                },
+                |e| matches!(e, Error::CommitTsTooLarge { .. }),
+            ),
+            (
+                kvrpcpb::KeyError {
+                    assertion_failed: Some(Default::default()),
+                    ..key_error()
+                },
+                |e| matches!(e, Error::AssertionFailed(_)),
+            ),
+            (
+                kvrpcpb::KeyError {
+                    primary_mismatch: Some(Default::default()),
+                    ..key_error()
+                },
+                |e| matches!(e, Error::PrimaryMismatch { .. }),
+            ),
+            (
+                kvrpcpb::KeyError {
+                    txn_lock_not_found: Some(Default::default()),
+                    ..key_error()
+                },
+                |e| matches!(e, Error::TxnLockNotFound { .. }),
+            ),
+            (
+                kvrpcpb::KeyError {
+                    lock_upgrade_conflict: Some(Default::default()),
+                    ..key_error()
+                },
+                |e| matches!(e, Error::LockUpgradeConflict { .. }),
+            ),
+            (
+                kvrpcpb::KeyError {
+                    shared_lock_lost: Some(Default::default()),
+                    ..key_error()
+                },
+                |e| matches!(e, Error::SharedLockLost { .. }),
+            ),
+            (key_error(), |e| matches!(e, Error::Internal { .. })),
+        ];
+        for (input, check) in cases {
+            let err = Error::from_key_error(input.clone());
+            assert!(check(&err), "{input:?} mapped to {err:?}");
+        }
+    }
+
+    #[test]
+    fn deadlock_keeps_wait_chain() {
+        let err = Error::from_key_error(kvrpcpb::KeyError {
+            deadlock: Some(kvrpcpb::Deadlock {
+                lock_ts: 5,
+                lock_key: Bytes::from_static(b"x"),
+                deadlock_key_hash: 99,
+                wait_chain: vec![tikv_proto::deadlock::WaitForEntry {
+                    txn: 5,
+                    wait_for_txn: 6,
+                    key_hash: 99,
+                    key: Bytes::from_static(b"y"),
+                    wait_time: 7,
+                    ..Default::default()
+                }],
+                deadlock_key: Bytes::from_static(b"y"),
+            }),
+            ..key_error()
+        });
+        let Error::Deadlock(d) = err else { panic!() };
+        assert_eq!(d.lock_ts, 5);
+        assert_eq!(d.wait_chain.len(), 1);
+        assert_eq!(d.wait_chain[0].wait_for_txn, 6);
+        assert_eq!(d.wait_chain[0].wait_time_ms, 7);
+    }
+
+    #[test]
+    fn region_errors_classify() {
+        let busy = errorpb::Error {
+            message: "busy".to_owned(),
+            server_is_busy: Some(errorpb::ServerIsBusy {
+                reason: "scheduler".to_owned(),
+                estimated_wait_ms: 40,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let err = Error::from_region_error(Some(3), busy);
+        let Error::Region(r) = &err else { panic!() };
+        assert_eq!(r.region_id, Some(3));
+        assert_eq!(
+            r.kind,
+            RegionErrorKind::ServerIsBusy {
+                reason: "scheduler".to_owned(),
+                estimated_wait: Duration::from_millis(40)
+            }
+        );
+        assert!(err.is_retryable());
+
+        let too_large = errorpb::Error {
+            raft_entry_too_large: Some(errorpb::RaftEntryTooLarge {
+                region_id: 3,
+                entry_size: 9 << 20,
+            }),
+            ..Default::default()
+        };
+        let err = Error::from_region_error(None, too_large);
+        assert!(
+            !err.is_retryable(),
+            "the batch must be split, not retried as is"
+        );
+
+        let undetermined = errorpb::Error {
+            undetermined_result: Some(Default::default()),
+            ..Default::default()
+        };
+        let err = Error::from_region_error(None, undetermined);
+        assert!(err.is_undetermined());
+        assert!(!err.is_retryable());
+
+        let not_leader = errorpb::Error {
+            not_leader: Some(errorpb::NotLeader {
+                region_id: 3,
+                leader: Some(tikv_proto::metapb::Peer {
+                    id: 1,
+                    store_id: 4,
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            RegionErrorKind::from_proto(&not_leader),
+            RegionErrorKind::NotLeader {
+                leader_store_id: Some(4)
+            }
+        );
+        assert_eq!(
+            RegionErrorKind::from_proto(&Default::default()),
+            RegionErrorKind::Other
+        );
+    }
+
+    #[test]
+    fn grpc_and_backoff_classification() {
+        let unavailable = Error::from_status("127.0.0.1:1", &tonic::Status::unavailable("down"));
+        assert!(unavailable.is_retryable());
+        assert!(unavailable.to_string().contains("127.0.0.1:1"));
+        let unimplemented = Error::from_status("a", &tonic::Status::unimplemented("no"));
+        assert!(!unimplemented.is_retryable());
+
+        let exhausted = Error::BackoffExhausted {
+            kind: "regionMiss".to_owned(),
+            total_sleep: Duration::from_secs(2),
+            last: Box::new(unavailable),
+        };
+        assert!(exhausted.is_retryable());
+        let exhausted_undetermined = Error::BackoffExhausted {
+            kind: "tikvRPC".to_owned(),
+            total_sleep: Duration::from_secs(2),
+            last: Box::new(Error::Undetermined {
+                message: "commit".to_owned(),
+            }),
+        };
+        assert!(exhausted_undetermined.is_undetermined());
+        assert!(!exhausted_undetermined.is_retryable());
+    }
+
+    #[test]
+    fn bad_input_is_not_retryable() {
+        for e in [
+            Error::invalid_argument("empty key"),
+            Error::codec("truncated"),
+            Error::config("grpc-connection-count: must be > 0"),
+            Error::KeyTooLarge { size: 10, limit: 5 },
+        ] {
+            assert!(!e.is_retryable(), "{e}");
+            assert!(!e.is_undetermined(), "{e}");
+        }
+    }
+}
