@@ -1,6 +1,119 @@
 //! `tikv-mock`: an in-memory TiKV + PD cluster that serves the real gRPC protocol on loopback
-//! ports, so clients can be tested without a real cluster.
+//! ports, so clients (this workspace's, or any other TiKV client) can be tested without a real
+//! cluster. It starts in milliseconds and shuts down with its handle.
 //!
-//! This crate is a placeholder in the workspace foundation; the cluster itself (PD service, TiKV
-//! service per store, raw KV, regions, fault rules, then transactional MVCC) lands with the
-//! tikv-mock issues. Server semantics follow TiKV and PD (`mock-cluster-spec.md`).
+//! ```no_run
+//! # async fn demo() -> Result<(), tikv_mock::MockError> {
+//! use tikv_mock::{ApiVersion, MockCluster};
+//!
+//! let cluster = MockCluster::builder()
+//!     .stores(3)
+//!     .split_keys(["b", "m"])
+//!     .api_version(ApiVersion::V1)
+//!     .start()
+//!     .await?;
+//! let pd = cluster.pd_endpoints(); // e.g. ["127.0.0.1:41234"]
+//! # let _ = pd;
+//! cluster.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! What it owns, and who calls it: tests, examples and benchmarks of this workspace embed it
+//! through [`MockCluster`]; the `tikv-mock` binary serves it to other processes.
+//!
+//! Behaviour follows TiKV and PD (read from their source; summarised in the workspace's
+//! `mock-cluster-spec.md`):
+//!
+//! - [`cluster`](crate::MockCluster) state: regions with epochs, stores, keyspaces, TSO, raw
+//!   data, all behind one lock so every request is atomic and linearizable;
+//! - the PD service (`pdpb.PD`, `keyspacepb.Keyspace`) and the PD HTTP API subset clients use;
+//! - a `tikvpb.Tikv` service per store (unary and BatchCommands) plus gRPC health;
+//! - region validation in TiKV's order (store, region, peer, leader, epoch, key range);
+//! - a control API (split, merge, leader transfer, peers, stop/start stores, manual clock) and a
+//!   fault API (rules that inject region errors, key errors, gRPC statuses, delays, drops and
+//!   hangs, before execution or after apply).
+//!
+//! Ports the client-go test infrastructure's purpose (`internal/mockstore/mocktikv`), but over
+//! the real protocol and with TiKV's (stricter) semantics.
+
+mod clock;
+mod cluster;
+mod codec;
+mod fault;
+mod pd;
+mod raw;
+mod server;
+mod tikv;
+mod tso;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use fault::{Action, FaultId, FaultRule, HangHandle, Matcher, Phase, RegionErrorSpec, Times};
+pub use server::{MockCluster, MockClusterBuilder};
+/// The generated protocol types the mock speaks, re-exported for fault rules and assertions.
+pub use tikv_proto as proto;
+
+/// The TiKV version the mock's stores report to PD. Clients gate features on it.
+pub const TIKV_VERSION: &str = "9.0.0";
+
+/// Storage API version of the cluster (TiKV's `storage.api-version`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum ApiVersion {
+    /// Raw and transactional keys as the client sends them; no TTL.
+    #[default]
+    V1,
+    /// Keyspace-prefixed keys (`r`/`x` + 3-byte keyspace id), raw TTL.
+    V2,
+}
+
+impl ApiVersion {
+    /// The wire value of `kvrpcpb.APIVersion`.
+    pub fn to_proto(self) -> tikv_proto::kvrpcpb::ApiVersion {
+        match self {
+            ApiVersion::V1 => tikv_proto::kvrpcpb::ApiVersion::V1,
+            ApiVersion::V2 => tikv_proto::kvrpcpb::ApiVersion::V2,
+        }
+    }
+}
+
+/// Errors of the mock's own API (starting servers, control operations).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MockError {
+    /// A listener could not be bound or a server could not start.
+    Io(String),
+    /// A topology operation was invalid (unknown region or store, non-adjacent merge, ...).
+    Topology(String),
+    /// A builder setting was invalid.
+    Config(String),
+}
+
+impl std::fmt::Display for MockError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MockError::Io(m) => write!(f, "tikv-mock I/O error: {m}"),
+            MockError::Topology(m) => write!(f, "tikv-mock topology error: {m}"),
+            MockError::Config(m) => write!(f, "tikv-mock configuration error: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for MockError {}
+
+/// State shared by every server task: the cluster behind its one lock, and the fault rules.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    state: std::sync::Mutex<cluster::ClusterState>,
+    pub(crate) faults: fault::FaultEngine,
+    pub(crate) pd_addr: std::net::SocketAddr,
+}
+
+impl Shared {
+    /// Locks the cluster state. A panic while holding the lock (a bug in the mock) must not
+    /// wedge every later request, so a poisoned lock is recovered.
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, cluster::ClusterState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}

@@ -1,0 +1,592 @@
+//! Starting and stopping the mock's gRPC servers, and the [`MockCluster`] handle with its
+//! control and fault API.
+//!
+//! Each server (PD, and one per store) runs an accept loop of its own so that stopping it can
+//! do what a crashed process does to its clients: the listener closes (new connections are
+//! refused) and every open connection is shut down, including long-lived BatchCommands and TSO
+//! streams. A graceful gRPC shutdown would instead wait for those streams forever.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{SocketAddr, TcpStream as StdTcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tikv_proto::metapb;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tonic::service::Routes;
+
+use crate::clock::{Clock, ManualClock, SystemClock};
+use crate::cluster::{ClusterState, DEFAULT_KEYSPACE_ID};
+use crate::codec::encode_bytes;
+use crate::fault::{FaultEngine, FaultId, FaultRule};
+use crate::{ApiVersion, MockError, Shared};
+
+/// The cluster id the mock reports unless told otherwise (PD's ids are large random numbers).
+const DEFAULT_CLUSTER_ID: u64 = 7_130_000_000_000_000_001;
+
+/// Builds a [`MockCluster`].
+#[derive(Debug, Clone)]
+pub struct MockClusterBuilder {
+    stores: usize,
+    replicas: usize,
+    split_keys: Vec<Bytes>,
+    api_version: ApiVersion,
+    keyspaces: Vec<String>,
+    clock: Option<Arc<dyn Clock>>,
+    manual_clock: Option<ManualClock>,
+    auto_split_keys: Option<usize>,
+    pd_addr: Option<SocketAddr>,
+    cluster_id: u64,
+}
+
+impl Default for MockClusterBuilder {
+    fn default() -> Self {
+        MockClusterBuilder {
+            stores: 3,
+            replicas: 3,
+            split_keys: Vec::new(),
+            api_version: ApiVersion::V1,
+            keyspaces: Vec::new(),
+            clock: None,
+            manual_clock: None,
+            auto_split_keys: None,
+            pd_addr: None,
+            cluster_id: DEFAULT_CLUSTER_ID,
+        }
+    }
+}
+
+impl MockClusterBuilder {
+    /// Number of TiKV stores (default 3).
+    pub fn stores(mut self, n: usize) -> Self {
+        self.stores = n;
+        self
+    }
+
+    /// Peers per region (default 3, at most one per store).
+    pub fn replicas(mut self, n: usize) -> Self {
+        self.replicas = n;
+        self
+    }
+
+    /// Initial region boundaries, as keys appear on the wire: raw bytes under API V1, full
+    /// prefixed keys (`r` + keyspace id + key) under API V2, where they are encoded the way TiKV
+    /// stores them.
+    pub fn split_keys<K: AsRef<[u8]>>(mut self, keys: impl IntoIterator<Item = K>) -> Self {
+        self.split_keys
+            .extend(keys.into_iter().map(|k| Bytes::copy_from_slice(k.as_ref())));
+        self
+    }
+
+    /// Storage API version (default V1).
+    pub fn api_version(mut self, version: ApiVersion) -> Self {
+        self.api_version = version;
+        self
+    }
+
+    /// Creates an ENABLED keyspace (the DEFAULT keyspace, id 0, always exists).
+    pub fn keyspace(mut self, name: impl Into<String>) -> Self {
+        self.keyspaces.push(name.into());
+        self
+    }
+
+    /// Uses a manual clock for the TSO, lock TTLs and raw TTLs; advance it through
+    /// [`MockCluster::advance_clock`] or the clock itself.
+    pub fn manual_clock(mut self, clock: ManualClock) -> Self {
+        self.clock = Some(Arc::new(clock.clone()));
+        self.manual_clock = Some(clock);
+        self
+    }
+
+    /// Uses any clock.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self.manual_clock = None;
+        self
+    }
+
+    /// Splits a region automatically once it holds more than `n` keys, as TiKV splits regions
+    /// by size.
+    pub fn auto_split_keys(mut self, n: usize) -> Self {
+        self.auto_split_keys = Some(n);
+        self
+    }
+
+    /// Address of the PD server (default `127.0.0.1:0`, a free port).
+    pub fn pd_addr(mut self, addr: SocketAddr) -> Self {
+        self.pd_addr = Some(addr);
+        self
+    }
+
+    /// The cluster id PD and the stores report.
+    pub fn cluster_id(mut self, id: u64) -> Self {
+        self.cluster_id = id;
+        self
+    }
+
+    /// Binds every listener and starts serving.
+    pub async fn start(self) -> Result<MockCluster, MockError> {
+        if self.stores == 0 {
+            return Err(MockError::Config(
+                "a cluster needs at least one store".to_owned(),
+            ));
+        }
+        if matches!(self.auto_split_keys, Some(0)) {
+            return Err(MockError::Config(
+                "auto split needs a threshold above 0".to_owned(),
+            ));
+        }
+        let pd_addr = self
+            .pd_addr
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let pd_listener = bind(pd_addr).await?;
+        let pd_addr = local_addr(&pd_listener)?;
+
+        let mut store_listeners = Vec::with_capacity(self.stores);
+        for _ in 0..self.stores {
+            let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+            store_listeners.push(listener);
+        }
+        let store_addrs: Vec<String> = store_listeners
+            .iter()
+            .map(|l| local_addr(l).map(|a| a.to_string()))
+            .collect::<Result<_, _>>()?;
+
+        let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
+        let mut state = ClusterState::new(
+            self.cluster_id,
+            self.api_version,
+            clock,
+            &store_addrs,
+            self.replicas,
+        );
+        state.auto_split_keys = self.auto_split_keys;
+        state.split_keyspace(DEFAULT_KEYSPACE_ID)?;
+        for name in &self.keyspaces {
+            state.create_keyspace(name)?;
+        }
+        let storage_keys: Vec<Bytes> = self
+            .split_keys
+            .iter()
+            .map(|k| storage_split_key(self.api_version, k))
+            .collect();
+        state.split(&storage_keys)?;
+        spread_leaders(&mut state);
+
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+            faults: FaultEngine::default(),
+            pd_addr,
+        });
+        let servers = Servers {
+            tasks: Mutex::new(HashMap::new()),
+        };
+        servers.spawn(
+            ServerKey::Pd,
+            pd_listener,
+            crate::pd::routes(shared.clone()),
+        );
+        let store_ids: Vec<u64> = shared.lock().stores.keys().copied().collect();
+        for (store_id, listener) in store_ids.into_iter().zip(store_listeners) {
+            servers.spawn(
+                ServerKey::Store(store_id),
+                listener,
+                crate::tikv::routes(shared.clone(), store_id),
+            );
+        }
+        Ok(MockCluster {
+            shared,
+            servers: Arc::new(servers),
+            manual_clock: self.manual_clock,
+        })
+    }
+}
+
+/// Moves region leaders round-robin over the stores, so that a multi-region cluster exercises
+/// requests to several stores as a balanced real cluster would.
+fn spread_leaders(state: &mut ClusterState) {
+    let regions: Vec<(u64, Vec<u64>)> = state
+        .all_regions()
+        .map(|r| (r.id(), r.meta.peers.iter().map(|p| p.store_id).collect()))
+        .collect();
+    for (i, (region_id, stores)) in regions.into_iter().enumerate() {
+        if let Some(&store) = stores.get(i % stores.len().max(1)) {
+            // The store holds a voter of the region by construction, so this cannot fail.
+            let _ = state.transfer_leader(region_id, store);
+        }
+    }
+}
+
+fn storage_split_key(api: ApiVersion, key: &[u8]) -> Bytes {
+    match api {
+        ApiVersion::V1 => Bytes::copy_from_slice(key),
+        ApiVersion::V2 => Bytes::from(encode_bytes(key)),
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, MockError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| MockError::Io(format!("cannot bind {addr}: {e}")))
+}
+
+fn local_addr(listener: &TcpListener) -> Result<SocketAddr, MockError> {
+    listener
+        .local_addr()
+        .map_err(|e| MockError::Io(format!("no local address: {e}")))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum ServerKey {
+    Pd,
+    Store(u64),
+}
+
+/// One running server: its accept loop, its gRPC server, and a duplicate handle of every
+/// connection it accepted, used to shut them down when the server is stopped.
+#[derive(Debug)]
+struct RunningServer {
+    addr: SocketAddr,
+    accept: JoinHandle<()>,
+    serve: JoinHandle<()>,
+    connections: Arc<Mutex<Vec<StdTcpStream>>>,
+}
+
+impl RunningServer {
+    fn kill(self) {
+        self.accept.abort();
+        self.serve.abort();
+        let conns =
+            std::mem::take(&mut *self.connections.lock().unwrap_or_else(|p| p.into_inner()));
+        for conn in conns {
+            // Shutting down the socket (through the duplicate) wakes the connection's reader
+            // with EOF and fails its writes, so hyper drops the connection and every stream on it.
+            let _ = conn.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Servers {
+    tasks: Mutex<HashMap<ServerKey, RunningServer>>,
+}
+
+impl Servers {
+    fn spawn(&self, key: ServerKey, listener: TcpListener, routes: Routes) {
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let connections: Arc<Mutex<Vec<StdTcpStream>>> = Arc::default();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<TcpStream, std::io::Error>>(64);
+        let conns = connections.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let Ok(std_stream) = stream.into_std() else {
+                    continue;
+                };
+                if let Ok(dup) = std_stream.try_clone() {
+                    let mut guard = conns.lock().unwrap_or_else(|p| p.into_inner());
+                    // Forget connections the peer already closed, so the list stays small.
+                    guard.retain(|c| c.peer_addr().is_ok());
+                    guard.push(dup);
+                }
+                let Ok(stream) = TcpStream::from_std(std_stream) else {
+                    continue;
+                };
+                if tx.send(Ok(stream)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let serve = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .accept_http1(true)
+                .add_routes(routes)
+                .serve_with_incoming(incoming)
+                .await;
+        });
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = tasks.insert(
+            key,
+            RunningServer {
+                addr,
+                accept,
+                serve,
+                connections,
+            },
+        ) {
+            old.kill();
+        }
+    }
+
+    fn stop(&self, key: ServerKey) -> Option<SocketAddr> {
+        let server = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key)?;
+        let addr = server.addr;
+        server.kill();
+        Some(addr)
+    }
+
+    fn stop_all(&self) {
+        let all: Vec<RunningServer> = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
+        for server in all {
+            server.kill();
+        }
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+/// A running mock cluster. Clones share the cluster; dropping the last clone (or calling
+/// [`MockCluster::shutdown`]) stops every server and frees every port.
+#[derive(Debug, Clone)]
+pub struct MockCluster {
+    shared: Arc<Shared>,
+    servers: Arc<Servers>,
+    manual_clock: Option<ManualClock>,
+}
+
+impl MockCluster {
+    /// A builder with the defaults: 3 stores, 3 replicas, one region, API V1, system clock.
+    pub fn builder() -> MockClusterBuilder {
+        MockClusterBuilder::default()
+    }
+
+    /// The PD endpoints clients connect to (`host:port`).
+    pub fn pd_endpoints(&self) -> Vec<String> {
+        vec![self.shared.pd_addr.to_string()]
+    }
+
+    /// The cluster id.
+    pub fn cluster_id(&self) -> u64 {
+        self.shared.lock().cluster_id
+    }
+
+    /// Store ids in ascending order.
+    pub fn store_ids(&self) -> Vec<u64> {
+        self.shared.lock().stores.keys().copied().collect()
+    }
+
+    /// The address a store serves on.
+    pub fn store_address(&self, store_id: u64) -> Option<String> {
+        self.shared
+            .lock()
+            .stores
+            .get(&store_id)
+            .map(|s| s.meta.address.clone())
+    }
+
+    /// Every region in key order.
+    pub fn regions(&self) -> Vec<metapb::Region> {
+        self.shared
+            .lock()
+            .all_regions()
+            .map(|r| r.meta.clone())
+            .collect()
+    }
+
+    /// The region containing a key as it appears on the wire (raw bytes under V1 raw, prefixed
+    /// under V2), and its leader.
+    pub fn region_for_raw_key(&self, key: &[u8]) -> Option<(metapb::Region, Option<metapb::Peer>)> {
+        let state = self.shared.lock();
+        let storage = state.raw_storage_key(key);
+        state
+            .region_by_key(&storage)
+            .map(|r| (r.meta.clone(), r.leader_peer().cloned()))
+    }
+
+    /// The region containing a transactional key (memcomparable-encoded in storage).
+    pub fn region_for_txn_key(&self, key: &[u8]) -> Option<(metapb::Region, Option<metapb::Peer>)> {
+        let state = self.shared.lock();
+        state
+            .region_by_key(&encode_bytes(key))
+            .map(|r| (r.meta.clone(), r.leader_peer().cloned()))
+    }
+
+    /// Splits so that each key starts a region; keys as they appear on the wire for raw KV.
+    pub fn split_raw<K: AsRef<[u8]>>(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+    ) -> Result<Vec<metapb::Region>, MockError> {
+        let mut state = self.shared.lock();
+        let api = state.api_version;
+        let keys: Vec<Bytes> = keys
+            .into_iter()
+            .map(|k| storage_split_key(api, k.as_ref()))
+            .collect();
+        state.split(&keys)
+    }
+
+    /// Splits at transactional keys (encoded as TiKV stores them).
+    pub fn split_txn<K: AsRef<[u8]>>(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+    ) -> Result<Vec<metapb::Region>, MockError> {
+        let keys: Vec<Bytes> = keys
+            .into_iter()
+            .map(|k| Bytes::from(encode_bytes(k.as_ref())))
+            .collect();
+        self.shared.lock().split(&keys)
+    }
+
+    /// Splits at storage keys exactly as given.
+    pub fn split_storage_keys(&self, keys: &[Bytes]) -> Result<Vec<metapb::Region>, MockError> {
+        self.shared.lock().split(keys)
+    }
+
+    /// Merges `source` into the adjacent `target`.
+    pub fn merge(&self, source: u64, target: u64) -> Result<metapb::Region, MockError> {
+        self.shared.lock().merge(source, target)
+    }
+
+    /// Makes the region's peer on `store_id` its leader.
+    pub fn transfer_leader(&self, region_id: u64, store_id: u64) -> Result<(), MockError> {
+        self.shared.lock().transfer_leader(region_id, store_id)
+    }
+
+    /// Adds a voter on `store_id`; returns the new peer id.
+    pub fn add_peer(&self, region_id: u64, store_id: u64) -> Result<u64, MockError> {
+        self.shared.lock().add_peer(region_id, store_id, false)
+    }
+
+    /// Adds a learner on `store_id`; returns the new peer id.
+    pub fn add_learner(&self, region_id: u64, store_id: u64) -> Result<u64, MockError> {
+        self.shared.lock().add_peer(region_id, store_id, true)
+    }
+
+    /// Removes the region's peer on `store_id`.
+    pub fn remove_peer(&self, region_id: u64, store_id: u64) -> Result<(), MockError> {
+        self.shared.lock().remove_peer(region_id, store_id)
+    }
+
+    /// Creates an ENABLED keyspace; returns its id.
+    pub fn create_keyspace(&self, name: &str) -> Result<u32, MockError> {
+        self.shared.lock().create_keyspace(name)
+    }
+
+    /// Stops a store: its listener closes (connections are refused) and every open connection
+    /// to it is shut down. PD keeps reporting the store, as it would for a crashed TiKV.
+    pub fn stop_store(&self, store_id: u64) -> Result<(), MockError> {
+        self.servers
+            .stop(ServerKey::Store(store_id))
+            .ok_or_else(|| MockError::Topology(format!("store {store_id} is not running")))?;
+        if let Some(store) = self.shared.lock().stores.get_mut(&store_id) {
+            store.up = false;
+        }
+        Ok(())
+    }
+
+    /// Starts a stopped store again on the same address.
+    pub async fn start_store(&self, store_id: u64) -> Result<(), MockError> {
+        let addr = self
+            .store_address(store_id)
+            .ok_or_else(|| MockError::Topology(format!("unknown store {store_id}")))?;
+        let addr: SocketAddr = addr
+            .parse()
+            .map_err(|e| MockError::Io(format!("bad store address {addr}: {e}")))?;
+        let listener = bind(addr).await?;
+        self.servers.spawn(
+            ServerKey::Store(store_id),
+            listener,
+            crate::tikv::routes(self.shared.clone(), store_id),
+        );
+        if let Some(store) = self.shared.lock().stores.get_mut(&store_id) {
+            store.up = true;
+        }
+        Ok(())
+    }
+
+    /// Stops the PD server (listener and connections), as a PD crash would.
+    pub fn stop_pd(&self) {
+        self.servers.stop(ServerKey::Pd);
+    }
+
+    /// Starts the PD server again on the same address.
+    pub async fn start_pd(&self) -> Result<(), MockError> {
+        let listener = bind(self.shared.pd_addr).await?;
+        self.servers.spawn(
+            ServerKey::Pd,
+            listener,
+            crate::pd::routes(self.shared.clone()),
+        );
+        Ok(())
+    }
+
+    /// Advances the manual clock. Fails if the cluster runs on another clock.
+    pub fn advance_clock(&self, by: Duration) -> Result<(), MockError> {
+        let clock = self.manual_clock.as_ref().ok_or_else(|| {
+            MockError::Config("advance_clock needs a cluster built with manual_clock".to_owned())
+        })?;
+        clock.advance(by);
+        Ok(())
+    }
+
+    /// Requests received by a store for a command (gRPC method name such as `RawGet`, counted
+    /// for unary calls and for BatchCommands sub-requests alike).
+    pub fn rpc_count(&self, store_id: u64, command: &str) -> u64 {
+        let state = self.shared.lock();
+        state
+            .rpc_counts
+            .iter()
+            .filter(|((s, c), _)| *s == store_id && *c == command)
+            .map(|(_, n)| *n)
+            .sum()
+    }
+
+    /// Every request count, by (store id, command).
+    pub fn rpc_counts(&self) -> BTreeMap<(u64, String), u64> {
+        let state = self.shared.lock();
+        state
+            .rpc_counts
+            .iter()
+            .map(|((s, c), n)| ((*s, (*c).to_owned()), *n))
+            .collect()
+    }
+
+    /// Forgets every request count.
+    pub fn reset_rpc_counts(&self) {
+        self.shared.lock().rpc_counts.clear();
+    }
+
+    /// Installs a fault rule; it applies to requests that arrive from now on.
+    pub fn add_fault(&self, rule: FaultRule) -> FaultId {
+        self.shared.faults.add(rule)
+    }
+
+    /// Removes a fault rule; returns whether it was installed.
+    pub fn remove_fault(&self, id: FaultId) -> bool {
+        self.shared.faults.remove(id)
+    }
+
+    /// Removes every fault rule and releases every request held by a hang.
+    pub fn clear_faults(&self) {
+        self.shared.faults.clear();
+    }
+
+    /// Stops every server and frees every port. Other clones become inert.
+    pub async fn shutdown(self) {
+        self.servers.stop_all();
+        // Let the aborted tasks observe their cancellation before the caller reuses ports.
+        tokio::task::yield_now().await;
+    }
+}
