@@ -47,7 +47,9 @@ mod tikv;
 mod tso;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use fault::{Action, FaultId, FaultRule, HangHandle, Matcher, Phase, RegionErrorSpec, Times};
+pub use fault::{
+    Action, FaultId, FaultRule, HangHandle, Matcher, Phase, RegionErrorSpec, Service, Times,
+};
 pub use server::{MockCluster, MockClusterBuilder};
 /// The generated protocol types the mock speaks, re-exported for fault rules and assertions.
 pub use tikv_proto as proto;
