@@ -110,6 +110,9 @@ pub(crate) struct ClusterState {
     pub(crate) rpc_counts: HashMap<(u64, &'static str), u64>,
     /// Split a region once it holds more than this many raw keys.
     pub(crate) auto_split_keys: Option<usize>,
+    /// PD's own state (GC safe points and barriers, operators, external timestamp), owned by
+    /// the PD server module.
+    pub(crate) pd: crate::pd::PdState,
     replicas: usize,
     next_id: u64,
 }
@@ -135,6 +138,7 @@ impl ClusterState {
             keyspaces: BTreeMap::new(),
             rpc_counts: HashMap::new(),
             auto_split_keys: None,
+            pd: crate::pd::PdState::default(),
             replicas: replicas.clamp(1, store_addrs.len().max(1)),
             next_id: 1,
         };
@@ -283,7 +287,10 @@ impl ClusterState {
     /// Checks a request's context in TiKV's order (store, region, peer, leader, epoch) for a
     /// request received by `store_id`, returning the region it addresses.
     ///
-    /// `read_on_replica` is true for replica and stale reads, which followers and learners serve.
+    /// Replica and stale reads (`ctx.replica_read`, `ctx.stale_read`) are served by followers and
+    /// learners too. The error is the wire value the response carries; it is large, but it is
+    /// built only on the error path and moved once into the response.
+    #[allow(clippy::result_large_err)]
     pub(crate) fn validate(
         &self,
         store_id: u64,
@@ -383,6 +390,7 @@ impl ClusterState {
     }
 
     /// KeyNotInRegion unless the storage key lies in the region.
+    #[allow(clippy::result_large_err)]
     pub(crate) fn check_key(region: &RegionState, key: &[u8]) -> Result<(), errorpb::Error> {
         if region.contains(key) {
             return Ok(());
@@ -687,7 +695,7 @@ mod tests {
     fn ctx_for(region: &RegionState, store: u64) -> kvrpcpb::Context {
         kvrpcpb::Context {
             region_id: region.id(),
-            region_epoch: region.meta.region_epoch.clone(),
+            region_epoch: region.meta.region_epoch,
             peer: region.peer_on_store(store).cloned(),
             ..Default::default()
         }

@@ -1,0 +1,311 @@
+//! The PD server: `pdpb.PD`, `keyspacepb.Keyspace`, gRPC health and the subset of PD's HTTP API
+//! that clients use, all on the one PD address (gRPC and HTTP/1.1 share the port, as with PD).
+//!
+//! Who calls it: `server.rs` builds these routes with [`routes`] when the cluster starts and
+//! again on `MockCluster::start_pd`, so every piece of PD state lives in the cluster state
+//! ([`PdState`] inside `ClusterState`) and survives a PD restart, as PD's etcd-backed state does.
+//!
+//! Every handler is short: it asks the fault engine (phase Before), takes the state lock,
+//! validates the request header, computes the answer, releases the lock, and asks the fault
+//! engine again (phase AfterApply). Nothing awaits while holding the lock.
+//!
+//! Behaviour follows tikv/pd: `server/grpc_service.go` (request validation, error placement in
+//! the response header versus the gRPC status), `pkg/utils/grpcutil/cluster.go` (region and store
+//! queries), `server/gc_service.go` + `pkg/gc/gc_state_manager.go` (GC states, see [`gc`]),
+//! `server/keyspace_service.go` + `pkg/keyspace` (see [`keyspace`]) and `server/api` +
+//! `pkg/response` (HTTP JSON, see [`http`]).
+//!
+//! Submodules: [`service`] implements `pdpb.PD`; [`gc`] holds the GC state machine; [`keyspace`]
+//! implements `keyspacepb.Keyspace`; [`http`] serves the JSON endpoints.
+
+mod gc;
+mod http;
+mod keyspace;
+mod service;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tikv_proto::keyspacepb::keyspace_server::KeyspaceServer;
+use tikv_proto::pdpb::{self, pd_server::PdServer};
+use tonic::Status;
+use tonic::service::Routes;
+
+use crate::Shared;
+use crate::fault::{Action, Phase, RequestInfo, Service};
+
+pub(crate) use gc::GcState;
+
+/// Name of the mock's single PD member.
+const MEMBER_NAME: &str = "pd-1";
+/// Member id of the mock's single PD member (PD's ids are random non-zero numbers).
+const MEMBER_ID: u64 = 0x6d6f_636b_5044_0001;
+/// The PD version the member reports.
+const PD_VERSION: &str = "9.0.0";
+/// How long PD keeps the status of a finished operator (`operatorStatusRemainTime`).
+const OPERATOR_STATUS_REMAIN_MS: u64 = 10 * 60 * 1000;
+
+/// PD's own state, kept inside the cluster state so that it survives a PD restart.
+#[derive(Debug)]
+pub(crate) struct PdState {
+    /// GC safe points and barriers.
+    pub(crate) gc: GcState,
+    /// Operators PD ran, by region id, for `GetOperator`.
+    operators: HashMap<u64, OperatorRecord>,
+    /// The cluster's external timestamp (`SetExternalTimestamp`).
+    external_ts: u64,
+    /// The min resolved ts each store last reported, kept for stores that stopped reporting.
+    store_resolved_ts: HashMap<u64, u64>,
+    /// Bumped when PD changes a keyspace, so keyspace watchers push the change at once.
+    keyspace_changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for PdState {
+    fn default() -> Self {
+        PdState {
+            gc: GcState::default(),
+            operators: HashMap::new(),
+            external_ts: 0,
+            store_resolved_ts: HashMap::new(),
+            keyspace_changed: tokio::sync::watch::Sender::new(0),
+        }
+    }
+}
+
+/// A finished operator, as PD's operator controller remembers it.
+#[derive(Debug, Clone)]
+struct OperatorRecord {
+    desc: &'static str,
+    kind: &'static str,
+    status: pdpb::OperatorStatus,
+    finished_at_ms: u64,
+}
+
+/// The gRPC services and HTTP routes served on the PD address.
+pub(crate) fn routes(shared: Arc<Shared>) -> Routes {
+    let pd = PdServer::new(service::PdService::new(shared.clone()));
+    let keyspace = KeyspaceServer::new(keyspace::KeyspaceService::new(shared.clone()));
+    // The reporter starts with "" SERVING, which is all clients probe; it is not kept because
+    // the mock's PD never reports itself unhealthy (a stopped PD refuses connections instead).
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let grpc = Routes::new(pd).add_service(keyspace).add_service(health);
+    let router = grpc
+        .into_axum_router()
+        .merge(http::router(shared))
+        .fallback(not_found);
+    Routes::from(router)
+}
+
+/// Anything else: gRPC calls to services PD-the-mock does not serve get UNIMPLEMENTED (clients
+/// fall back on it), other HTTP requests get Go's `404 page not found`.
+async fn not_found(request: axum::extract::Request) -> axum::response::Response {
+    let grpc = request
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if grpc {
+        return Status::unimplemented("").into_http();
+    }
+    let mut response =
+        axum::response::Response::new(axum::body::Body::from("404 page not found\n"));
+    *response.status_mut() = axum::http::StatusCode::NOT_FOUND;
+    response
+}
+
+// ----- helpers shared by the services --------------------------------------------------------
+
+/// A response header carrying the cluster id and no error.
+fn ok_header(cluster_id: u64) -> Option<pdpb::ResponseHeader> {
+    Some(pdpb::ResponseHeader {
+        cluster_id,
+        error: None,
+    })
+}
+
+/// A response header carrying an error, as PD's `grpcutil.WrapErrorToHeader`.
+fn error_header(
+    cluster_id: u64,
+    kind: pdpb::ErrorType,
+    message: impl Into<String>,
+) -> Option<pdpb::ResponseHeader> {
+    Some(pdpb::ResponseHeader {
+        cluster_id,
+        error: Some(pdpb::Error {
+            r#type: kind as i32,
+            message: message.into(),
+        }),
+    })
+}
+
+/// The cluster id a request header carries (0 without a header).
+fn request_cluster_id(header: Option<&pdpb::RequestHeader>) -> u64 {
+    header.map_or(0, |h| h.cluster_id)
+}
+
+/// PD's request validation: the header must carry exactly this cluster's id (PD rejects 0 too,
+/// except in `GetMembers` and `GetClusterInfo`, which is how clients learn the id).
+fn check_cluster_id(requested: u64, cluster_id: u64) -> Result<(), Status> {
+    if requested == cluster_id {
+        return Ok(());
+    }
+    Err(Status::failed_precondition(format!(
+        "mismatch cluster id, need {cluster_id} but got {requested}"
+    )))
+}
+
+/// A Go error returned from a PD gRPC handler: grpc-go turns it into an UNKNOWN status
+/// carrying the error text.
+fn go_error(message: impl Into<String>) -> Status {
+    Status::unknown(message.into())
+}
+
+/// Runs the fault engine for a PD request and performs what the matching rule says. Region and
+/// key errors mean nothing to PD and are ignored.
+async fn fault(
+    shared: &Shared,
+    phase: Phase,
+    command: &str,
+    region_id: Option<u64>,
+    keys: &[Bytes],
+) -> Result<(), Status> {
+    let info = RequestInfo {
+        service: Service::Pd,
+        store_id: None,
+        command,
+        region_id,
+        keys,
+        start_ts: None,
+        batched: false,
+    };
+    match shared.faults.check(&info, phase) {
+        None | Some(Action::RegionError(_) | Action::KeyError(_)) => Ok(()),
+        Some(Action::Status { code, message }) => Err(Status::new(code, message)),
+        Some(Action::Delay(by)) => {
+            tokio::time::sleep(by).await;
+            Ok(())
+        }
+        Some(Action::Drop) => std::future::pending().await,
+        Some(Action::Hang(handle)) => {
+            handle.wait().await;
+            Ok(())
+        }
+    }
+}
+
+/// Formats milliseconds since the Unix epoch as Go's `time.Time.String()` does in UTC, e.g.
+/// `2024-05-01 08:00:00 +0000 UTC` (PD prints GC barrier expirations this way).
+fn go_time_string(ms: u64) -> String {
+    let (date, time, frac) = utc_parts(ms);
+    let frac = if frac == 0 {
+        String::new()
+    } else {
+        format!(".{}", format!("{frac:03}").trim_end_matches('0'))
+    };
+    format!("{date} {time}{frac} +0000 UTC")
+}
+
+/// Formats milliseconds since the Unix epoch as RFC 3339 in UTC, as Go marshals `time.Time`.
+fn rfc3339(ms: u64) -> String {
+    let (date, time, frac) = utc_parts(ms);
+    let frac = if frac == 0 {
+        String::new()
+    } else {
+        format!(".{}", format!("{frac:03}").trim_end_matches('0'))
+    };
+    format!("{date}T{time}{frac}Z")
+}
+
+/// (`YYYY-MM-DD`, `hh:mm:ss`, milliseconds) of a UTC instant.
+fn utc_parts(ms: u64) -> (String, String, u64) {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    (
+        format!("{year:04}-{month:02}-{day:02}"),
+        format!("{:02}:{:02}:{:02}", rem / 3600, rem / 60 % 60, rem % 60),
+        ms % 1000,
+    )
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (eras of 400 years keep the
+/// arithmetic exact).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let shifted = days + 719_468; // days since 0000-03-01
+    let era = shifted.div_euclid(146_097);
+    let day_of_era = shifted.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    let month = if month_from_march < 10 {
+        month_from_march + 3
+    } else {
+        month_from_march - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month as u32, day as u32)
+}
+
+/// Formats a duration in milliseconds as Go's `time.Duration.String()` does (`1h2m3.5s`).
+fn go_duration(ms: u64) -> String {
+    if ms == 0 {
+        return "0s".to_owned();
+    }
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let hours = ms / 3_600_000;
+    let minutes = ms / 60_000 % 60;
+    let secs = ms / 1000 % 60;
+    let frac = ms % 1000;
+    let mut out = String::new();
+    if hours > 0 {
+        out.push_str(&format!("{hours}h"));
+    }
+    if hours > 0 || minutes > 0 {
+        out.push_str(&format!("{minutes}m"));
+    }
+    out.push_str(&secs.to_string());
+    if frac > 0 {
+        out.push('.');
+        out.push_str(format!("{frac:03}").trim_end_matches('0'));
+    }
+    out.push('s');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_style_time_and_duration_formats() {
+        assert_eq!(go_time_string(0), "1970-01-01 00:00:00 +0000 UTC");
+        assert_eq!(
+            go_time_string(1_714_550_400_000),
+            "2024-05-01 08:00:00 +0000 UTC"
+        );
+        assert_eq!(
+            go_time_string(951_782_400_500),
+            "2000-02-29 00:00:00.5 +0000 UTC"
+        );
+        assert_eq!(rfc3339(1_709_164_800_123), "2024-02-29T00:00:00.123Z");
+        assert_eq!(go_duration(0), "0s");
+        assert_eq!(go_duration(250), "250ms");
+        assert_eq!(go_duration(1_500), "1.5s");
+        assert_eq!(go_duration(90_000), "1m30s");
+        assert_eq!(go_duration(3_600_000), "1h0m0s");
+    }
+
+    #[test]
+    fn cluster_id_check_is_exact() {
+        assert!(check_cluster_id(7, 7).is_ok());
+        let e = check_cluster_id(0, 7).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(e.message(), "mismatch cluster id, need 7 but got 0");
+    }
+}
