@@ -1,0 +1,687 @@
+//! The one path every TiKV request takes, unary or BatchCommands sub-request alike.
+//!
+//! [`Request`] wraps every command the store knows: the BatchCommands `Cmd` oneof (which covers
+//! every command that has a batch slot) plus the unary-only ones. [`Dispatcher::dispatch`]
+//! counts the request, runs the fault rules of the `Before` phase, checks the cluster id, then
+//! executes it with the cluster state locked (validation and the command's own checks happen in
+//! the command's handler, in TiKV's order), and finally runs the `AfterApply` rules, which see a
+//! request that was applied and may still lose or alter its answer.
+//!
+//! Follows TiKV `src/server/service/kv.rs` (`handle_request!`, `reject_if_cluster_id_mismatch!`,
+//! `handle_batch_commands_request`): which commands check the cluster id, what a rejected one
+//! looks like in either transport, and that `KvGC` is always UNIMPLEMENTED.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tikv_proto::tikvpb::BatchCommandsEmptyResponse;
+use tikv_proto::tikvpb::batch_commands_request::request::Cmd;
+use tikv_proto::tikvpb::batch_commands_response::response::Cmd as RespCmd;
+use tikv_proto::{coprocessor, errorpb, kvrpcpb};
+use tonic::Status;
+
+use super::admin;
+use crate::Shared;
+use crate::cluster::ClusterState;
+use crate::fault::{self, Action, Phase, RequestInfo, Service};
+use crate::raw;
+
+/// A request to a store.
+// Moved, never copied, from decoding to its handler: boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub(crate) enum Request {
+    /// Any command with a BatchCommands slot, received unary or batched.
+    Cmd(Cmd),
+    RawGetKeyTtl(kvrpcpb::RawGetKeyTtlRequest),
+    RawCompareAndSwap(kvrpcpb::RawCasRequest),
+    RawChecksum(kvrpcpb::RawChecksumRequest),
+    SplitRegion(kvrpcpb::SplitRegionRequest),
+    UnsafeDestroyRange(kvrpcpb::UnsafeDestroyRangeRequest),
+    GetStoreSafeTs(kvrpcpb::StoreSafeTsRequest),
+    MvccGetByKey(kvrpcpb::MvccGetByKeyRequest),
+    MvccGetByStartTs(kvrpcpb::MvccGetByStartTsRequest),
+}
+
+/// The answer to a [`Request`], of the matching variant.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub(crate) enum Response {
+    Cmd(RespCmd),
+    RawGetKeyTtl(kvrpcpb::RawGetKeyTtlResponse),
+    RawCompareAndSwap(kvrpcpb::RawCasResponse),
+    RawChecksum(kvrpcpb::RawChecksumResponse),
+    SplitRegion(kvrpcpb::SplitRegionResponse),
+    UnsafeDestroyRange(kvrpcpb::UnsafeDestroyRangeResponse),
+    GetStoreSafeTs(kvrpcpb::StoreSafeTsResponse),
+    MvccGetByKey(kvrpcpb::MvccGetByKeyResponse),
+    MvccGetByStartTs(kvrpcpb::MvccGetByStartTsResponse),
+}
+
+/// How a dispatched request ends.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Answer with this response.
+    Reply(Response),
+    /// Fail with this status: the call (unary) or the whole stream (BatchCommands).
+    Fail(Status),
+    /// Never answer; the client times out.
+    NoReply,
+}
+
+// ----- error slots of every response type ---------------------------------------------------
+
+/// Where a response type carries a region error and a key error, so a fault (or a rejected
+/// request) can be answered in any command's own response type.
+trait ErrorSlots {
+    fn set_region_error(&mut self, e: errorpb::Error);
+    fn set_key_error(&mut self, e: kvrpcpb::KeyError);
+}
+
+/// A key error as a readable line, for responses whose error is a string.
+fn key_error_text(e: &kvrpcpb::KeyError) -> String {
+    if !e.abort.is_empty() {
+        e.abort.clone()
+    } else if !e.retryable.is_empty() {
+        e.retryable.clone()
+    } else {
+        format!("{e:?}")
+    }
+}
+
+macro_rules! error_slots {
+    (key_error: $($t:ty),* $(,)?) => {$(
+        impl ErrorSlots for $t {
+            fn set_region_error(&mut self, e: errorpb::Error) { self.region_error = Some(e); }
+            fn set_key_error(&mut self, e: kvrpcpb::KeyError) { self.error = Some(e); }
+        }
+    )*};
+    // Whole-request failures of these fill `error` and, for older clients, one error pair.
+    (key_error_and_pairs: $($t:ty),* $(,)?) => {$(
+        impl ErrorSlots for $t {
+            fn set_region_error(&mut self, e: errorpb::Error) { self.region_error = Some(e); }
+            fn set_key_error(&mut self, e: kvrpcpb::KeyError) {
+                self.pairs = vec![kvrpcpb::KvPair { error: Some(e.clone()), ..Default::default() }];
+                self.error = Some(e);
+            }
+        }
+    )*};
+    (key_errors: $($t:ty),* $(,)?) => {$(
+        impl ErrorSlots for $t {
+            fn set_region_error(&mut self, e: errorpb::Error) { self.region_error = Some(e); }
+            fn set_key_error(&mut self, e: kvrpcpb::KeyError) { self.errors = vec![e]; }
+        }
+    )*};
+    (string: $($t:ty),* $(,)?) => {$(
+        impl ErrorSlots for $t {
+            fn set_region_error(&mut self, e: errorpb::Error) { self.region_error = Some(e); }
+            fn set_key_error(&mut self, e: kvrpcpb::KeyError) { self.error = key_error_text(&e); }
+        }
+    )*};
+    (pairs: $($t:ty => $field:ident),* $(,)?) => {$(
+        impl ErrorSlots for $t {
+            fn set_region_error(&mut self, e: errorpb::Error) { self.region_error = Some(e); }
+            fn set_key_error(&mut self, e: kvrpcpb::KeyError) {
+                self.$field = vec![kvrpcpb::KvPair { error: Some(e), ..Default::default() }];
+            }
+        }
+    )*};
+    (region_error_only: $($t:ty),* $(,)?) => {$(
+        impl ErrorSlots for $t {
+            fn set_region_error(&mut self, e: errorpb::Error) { self.region_error = Some(e); }
+            fn set_key_error(&mut self, _: kvrpcpb::KeyError) {}
+        }
+    )*};
+}
+
+error_slots!(key_error:
+    kvrpcpb::GetResponse, kvrpcpb::CommitResponse, kvrpcpb::CleanupResponse,
+    kvrpcpb::BatchRollbackResponse, kvrpcpb::ScanLockResponse, kvrpcpb::ResolveLockResponse,
+    kvrpcpb::GcResponse, kvrpcpb::CheckTxnStatusResponse, kvrpcpb::TxnHeartBeatResponse,
+    kvrpcpb::CheckSecondaryLocksResponse,
+);
+error_slots!(key_error_and_pairs:
+    kvrpcpb::ScanResponse, kvrpcpb::BatchGetResponse, kvrpcpb::BufferBatchGetResponse,
+);
+error_slots!(key_errors:
+    kvrpcpb::PrewriteResponse, kvrpcpb::PessimisticLockResponse,
+    kvrpcpb::PessimisticRollbackResponse, kvrpcpb::FlushResponse,
+);
+error_slots!(string:
+    kvrpcpb::ImportResponse, kvrpcpb::DeleteRangeResponse, kvrpcpb::RawGetResponse,
+    kvrpcpb::RawPutResponse, kvrpcpb::RawBatchPutResponse, kvrpcpb::RawDeleteResponse,
+    kvrpcpb::RawBatchDeleteResponse, kvrpcpb::RawDeleteRangeResponse,
+    kvrpcpb::RawCoprocessorResponse, kvrpcpb::FlashbackToVersionResponse,
+    kvrpcpb::PrepareFlashbackToVersionResponse, kvrpcpb::RawGetKeyTtlResponse,
+    kvrpcpb::RawCasResponse, kvrpcpb::RawChecksumResponse,
+    kvrpcpb::UnsafeDestroyRangeResponse, kvrpcpb::MvccGetByKeyResponse,
+    kvrpcpb::MvccGetByStartTsResponse,
+);
+error_slots!(pairs:
+    kvrpcpb::RawBatchGetResponse => pairs, kvrpcpb::RawScanResponse => kvs,
+    kvrpcpb::RawBatchScanResponse => kvs,
+);
+error_slots!(region_error_only: kvrpcpb::GetHealthFeedbackResponse);
+
+impl ErrorSlots for kvrpcpb::SplitRegionResponse {
+    fn set_region_error(&mut self, e: errorpb::Error) {
+        self.region_error = Some(e);
+    }
+    fn set_key_error(&mut self, e: kvrpcpb::KeyError) {
+        self.errors = vec![e];
+    }
+}
+
+impl ErrorSlots for coprocessor::Response {
+    fn set_region_error(&mut self, e: errorpb::Error) {
+        self.region_error = Some(e);
+    }
+    fn set_key_error(&mut self, e: kvrpcpb::KeyError) {
+        self.other_error = key_error_text(&e);
+    }
+}
+
+impl ErrorSlots for kvrpcpb::BroadcastTxnStatusResponse {
+    fn set_region_error(&mut self, _: errorpb::Error) {}
+    fn set_key_error(&mut self, _: kvrpcpb::KeyError) {}
+}
+
+/// Generates the per-command tables of the `Cmd` oneof: gRPC method name (what RPC counts and
+/// fault rules match on), context, and an empty response of the matching type.
+macro_rules! cmd_table {
+    ($($variant:ident => $name:literal),* $(,)?) => {
+        fn cmd_name(cmd: &Cmd) -> &'static str {
+            match cmd {
+                $(Cmd::$variant(_) => $name,)*
+                Cmd::Import(_) => "KvImport",
+                Cmd::Empty(_) => "BatchCommandsEmpty",
+            }
+        }
+
+        fn cmd_context(cmd: &Cmd) -> Option<&kvrpcpb::Context> {
+            match cmd {
+                $(Cmd::$variant(r) => r.context.as_ref(),)*
+                Cmd::Import(_) | Cmd::Empty(_) => None,
+            }
+        }
+
+        fn cmd_empty_response(cmd: &Cmd) -> RespCmd {
+            match cmd {
+                $(Cmd::$variant(_) => RespCmd::$variant(Default::default()),)*
+                Cmd::Import(_) => RespCmd::Import(Default::default()),
+                Cmd::Empty(e) => RespCmd::Empty(BatchCommandsEmptyResponse { test_id: e.test_id }),
+            }
+        }
+
+        fn cmd_slots(resp: &mut RespCmd) -> Option<&mut dyn ErrorSlots> {
+            match resp {
+                $(RespCmd::$variant(r) => Some(r),)*
+                RespCmd::Import(r) => Some(r),
+                RespCmd::Empty(_) => None,
+            }
+        }
+    };
+}
+
+cmd_table! {
+    Get => "KvGet",
+    Scan => "KvScan",
+    Prewrite => "KvPrewrite",
+    Commit => "KvCommit",
+    Cleanup => "KvCleanup",
+    BatchGet => "KvBatchGet",
+    BatchRollback => "KvBatchRollback",
+    ScanLock => "KvScanLock",
+    ResolveLock => "KvResolveLock",
+    Gc => "KvGC",
+    DeleteRange => "KvDeleteRange",
+    RawGet => "RawGet",
+    RawBatchGet => "RawBatchGet",
+    RawPut => "RawPut",
+    RawBatchPut => "RawBatchPut",
+    RawDelete => "RawDelete",
+    RawBatchDelete => "RawBatchDelete",
+    RawScan => "RawScan",
+    RawDeleteRange => "RawDeleteRange",
+    RawBatchScan => "RawBatchScan",
+    Coprocessor => "Coprocessor",
+    PessimisticLock => "KvPessimisticLock",
+    PessimisticRollback => "KVPessimisticRollback",
+    CheckTxnStatus => "KvCheckTxnStatus",
+    TxnHeartBeat => "KvTxnHeartBeat",
+    CheckSecondaryLocks => "KvCheckSecondaryLocks",
+    RawCoprocessor => "RawCoprocessor",
+    FlashbackToVersion => "KvFlashbackToVersion",
+    PrepareFlashbackToVersion => "KvPrepareFlashbackToVersion",
+    Flush => "KvFlush",
+    BufferBatchGet => "KvBufferBatchGet",
+    GetHealthFeedback => "GetHealthFeedback",
+    BroadcastTxnStatus => "BroadcastTxnStatus",
+}
+
+fn mutation_keys(mutations: &[kvrpcpb::Mutation]) -> Vec<Bytes> {
+    mutations.iter().map(|m| m.key.clone()).collect()
+}
+
+impl Request {
+    /// The gRPC method name.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Request::Cmd(cmd) => cmd_name(cmd),
+            Request::RawGetKeyTtl(_) => "RawGetKeyTTL",
+            Request::RawCompareAndSwap(_) => "RawCompareAndSwap",
+            Request::RawChecksum(_) => "RawChecksum",
+            Request::SplitRegion(_) => "SplitRegion",
+            Request::UnsafeDestroyRange(_) => "UnsafeDestroyRange",
+            Request::GetStoreSafeTs(_) => "GetStoreSafeTS",
+            Request::MvccGetByKey(_) => "MvccGetByKey",
+            Request::MvccGetByStartTs(_) => "MvccGetByStartTs",
+        }
+    }
+
+    pub(crate) fn context(&self) -> Option<&kvrpcpb::Context> {
+        match self {
+            Request::Cmd(cmd) => cmd_context(cmd),
+            Request::RawGetKeyTtl(r) => r.context.as_ref(),
+            Request::RawCompareAndSwap(r) => r.context.as_ref(),
+            Request::RawChecksum(r) => r.context.as_ref(),
+            Request::SplitRegion(r) => r.context.as_ref(),
+            Request::UnsafeDestroyRange(r) => r.context.as_ref(),
+            Request::GetStoreSafeTs(_) => None,
+            Request::MvccGetByKey(r) => r.context.as_ref(),
+            Request::MvccGetByStartTs(r) => r.context.as_ref(),
+        }
+    }
+
+    /// Whether TiKV rejects the request when its context names another cluster. SplitRegion,
+    /// UnsafeDestroyRange and GetStoreSafeTS are served without the check.
+    fn checks_cluster_id(&self) -> bool {
+        matches!(
+            self,
+            Request::Cmd(_)
+                | Request::RawGetKeyTtl(_)
+                | Request::RawCompareAndSwap(_)
+                | Request::RawChecksum(_)
+                | Request::MvccGetByKey(_)
+                | Request::MvccGetByStartTs(_)
+        )
+    }
+
+    /// The request's keys as sent, for fault matching: every key of a point or batch request,
+    /// the start of each range of a range request.
+    pub(crate) fn keys(&self) -> Vec<Bytes> {
+        let one = |k: &Bytes| vec![k.clone()];
+        match self {
+            Request::Cmd(cmd) => match cmd {
+                Cmd::Get(r) => one(&r.key),
+                Cmd::Scan(r) => one(&r.start_key),
+                Cmd::Prewrite(r) => mutation_keys(&r.mutations),
+                Cmd::Commit(r) => r.keys.clone(),
+                Cmd::Import(r) => mutation_keys(&r.mutations),
+                Cmd::Cleanup(r) => one(&r.key),
+                Cmd::BatchGet(r) => r.keys.clone(),
+                Cmd::BatchRollback(r) => r.keys.clone(),
+                Cmd::ScanLock(r) => one(&r.start_key),
+                Cmd::ResolveLock(r) => r.keys.clone(),
+                Cmd::Gc(_) => Vec::new(),
+                Cmd::DeleteRange(r) => one(&r.start_key),
+                Cmd::RawGet(r) => one(&r.key),
+                Cmd::RawBatchGet(r) => r.keys.clone(),
+                Cmd::RawPut(r) => one(&r.key),
+                Cmd::RawBatchPut(r) => r.pairs.iter().map(|p| p.key.clone()).collect(),
+                Cmd::RawDelete(r) => one(&r.key),
+                Cmd::RawBatchDelete(r) => r.keys.clone(),
+                Cmd::RawScan(r) => one(&r.start_key),
+                Cmd::RawDeleteRange(r) => one(&r.start_key),
+                Cmd::RawBatchScan(r) => r.ranges.iter().map(|x| x.start_key.clone()).collect(),
+                Cmd::Coprocessor(r) => r.ranges.iter().map(|x| x.start.clone()).collect(),
+                Cmd::PessimisticLock(r) => mutation_keys(&r.mutations),
+                Cmd::PessimisticRollback(r) => r.keys.clone(),
+                Cmd::CheckTxnStatus(r) => one(&r.primary_key),
+                Cmd::TxnHeartBeat(r) => one(&r.primary_lock),
+                Cmd::CheckSecondaryLocks(r) => r.keys.clone(),
+                Cmd::RawCoprocessor(r) => r.ranges.iter().map(|x| x.start_key.clone()).collect(),
+                Cmd::FlashbackToVersion(r) => one(&r.start_key),
+                Cmd::PrepareFlashbackToVersion(r) => one(&r.start_key),
+                Cmd::Flush(r) => mutation_keys(&r.mutations),
+                Cmd::BufferBatchGet(r) => r.keys.clone(),
+                Cmd::GetHealthFeedback(_) | Cmd::BroadcastTxnStatus(_) | Cmd::Empty(_) => {
+                    Vec::new()
+                }
+            },
+            Request::RawGetKeyTtl(r) => one(&r.key),
+            Request::RawCompareAndSwap(r) => one(&r.key),
+            Request::RawChecksum(r) => r.ranges.iter().map(|x| x.start_key.clone()).collect(),
+            Request::SplitRegion(r) if !r.split_key.is_empty() => one(&r.split_key),
+            Request::SplitRegion(r) => r.split_keys.clone(),
+            Request::UnsafeDestroyRange(r) => one(&r.start_key),
+            Request::GetStoreSafeTs(r) => r
+                .key_range
+                .as_ref()
+                .map(|k| vec![k.start_key.clone()])
+                .unwrap_or_default(),
+            Request::MvccGetByKey(r) => one(&r.key),
+            Request::MvccGetByStartTs(_) => Vec::new(),
+        }
+    }
+
+    /// The transaction's start timestamp, for fault matching.
+    pub(crate) fn start_ts(&self) -> Option<u64> {
+        let Request::Cmd(cmd) = self else {
+            return match self {
+                Request::MvccGetByStartTs(r) => Some(r.start_ts),
+                _ => None,
+            };
+        };
+        match cmd {
+            Cmd::Get(r) => Some(r.version),
+            Cmd::Scan(r) => Some(r.version),
+            Cmd::Prewrite(r) => Some(r.start_version),
+            Cmd::Commit(r) => Some(r.start_version),
+            Cmd::Cleanup(r) => Some(r.start_version),
+            Cmd::BatchGet(r) => Some(r.version),
+            Cmd::BatchRollback(r) => Some(r.start_version),
+            Cmd::ResolveLock(r) => Some(r.start_version),
+            Cmd::PessimisticLock(r) => Some(r.start_version),
+            Cmd::PessimisticRollback(r) => Some(r.start_version),
+            Cmd::CheckTxnStatus(r) => Some(r.lock_ts),
+            Cmd::TxnHeartBeat(r) => Some(r.start_version),
+            Cmd::CheckSecondaryLocks(r) => Some(r.start_version),
+            Cmd::Flush(r) => Some(r.start_ts),
+            Cmd::BufferBatchGet(r) => Some(r.version),
+            Cmd::Coprocessor(r) => Some(r.start_ts),
+            Cmd::FlashbackToVersion(r) => Some(r.start_ts),
+            Cmd::PrepareFlashbackToVersion(r) => Some(r.start_ts),
+            _ => None,
+        }
+    }
+
+    /// An empty response of the matching type, to carry an error.
+    fn empty_response(&self) -> Response {
+        match self {
+            Request::Cmd(cmd) => Response::Cmd(cmd_empty_response(cmd)),
+            Request::RawGetKeyTtl(_) => Response::RawGetKeyTtl(Default::default()),
+            Request::RawCompareAndSwap(_) => Response::RawCompareAndSwap(Default::default()),
+            Request::RawChecksum(_) => Response::RawChecksum(Default::default()),
+            Request::SplitRegion(_) => Response::SplitRegion(Default::default()),
+            Request::UnsafeDestroyRange(_) => Response::UnsafeDestroyRange(Default::default()),
+            Request::GetStoreSafeTs(_) => Response::GetStoreSafeTs(Default::default()),
+            Request::MvccGetByKey(_) => Response::MvccGetByKey(Default::default()),
+            Request::MvccGetByStartTs(_) => Response::MvccGetByStartTs(Default::default()),
+        }
+    }
+}
+
+impl Response {
+    fn slots(&mut self) -> Option<&mut dyn ErrorSlots> {
+        match self {
+            Response::Cmd(cmd) => cmd_slots(cmd),
+            Response::RawGetKeyTtl(r) => Some(r),
+            Response::RawCompareAndSwap(r) => Some(r),
+            Response::RawChecksum(r) => Some(r),
+            Response::SplitRegion(r) => Some(r),
+            Response::UnsafeDestroyRange(r) => Some(r),
+            Response::GetStoreSafeTs(_) => None,
+            Response::MvccGetByKey(r) => Some(r),
+            Response::MvccGetByStartTs(r) => Some(r),
+        }
+    }
+
+    /// Sets the region error (responses without one, such as GetStoreSafeTS, stay as they are).
+    pub(crate) fn with_region_error(mut self, e: errorpb::Error) -> Self {
+        if let Some(slots) = self.slots() {
+            slots.set_region_error(e);
+        }
+        self
+    }
+
+    /// Puts a key error where the response type carries one: the key error field, the errors
+    /// list, a readable string, or a single error pair.
+    pub(crate) fn with_key_error(mut self, e: kvrpcpb::KeyError) -> Self {
+        if let Some(slots) = self.slots() {
+            slots.set_key_error(e);
+        }
+        self
+    }
+}
+
+// ----- the dispatcher ---------------------------------------------------------------------------
+
+/// Dispatches the requests one store receives.
+#[derive(Debug)]
+pub(crate) struct Dispatcher {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) store_id: u64,
+}
+
+impl Dispatcher {
+    pub(crate) fn new(shared: Arc<Shared>, store_id: u64) -> Self {
+        Dispatcher { shared, store_id }
+    }
+
+    /// Runs one request through counting, faults, the cluster-id check and execution.
+    pub(crate) async fn dispatch(&self, req: Request, batched: bool) -> Outcome {
+        let name = req.name();
+        let region_id = req.context().map(|c| c.region_id);
+        let request_cluster_id = req
+            .context()
+            .filter(|_| req.checks_cluster_id())
+            .map_or(0, |c| c.cluster_id);
+        let cluster_id = {
+            let mut state = self.shared.lock();
+            state.count_rpc(self.store_id, name);
+            state.cluster_id
+        };
+        let keys = req.keys();
+        let info = RequestInfo {
+            service: Service::Tikv,
+            store_id: Some(self.store_id),
+            command: name,
+            region_id,
+            keys: &keys,
+            start_ts: req.start_ts(),
+            batched,
+        };
+
+        if let Some(action) = self.shared.faults.check(&info, Phase::Before) {
+            match action {
+                Action::Delay(d) => tokio::time::sleep(d).await,
+                Action::Hang(handle) => handle.wait().await,
+                other => return self.fault_outcome(other, req.empty_response(), region_id),
+            }
+        }
+
+        if request_cluster_id != 0 && request_cluster_id != cluster_id {
+            let message = if batched {
+                format!(
+                    "cluster of request={request_cluster_id} does not match TiKV cluster \
+                     id={cluster_id}"
+                )
+            } else {
+                "the cluster id of the request does not match the TiKV cluster".to_owned()
+            };
+            return Outcome::Fail(Status::invalid_argument(message));
+        }
+
+        let is_gc = matches!(req, Request::Cmd(Cmd::Gc(_)));
+        let empty = req.empty_response();
+        let result = {
+            let mut state = self.shared.lock();
+            execute(&mut state, self.store_id, req, batched)
+        };
+        let response = match result {
+            Ok(response) => response,
+            // A batched request whose handler fails with a server error gets no answer at all.
+            Err(_) if batched && is_gc => return Outcome::NoReply,
+            Err(status) => return Outcome::Fail(status),
+        };
+
+        match self.shared.faults.check(&info, Phase::AfterApply) {
+            None => Outcome::Reply(response),
+            Some(Action::Delay(d)) => {
+                tokio::time::sleep(d).await;
+                Outcome::Reply(response)
+            }
+            Some(Action::Hang(handle)) => {
+                handle.wait().await;
+                Outcome::Reply(response)
+            }
+            Some(other) => self.fault_outcome(other, empty, region_id),
+        }
+    }
+
+    /// The outcome of a fault that answers instead of the request.
+    fn fault_outcome(&self, action: Action, empty: Response, region_id: Option<u64>) -> Outcome {
+        match action {
+            Action::RegionError(spec) => {
+                let error = {
+                    let state = self.shared.lock();
+                    fault::materialize(&spec, &state, region_id, Some(self.store_id))
+                };
+                Outcome::Reply(empty.with_region_error(error))
+            }
+            Action::KeyError(e) => Outcome::Reply(empty.with_key_error(e)),
+            Action::Status { code, message } => Outcome::Fail(Status::new(code, message)),
+            Action::Drop => Outcome::NoReply,
+            // Waiting actions are handled by the caller; reaching here means a new action kind
+            // that answers nothing useful, so answer as the request would have been refused.
+            _ => Outcome::Fail(Status::internal("unhandled fault action")),
+        }
+    }
+
+    /// Health feedback of this store, with the next sequence number.
+    pub(crate) fn health_feedback(&self) -> kvrpcpb::HealthFeedback {
+        admin::health_feedback(&mut self.shared.lock(), self.store_id)
+    }
+}
+
+fn not_served(name: &str) -> Status {
+    Status::unimplemented(format!("tikv-mock does not serve {name}"))
+}
+
+/// Executes a request with the cluster state locked. An `Err` is a gRPC status for the call.
+fn execute(
+    state: &mut ClusterState,
+    store_id: u64,
+    req: Request,
+    batched: bool,
+) -> Result<Response, Status> {
+    let name = req.name();
+    let resp = match req {
+        Request::Cmd(cmd) => Response::Cmd(match cmd {
+            Cmd::RawGet(r) => RespCmd::RawGet(raw::raw_get(state, store_id, r)),
+            Cmd::RawBatchGet(r) => RespCmd::RawBatchGet(raw::raw_batch_get(state, store_id, r)),
+            Cmd::RawPut(r) => RespCmd::RawPut(raw::raw_put(state, store_id, r)),
+            Cmd::RawBatchPut(r) => RespCmd::RawBatchPut(raw::raw_batch_put(state, store_id, r)),
+            Cmd::RawDelete(r) => RespCmd::RawDelete(raw::raw_delete(state, store_id, r)),
+            Cmd::RawBatchDelete(r) => {
+                RespCmd::RawBatchDelete(raw::raw_batch_delete(state, store_id, r))
+            }
+            Cmd::RawScan(r) => RespCmd::RawScan(raw::raw_scan(state, store_id, r)),
+            Cmd::RawDeleteRange(r) => {
+                RespCmd::RawDeleteRange(raw::raw_delete_range(state, store_id, r))
+            }
+            Cmd::RawBatchScan(r) => RespCmd::RawBatchScan(raw::raw_batch_scan(state, store_id, r)),
+            Cmd::GetHealthFeedback(_) => {
+                // A batched request's feedback is attached by the stream's writer, to the
+                // sub-response and to the batch that carries it (TiKV's HealthFeedbackAttacher).
+                let health_feedback = (!batched).then(|| admin::health_feedback(state, store_id));
+                RespCmd::GetHealthFeedback(kvrpcpb::GetHealthFeedbackResponse {
+                    health_feedback,
+                    ..Default::default()
+                })
+            }
+            // TiKV refreshes its transaction status cache; nothing in the mock reads one.
+            Cmd::BroadcastTxnStatus(_) => RespCmd::BroadcastTxnStatus(Default::default()),
+            Cmd::Empty(e) => RespCmd::Empty(BatchCommandsEmptyResponse { test_id: e.test_id }),
+            // TiKV answers KvGC with a bare UNIMPLEMENTED: GC runs inside the store.
+            Cmd::Gc(_) => return Err(Status::new(tonic::Code::Unimplemented, "")),
+            // Transactional commands and the coprocessor are not served yet.
+            _ => return Err(not_served(name)),
+        }),
+        Request::RawGetKeyTtl(r) => {
+            Response::RawGetKeyTtl(raw::raw_get_key_ttl(state, store_id, r))
+        }
+        Request::RawCompareAndSwap(r) => {
+            Response::RawCompareAndSwap(raw::raw_compare_and_swap(state, store_id, r))
+        }
+        Request::RawChecksum(r) => Response::RawChecksum(raw::raw_checksum(state, store_id, r)),
+        Request::SplitRegion(r) => Response::SplitRegion(admin::split_region(state, store_id, r)),
+        Request::UnsafeDestroyRange(r) => {
+            Response::UnsafeDestroyRange(admin::unsafe_destroy_range(state, r))
+        }
+        Request::GetStoreSafeTs(r) => Response::GetStoreSafeTs(admin::store_safe_ts(state, r)),
+        Request::MvccGetByKey(_) | Request::MvccGetByStartTs(_) => return Err(not_served(name)),
+    };
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_errors_land_where_each_response_keeps_them() {
+        let e = kvrpcpb::KeyError {
+            abort: "boom".to_owned(),
+            ..Default::default()
+        };
+        let resp = Request::Cmd(Cmd::RawGet(Default::default()))
+            .empty_response()
+            .with_key_error(e.clone());
+        let Response::Cmd(RespCmd::RawGet(r)) = resp else {
+            panic!("wrong type")
+        };
+        assert_eq!(r.error, "boom");
+
+        let resp = Request::Cmd(Cmd::RawScan(Default::default()))
+            .empty_response()
+            .with_key_error(e.clone());
+        let Response::Cmd(RespCmd::RawScan(r)) = resp else {
+            panic!("wrong type")
+        };
+        assert_eq!(r.kvs[0].error.as_ref().unwrap().abort, "boom");
+
+        let resp = Request::Cmd(Cmd::Prewrite(Default::default()))
+            .empty_response()
+            .with_key_error(e.clone());
+        let Response::Cmd(RespCmd::Prewrite(r)) = resp else {
+            panic!("wrong type")
+        };
+        assert_eq!(r.errors, vec![e.clone()]);
+
+        let resp = Request::Cmd(Cmd::BatchGet(Default::default()))
+            .empty_response()
+            .with_key_error(e.clone());
+        let Response::Cmd(RespCmd::BatchGet(r)) = resp else {
+            panic!("wrong type")
+        };
+        assert_eq!(r.error, Some(e.clone()));
+        assert_eq!(r.pairs.len(), 1);
+    }
+
+    #[test]
+    fn region_errors_and_names() {
+        let region_error = errorpb::Error {
+            message: "x".to_owned(),
+            ..Default::default()
+        };
+        let req = Request::RawCompareAndSwap(Default::default());
+        assert_eq!(req.name(), "RawCompareAndSwap");
+        let Response::RawCompareAndSwap(r) = req.empty_response().with_region_error(region_error)
+        else {
+            panic!("wrong type")
+        };
+        assert_eq!(r.region_error.unwrap().message, "x");
+        assert_eq!(
+            Request::Cmd(Cmd::PessimisticRollback(Default::default())).name(),
+            "KVPessimisticRollback"
+        );
+        assert_eq!(
+            Request::GetStoreSafeTs(Default::default()).name(),
+            "GetStoreSafeTS"
+        );
+        assert!(!Request::SplitRegion(Default::default()).checks_cluster_id());
+    }
+}
