@@ -187,14 +187,12 @@ impl MockClusterBuilder {
             ServerKey::Pd,
             pd_listener,
             crate::pd::routes(shared.clone()),
+            None,
         );
         let store_ids: Vec<u64> = shared.lock().stores.keys().copied().collect();
         for (store_id, listener) in store_ids.into_iter().zip(store_listeners) {
-            servers.spawn(
-                ServerKey::Store(store_id),
-                listener,
-                crate::tikv::routes(shared.clone(), store_id),
-            );
+            let (routes, health) = crate::tikv::routes_with_health(shared.clone(), store_id);
+            servers.spawn(ServerKey::Store(store_id), listener, routes, Some(health));
         }
         Ok(MockCluster {
             shared,
@@ -249,6 +247,8 @@ enum ServerKey {
 #[derive(Debug)]
 struct RunningServer {
     addr: SocketAddr,
+    /// The server's gRPC health reporter, for stores.
+    health: Option<tonic_health::server::HealthReporter>,
     accept: JoinHandle<()>,
     serve: JoinHandle<()>,
     connections: Arc<Mutex<Vec<StdTcpStream>>>,
@@ -274,7 +274,13 @@ struct Servers {
 }
 
 impl Servers {
-    fn spawn(&self, key: ServerKey, listener: TcpListener, routes: Routes) {
+    fn spawn(
+        &self,
+        key: ServerKey,
+        listener: TcpListener,
+        routes: Routes,
+        health: Option<tonic_health::server::HealthReporter>,
+    ) {
         let addr = listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
@@ -317,6 +323,7 @@ impl Servers {
             key,
             RunningServer {
                 addr,
+                health,
                 accept,
                 serve,
                 connections,
@@ -324,6 +331,11 @@ impl Servers {
         ) {
             old.kill();
         }
+    }
+
+    fn health(&self, key: ServerKey) -> Option<tonic_health::server::HealthReporter> {
+        let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        tasks.get(&key).and_then(|s| s.health.clone())
     }
 
     fn stop(&self, key: ServerKey) -> Option<SocketAddr> {
@@ -505,14 +517,29 @@ impl MockCluster {
             .parse()
             .map_err(|e| MockError::Io(format!("bad store address {addr}: {e}")))?;
         let listener = bind(addr).await?;
-        self.servers.spawn(
-            ServerKey::Store(store_id),
-            listener,
-            crate::tikv::routes(self.shared.clone(), store_id),
-        );
+        let (routes, health) = crate::tikv::routes_with_health(self.shared.clone(), store_id);
+        self.servers
+            .spawn(ServerKey::Store(store_id), listener, routes, Some(health));
         if let Some(store) = self.shared.lock().stores.get_mut(&store_id) {
             store.up = true;
         }
+        Ok(())
+    }
+
+    /// Sets what a running store's gRPC health service reports (`""`): SERVING or NOT_SERVING.
+    /// The store keeps serving KV requests; clients that probe liveness see it as unhealthy. A
+    /// restarted store reports SERVING again.
+    pub async fn set_store_serving(&self, store_id: u64, serving: bool) -> Result<(), MockError> {
+        let reporter = self
+            .servers
+            .health(ServerKey::Store(store_id))
+            .ok_or_else(|| MockError::Topology(format!("store {store_id} is not running")))?;
+        let status = if serving {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        reporter.set_service_status("", status).await;
         Ok(())
     }
 
@@ -528,6 +555,7 @@ impl MockCluster {
             ServerKey::Pd,
             listener,
             crate::pd::routes(self.shared.clone()),
+            None,
         );
         Ok(())
     }

@@ -28,11 +28,6 @@ use tonic_health::server::HealthReporter;
 use crate::Shared;
 use dispatch::{Dispatcher, Outcome, Request, Response};
 
-/// The gRPC services one store serves.
-pub(crate) fn routes(shared: Arc<Shared>, store_id: u64) -> Routes {
-    routes_with_health(shared, store_id).0
-}
-
 /// The store's services and the reporter of its health service, whose overall status (`""`)
 /// starts SERVING. A stopped store is simply not listening; a caller that wants a running store
 /// to report NOT_SERVING keeps the reporter and calls
