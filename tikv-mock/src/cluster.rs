@@ -632,6 +632,7 @@ impl ClusterState {
         }
         self.create_keyspace_meta(id, name);
         self.split_keyspace(id)?;
+        self.pd.notify_keyspace_changed();
         Ok(id)
     }
 

@@ -14,7 +14,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tikv_proto::keyspacepb::{self, keyspace_server::Keyspace};
 use tikv_proto::pdpb;
@@ -33,8 +32,6 @@ use crate::fault::Phase;
 const MAX_VALID_KEYSPACE_ID: u32 = 0x00FF_FFFF;
 /// PD's text for an unknown keyspace.
 const NOT_FOUND: &str = "[PD:keyspace:ErrKeyspaceNotFound]keyspace does not exist";
-/// How often a keyspace watch looks for changes made outside PD (the mock's control API).
-const WATCH_POLL: Duration = Duration::from_millis(100);
 
 /// The `keyspacepb.Keyspace` service.
 #[derive(Debug, Clone)]
@@ -158,7 +155,7 @@ fn update_state(
     meta.state = to as i32;
     meta.state_changed_at = now_secs;
     let meta = meta.clone();
-    state.pd.keyspace_changed.send_modify(|v| *v += 1);
+    state.pd.notify_keyspace_changed();
     Ok(meta)
 }
 
@@ -258,11 +255,8 @@ impl Keyspace for KeyspaceService {
                 {
                     return;
                 }
-                // Changes made by PD wake the watch at once; the poll catches keyspaces the
-                // mock's control API creates.
                 tokio::select! {
                     _ = changed.changed() => {}
-                    () = tokio::time::sleep(WATCH_POLL) => {}
                     () = tx.closed() => return,
                 }
             }

@@ -57,8 +57,16 @@ pub(crate) struct PdState {
     external_ts: u64,
     /// The min resolved ts each store last reported, kept for stores that stopped reporting.
     store_resolved_ts: HashMap<u64, u64>,
-    /// Bumped when PD changes a keyspace, so keyspace watchers push the change at once.
+    /// Bumped whenever a keyspace is created or changes, so keyspace watchers push the change at
+    /// once.
     keyspace_changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl PdState {
+    /// Wakes keyspace watchers; called by whatever changed a keyspace (PD or the control API).
+    pub(crate) fn notify_keyspace_changed(&self) {
+        self.keyspace_changed.send_modify(|v| *v += 1);
+    }
 }
 
 impl Default for PdState {
