@@ -299,9 +299,7 @@ impl ClusterState {
         let request_store = ctx.peer.as_ref().map_or(0, |p| p.store_id);
         if request_store != store_id {
             return Err(errorpb::Error {
-                message: format!(
-                    "store not match: request store {request_store}, actual store {store_id}"
-                ),
+                message: format!("to store id {request_store}, mine {store_id}"),
                 store_not_match: Some(errorpb::StoreNotMatch {
                     request_store_id: request_store,
                     actual_store_id: store_id,
@@ -318,9 +316,7 @@ impl ClusterState {
         let request_peer = ctx.peer.as_ref().map_or(0, |p| p.id);
         if request_peer != local_peer {
             return Err(errorpb::Error {
-                message: format!(
-                    "mismatch peer id: request peer {request_peer}, store peer {local_peer}"
-                ),
+                message: format!("mismatch peer id {request_peer} != {local_peer}"),
                 mismatch_peer_id: Some(errorpb::MismatchPeerId {
                     request_peer_id: request_peer,
                     store_peer_id: local_peer,
@@ -332,15 +328,12 @@ impl ClusterState {
         if region.leader != local_peer && !read_on_replica {
             return Err(self.not_leader(region));
         }
-        let Some(epoch) = ctx.region_epoch.as_ref() else {
-            return Err(errorpb::Error {
-                message: "missing epoch!".to_owned(),
-                ..Default::default()
-            });
-        };
+        // TiKV copies the context's epoch into the raft header, so a missing epoch is epoch
+        // {0, 0} and fails the version check like any stale one.
+        let epoch = ctx.region_epoch.unwrap_or_default();
         // TiKV compares only `version` for KV requests; conf_ver changes do not reject them.
         if epoch.version != region.version() {
-            return Err(self.epoch_not_match(region, epoch.version));
+            return Err(self.epoch_not_match(region, epoch));
         }
         Ok(region)
     }
@@ -348,7 +341,11 @@ impl ClusterState {
     /// NotLeader naming the region's actual leader (none if it has no leader).
     pub(crate) fn not_leader(&self, region: &RegionState) -> errorpb::Error {
         errorpb::Error {
-            message: format!("peer is not leader for region {}", region.id()),
+            message: format!(
+                "peer is not leader for region {}, leader may {}",
+                region.id(),
+                debug_peer(region.leader_peer())
+            ),
             not_leader: Some(errorpb::NotLeader {
                 region_id: region.id(),
                 leader: region.leader_peer().cloned(),
@@ -362,8 +359,9 @@ impl ClusterState {
     pub(crate) fn epoch_not_match(
         &self,
         region: &RegionState,
-        request_version: u64,
+        request_epoch: metapb::RegionEpoch,
     ) -> errorpb::Error {
+        let request_version = request_epoch.version;
         let mut current = vec![region.meta.clone()];
         if request_version < region.version() {
             current.extend(
@@ -378,9 +376,10 @@ impl ClusterState {
         }
         errorpb::Error {
             message: format!(
-                "epoch not match for region {}: request version {request_version}, current {}",
+                "EpochNotMatch current epoch of region {} is {}, but you sent {}",
                 region.id(),
-                region.version()
+                debug_epoch(region.meta.region_epoch.unwrap_or_default()),
+                debug_epoch(request_epoch)
             ),
             epoch_not_match: Some(errorpb::EpochNotMatch {
                 current_regions: current,
@@ -396,7 +395,13 @@ impl ClusterState {
             return Ok(());
         }
         Err(errorpb::Error {
-            message: format!("key is not in region {}", region.id()),
+            message: format!(
+                "key {} is not in region key range [{}, {}) for region {}",
+                hex_upper(key),
+                hex_upper(&region.meta.start_key),
+                hex_upper(&region.meta.end_key),
+                region.id()
+            ),
             key_not_in_region: Some(errorpb::KeyNotInRegion {
                 key: Bytes::copy_from_slice(key),
                 region_id: region.id(),
@@ -660,6 +665,32 @@ impl ClusterState {
     pub(crate) fn count_rpc(&mut self, store_id: u64, command: &'static str) {
         *self.rpc_counts.entry((store_id, command)).or_default() += 1;
     }
+}
+
+/// A peer as TiKV's error messages print an `Option<Peer>` (the protobuf text form of the set
+/// fields).
+fn debug_peer(peer: Option<&metapb::Peer>) -> String {
+    let Some(p) = peer else {
+        return "None".to_owned();
+    };
+    let mut fields = format!("id: {} store_id: {}", p.id, p.store_id);
+    if p.role == metapb::PeerRole::Learner as i32 {
+        fields.push_str(" role: Learner");
+    }
+    if p.is_witness {
+        fields.push_str(" is_witness: true");
+    }
+    format!("Some({fields})")
+}
+
+/// An epoch as TiKV's error messages print it.
+fn debug_epoch(epoch: metapb::RegionEpoch) -> String {
+    format!("conf_ver: {} version: {}", epoch.conf_ver, epoch.version)
+}
+
+/// Keys in TiKV's error messages: upper-case hex (`log_wrappers::Value::key`).
+pub(crate) fn hex_upper(key: &[u8]) -> String {
+    key.iter().map(|b| format!("{b:02X}")).collect()
 }
 
 /// RegionNotFound for `region_id`.

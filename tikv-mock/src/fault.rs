@@ -479,6 +479,9 @@ pub(crate) struct FaultEngine {
     /// every request calls, costs one relaxed load when no rule is installed.
     installed: AtomicUsize,
     next_id: AtomicU64,
+    /// Hangs of bounded rules that removed themselves by firing: the requests they hold are
+    /// still held, and [`FaultEngine::clear`] must release them too.
+    spent_hangs: Mutex<Vec<HangHandle>>,
 }
 
 impl FaultEngine {
@@ -530,6 +533,11 @@ impl FaultEngine {
                 handle.release();
             }
         }
+        let spent =
+            std::mem::take(&mut *self.spent_hangs.lock().unwrap_or_else(|p| p.into_inner()));
+        for handle in spent {
+            handle.release();
+        }
     }
 
     /// The number of installed rules.
@@ -557,8 +565,14 @@ impl FaultEngine {
         if let Some(remaining) = fired.remaining.as_mut() {
             *remaining -= 1;
             if *remaining == 0 {
-                rules.remove(index);
+                let spent = rules.remove(index);
                 self.installed.store(rules.len(), Ordering::Relaxed);
+                if let Action::Hang(handle) = spent.rule.action {
+                    self.spent_hangs
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(handle);
+                }
             }
         }
         Some(action)
@@ -594,16 +608,11 @@ pub(crate) fn materialize(
         RegionErrorSpec::NotLeaderNoLeader => no_leader(id),
         RegionErrorSpec::EpochNotMatch => match region {
             Some(r) => {
-                let version = r.meta.region_epoch.as_ref().map_or(0, |e| e.version);
+                let mut sent = r.meta.region_epoch.unwrap_or_default();
                 // As answered to a request one version behind: the region plus the regions its
                 // latest split created.
-                let mut e = state.epoch_not_match(r, version.saturating_sub(1));
-                let epoch = r.meta.region_epoch.unwrap_or_default();
-                e.message = format!(
-                    "EpochNotMatch current epoch of region {id} is conf_ver: {} version: {}",
-                    epoch.conf_ver, epoch.version
-                );
-                e
+                sent.version = sent.version.saturating_sub(1);
+                state.epoch_not_match(r, sent)
             }
             None => errorpb::Error {
                 epoch_not_match: Some(errorpb::EpochNotMatch::default()),

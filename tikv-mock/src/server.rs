@@ -255,7 +255,9 @@ struct RunningServer {
 }
 
 impl RunningServer {
-    fn kill(self) {
+    /// Aborts the server's tasks and shuts its connections; the listener is closed once the
+    /// returned tasks have finished, which callers that rebind the address await.
+    fn kill(self) -> [JoinHandle<()>; 2] {
         self.accept.abort();
         self.serve.abort();
         let conns =
@@ -265,6 +267,15 @@ impl RunningServer {
             // with EOF and fails its writes, so hyper drops the connection and every stream on it.
             let _ = conn.shutdown(std::net::Shutdown::Both);
         }
+        [self.accept, self.serve]
+    }
+}
+
+/// Waits until aborted server tasks are gone, and with them their listeners.
+async fn reap(tasks: impl IntoIterator<Item = JoinHandle<()>>) {
+    for task in tasks {
+        // The error is the cancellation we asked for.
+        let _ = task.await;
     }
 }
 
@@ -329,7 +340,8 @@ impl Servers {
                 connections,
             },
         ) {
-            old.kill();
+            // Replaced only by a restart, which bound the address already: nothing to wait for.
+            let _ = old.kill();
         }
     }
 
@@ -338,18 +350,20 @@ impl Servers {
         tasks.get(&key).and_then(|s| s.health.clone())
     }
 
-    fn stop(&self, key: ServerKey) -> Option<SocketAddr> {
+    async fn stop(&self, key: ServerKey) -> Option<SocketAddr> {
         let server = self
             .tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&key)?;
         let addr = server.addr;
-        server.kill();
+        reap(server.kill()).await;
         Some(addr)
     }
 
-    fn stop_all(&self) {
+    /// Stops every server; the listeners close as soon as the runtime drops the aborted tasks,
+    /// which the returned handles let an async caller wait for.
+    fn stop_all(&self) -> Vec<JoinHandle<()>> {
         let all: Vec<RunningServer> = self
             .tasks
             .lock()
@@ -357,15 +371,14 @@ impl Servers {
             .drain()
             .map(|(_, s)| s)
             .collect();
-        for server in all {
-            server.kill();
-        }
+        all.into_iter().flat_map(RunningServer::kill).collect()
     }
 }
 
 impl Drop for Servers {
     fn drop(&mut self) {
-        self.stop_all();
+        // Drop cannot wait: the listeners close as soon as the runtime drops the aborted tasks.
+        let _ = self.stop_all();
     }
 }
 
@@ -498,9 +511,10 @@ impl MockCluster {
 
     /// Stops a store: its listener closes (connections are refused) and every open connection
     /// to it is shut down. PD keeps reporting the store, as it would for a crashed TiKV.
-    pub fn stop_store(&self, store_id: u64) -> Result<(), MockError> {
+    pub async fn stop_store(&self, store_id: u64) -> Result<(), MockError> {
         self.servers
             .stop(ServerKey::Store(store_id))
+            .await
             .ok_or_else(|| MockError::Topology(format!("store {store_id} is not running")))?;
         if let Some(store) = self.shared.lock().stores.get_mut(&store_id) {
             store.up = false;
@@ -544,8 +558,8 @@ impl MockCluster {
     }
 
     /// Stops the PD server (listener and connections), as a PD crash would.
-    pub fn stop_pd(&self) {
-        self.servers.stop(ServerKey::Pd);
+    pub async fn stop_pd(&self) {
+        self.servers.stop(ServerKey::Pd).await;
     }
 
     /// Starts the PD server again on the same address.
@@ -613,8 +627,6 @@ impl MockCluster {
 
     /// Stops every server and frees every port. Other clones become inert.
     pub async fn shutdown(self) {
-        self.servers.stop_all();
-        // Let the aborted tasks observe their cancellation before the caller reuses ports.
-        tokio::task::yield_now().await;
+        reap(self.servers.stop_all()).await;
     }
 }

@@ -285,7 +285,7 @@ async fn a_stopped_store_breaks_streams_and_refuses_connections_until_restarted(
     stream.send(vec![(1, raw_put(&ctx, b"a", b"1"))]).await;
     stream.collect(&[1]).await;
 
-    cluster.stop_store(store).unwrap();
+    cluster.stop_store(store).await.unwrap();
     // The open stream ends (with an error or end of stream), it does not hang.
     let ended = stream.recv.message().await;
     assert!(!matches!(ended, Ok(Some(_))), "{ended:?}");

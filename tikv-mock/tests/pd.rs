@@ -1139,7 +1139,7 @@ async fn pd_restart_keeps_state_and_clients_reconnect() {
         .into_inner();
     let before = ts(stream.next().await.unwrap().unwrap());
 
-    cluster.stop_pd();
+    cluster.stop_pd().await;
     assert!(
         client
             .get_members(pdpb::GetMembersRequest::default())
