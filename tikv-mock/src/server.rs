@@ -300,8 +300,14 @@ impl Servers {
         let conns = connections.clone();
         let accept = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    Err(_) => {
+                        // Out of file descriptors and the like: pause instead of spinning, as
+                        // a server's accept loop does, and try again.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
                 };
                 let _ = stream.set_nodelay(true);
                 let Ok(std_stream) = stream.into_std() else {
