@@ -101,6 +101,8 @@ pub(crate) struct ClusterState {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) tso: Tso,
     pub(crate) raw: RawStore,
+    /// Transactional data (lock, write and default column families).
+    pub(crate) mvcc: crate::mvcc::MvccStore,
     pub(crate) stores: BTreeMap<u64, StoreState>,
     regions: BTreeMap<u64, RegionState>,
     /// Region start key (storage form) to region id; regions tile the whole key space.
@@ -132,6 +134,7 @@ impl ClusterState {
             tso: Tso::default(),
             clock,
             raw: RawStore::default(),
+            mvcc: crate::mvcc::MvccStore::default(),
             stores: BTreeMap::new(),
             regions: BTreeMap::new(),
             by_start: BTreeMap::new(),

@@ -27,38 +27,38 @@ pub(crate) fn encode_bytes(key: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Decodes an encoded key, returning `None` if `data` is not a complete, canonical encoding
+/// followed by nothing.
+pub(crate) fn decode_bytes(data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(data.len() / (GROUP + 1) * GROUP);
+    let mut rest = data;
+    loop {
+        if rest.len() < GROUP + 1 {
+            return None;
+        }
+        let (group, tail) = rest.split_at(GROUP);
+        let marker = tail[0];
+        rest = &tail[1..];
+        let pad = (MARKER - marker) as usize;
+        if marker == MARKER {
+            out.extend_from_slice(group);
+            continue;
+        }
+        if pad > GROUP {
+            return None;
+        }
+        let (real, padding) = group.split_at(GROUP - pad);
+        if padding.iter().any(|b| *b != PAD) || !rest.is_empty() {
+            return None;
+        }
+        out.extend_from_slice(real);
+        return Some(out);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Decodes an encoded key, returning `None` if `data` is not a complete, canonical encoding
-    /// followed by nothing.
-    fn decode_bytes(data: &[u8]) -> Option<Vec<u8>> {
-        let mut out = Vec::with_capacity(data.len() / (GROUP + 1) * GROUP);
-        let mut rest = data;
-        loop {
-            if rest.len() < GROUP + 1 {
-                return None;
-            }
-            let (group, tail) = rest.split_at(GROUP);
-            let marker = tail[0];
-            rest = &tail[1..];
-            let pad = (MARKER - marker) as usize;
-            if marker == MARKER {
-                out.extend_from_slice(group);
-                continue;
-            }
-            if pad > GROUP {
-                return None;
-            }
-            let (real, padding) = group.split_at(GROUP - pad);
-            if padding.iter().any(|b| *b != PAD) || !rest.is_empty() {
-                return None;
-            }
-            out.extend_from_slice(real);
-            return Some(out);
-        }
-    }
 
     #[test]
     fn known_vectors() {

@@ -40,11 +40,13 @@ mod clock;
 mod cluster;
 mod codec;
 mod fault;
+mod mvcc;
 mod pd;
 mod raw;
 mod server;
 mod tikv;
 mod tso;
+mod txn;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use fault::{

@@ -24,7 +24,7 @@ use super::admin;
 use crate::Shared;
 use crate::cluster::ClusterState;
 use crate::fault::{self, Action, Phase, RequestInfo, Service};
-use crate::raw;
+use crate::{raw, txn};
 
 /// A request to a store.
 // Moved, never copied, from decoding to its handler: boxing would only add an allocation.
@@ -595,6 +595,32 @@ fn execute(
             // TiKV refreshes its transaction status cache; nothing in the mock reads one.
             Cmd::BroadcastTxnStatus(_) => RespCmd::BroadcastTxnStatus(Default::default()),
             Cmd::Empty(e) => RespCmd::Empty(BatchCommandsEmptyResponse { test_id: e.test_id }),
+            // Transactional commands: the handlers in `crate::txn`.
+            Cmd::Get(r) => RespCmd::Get(txn::read::kv_get(state, store_id, r)?),
+            Cmd::BatchGet(r) => RespCmd::BatchGet(txn::read::kv_batch_get(state, store_id, r)?),
+            Cmd::Scan(r) => RespCmd::Scan(txn::read::kv_scan(state, store_id, r)?),
+            Cmd::ScanLock(r) => RespCmd::ScanLock(txn::read::kv_scan_lock(state, store_id, r)?),
+            Cmd::Prewrite(r) => RespCmd::Prewrite(txn::write::kv_prewrite(state, store_id, r)?),
+            Cmd::Commit(r) => RespCmd::Commit(txn::write::kv_commit(state, store_id, r)?),
+            Cmd::BatchRollback(r) => {
+                RespCmd::BatchRollback(txn::write::kv_batch_rollback(state, store_id, r)?)
+            }
+            Cmd::Cleanup(r) => RespCmd::Cleanup(txn::write::kv_cleanup(state, store_id, r)?),
+            Cmd::CheckTxnStatus(r) => {
+                RespCmd::CheckTxnStatus(txn::write::kv_check_txn_status(state, store_id, r)?)
+            }
+            Cmd::CheckSecondaryLocks(r) => RespCmd::CheckSecondaryLocks(
+                txn::write::kv_check_secondary_locks(state, store_id, r)?,
+            ),
+            Cmd::ResolveLock(r) => {
+                RespCmd::ResolveLock(txn::write::kv_resolve_lock(state, store_id, r)?)
+            }
+            Cmd::TxnHeartBeat(r) => {
+                RespCmd::TxnHeartBeat(txn::write::kv_txn_heartbeat(state, store_id, r)?)
+            }
+            Cmd::DeleteRange(r) => {
+                RespCmd::DeleteRange(txn::write::kv_delete_range(state, store_id, r)?)
+            }
             // TiKV answers KvGC with a bare UNIMPLEMENTED: GC runs inside the store.
             Cmd::Gc(_) => return Err(Status::new(tonic::Code::Unimplemented, "")),
             // Transactional commands and the coprocessor are not served yet.
@@ -612,7 +638,12 @@ fn execute(
             Response::UnsafeDestroyRange(admin::unsafe_destroy_range(state, r))
         }
         Request::GetStoreSafeTs(r) => Response::GetStoreSafeTs(admin::store_safe_ts(state, r)),
-        Request::MvccGetByKey(_) | Request::MvccGetByStartTs(_) => return Err(not_served(name)),
+        Request::MvccGetByKey(r) => {
+            Response::MvccGetByKey(txn::read::mvcc_get_by_key(state, store_id, r)?)
+        }
+        Request::MvccGetByStartTs(r) => {
+            Response::MvccGetByStartTs(txn::read::mvcc_get_by_start_ts(state, store_id, r)?)
+        }
     };
     Ok(resp)
 }
