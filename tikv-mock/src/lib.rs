@@ -40,6 +40,7 @@ mod clock;
 mod cluster;
 mod codec;
 mod fault;
+mod lockwait;
 mod mvcc;
 mod pd;
 mod raw;
@@ -110,6 +111,9 @@ pub(crate) struct Shared {
     state: std::sync::Mutex<cluster::ClusterState>,
     pub(crate) faults: fault::FaultEngine,
     pub(crate) pd_addr: std::net::SocketAddr,
+    /// Pessimistic-lock requests waiting for locks, and the deadlock detector; outside the
+    /// state lock because waiting is asynchronous.
+    pub(crate) lock_waits: std::sync::Arc<lockwait::LockWaits>,
 }
 
 impl Shared {

@@ -179,6 +179,7 @@ impl MockClusterBuilder {
             state: Mutex::new(state),
             faults: FaultEngine::default(),
             pd_addr,
+            lock_waits: Default::default(),
         });
         let servers = Servers {
             tasks: Mutex::new(HashMap::new()),
@@ -578,6 +579,14 @@ impl MockCluster {
             None,
         );
         Ok(())
+    }
+
+    /// Runs MVCC garbage collection over the whole transactional store at `safe_point`, as the
+    /// GC path does after PD's GC safe point advances, without moving PD's safe points. Returns
+    /// how many write records were removed.
+    pub fn run_gc(&self, safe_point: u64) -> usize {
+        let mut state = self.shared.lock();
+        crate::mvcc::actions::gc::run(&mut state.mvcc, None, safe_point).writes
     }
 
     /// Advances the manual clock. Fails if the cluster runs on another clock.

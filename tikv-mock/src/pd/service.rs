@@ -725,6 +725,8 @@ impl Pd for PdService {
                 .gc
                 .advance_gc_safe_point(NULL_KEYSPACE_ID, req.safe_point, true)
                 .map_err(|e| go_error(e.message()))?;
+            // TiKV's GC workers follow the safe point; the mock collects at once.
+            crate::mvcc::actions::gc::run(&mut state.mvcc, None, new);
             Ok(pdpb::UpdateGcSafePointResponse {
                 header: ok_header(state.cluster_id),
                 new_safe_point: new,
@@ -821,8 +823,12 @@ impl Pd for PdService {
         self.unary("AdvanceGCSafePoint", cid, None, &[], |state| {
             let keyspace = scope_keyspace(req.keyspace_scope.as_ref());
             let st = &mut *state;
-            let result = gc::redirect(&st.keyspaces, keyspace, false)
-                .and_then(|scope| st.pd.gc.advance_gc_safe_point(scope, req.target, false));
+            let result = gc::redirect(&st.keyspaces, keyspace, false).and_then(|scope| {
+                let moved = st.pd.gc.advance_gc_safe_point(scope, req.target, false)?;
+                let keyspace = (scope != NULL_KEYSPACE_ID).then_some(scope);
+                crate::mvcc::actions::gc::run(&mut st.mvcc, keyspace, moved.1);
+                Ok(moved)
+            });
             let (header, value) = in_header(st.cluster_id, result);
             let (old, new) = value.unwrap_or_default();
             Ok(pdpb::AdvanceGcSafePointResponse {

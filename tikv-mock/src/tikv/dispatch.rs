@@ -506,10 +506,20 @@ impl Dispatcher {
 
         let is_gc = matches!(req, Request::Cmd(Cmd::Gc(_)));
         let empty = req.empty_response();
-        let result = {
-            let mut state = self.shared.lock();
-            execute(&mut state, self.store_id, req, batched)
+        let result = match req {
+            // The one command that may wait: it takes and releases the state lock itself.
+            Request::Cmd(Cmd::PessimisticLock(r)) => {
+                txn::pessimistic::kv_pessimistic_lock_waiting(&self.shared, self.store_id, r)
+                    .await
+                    .map(|r| Response::Cmd(RespCmd::PessimisticLock(r)))
+            }
+            req => {
+                let mut state = self.shared.lock();
+                execute(&mut state, self.store_id, req, batched)
+            }
         };
+        // Any command may have released a lock someone waits for.
+        self.shared.lock_waits.notify_changed();
         let response = match result {
             Ok(response) => response,
             // A batched request whose handler fails with a server error gets no answer at all.
@@ -621,6 +631,13 @@ fn execute(
             Cmd::DeleteRange(r) => {
                 RespCmd::DeleteRange(txn::write::kv_delete_range(state, store_id, r)?)
             }
+            // Served requests wait in `Dispatcher::dispatch`; here a locked key answers at once.
+            Cmd::PessimisticLock(r) => {
+                RespCmd::PessimisticLock(txn::pessimistic::kv_pessimistic_lock(state, store_id, r)?)
+            }
+            Cmd::PessimisticRollback(r) => RespCmd::PessimisticRollback(
+                txn::pessimistic::kv_pessimistic_rollback(state, store_id, r)?,
+            ),
             // TiKV answers KvGC with a bare UNIMPLEMENTED: GC runs inside the store.
             Cmd::Gc(_) => return Err(Status::new(tonic::Code::Unimplemented, "")),
             // Transactional commands and the coprocessor are not served yet.

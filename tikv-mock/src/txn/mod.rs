@@ -9,5 +9,6 @@
 //! `src/server/service/kv.rs` (how errors land in each response).
 
 pub(crate) mod common;
+pub(crate) mod pessimistic;
 pub(crate) mod read;
 pub(crate) mod write;

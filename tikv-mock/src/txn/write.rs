@@ -9,7 +9,8 @@
 //! txn_heart_beat,check_secondary_locks,resolve_lock,resolve_lock_lite}.rs`,
 //! `src/storage/mod.rs` (`delete_range`) and `src/server/service/kv.rs` (response shapes).
 //!
-//! Not done yet: released locks do not wake lock waiters (there is no lock manager yet), and
+//! Released locks wake lock waiters without help from these handlers: `tikv::dispatch` pokes
+//! `crate::lockwait` after every request and each waiter re-reads its lock. Not done yet:
 //! prewrite has no committed-transaction status cache.
 
 use std::collections::HashMap;

@@ -12,9 +12,11 @@
 //! Reads of write records go to the store as it was when the command started (TiKV's snapshot),
 //! never to the pending batch; lock reads go through [`Txn::lock`], which sees the batch.
 
+pub(crate) mod acquire_pessimistic_lock;
 pub(crate) mod check_txn_status;
 pub(crate) mod cleanup;
 pub(crate) mod commit;
+pub(crate) mod gc;
 pub(crate) mod prewrite;
 
 use bytes::Bytes;
