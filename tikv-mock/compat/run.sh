@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Compatibility check: the published Rust client tikv-client 0.4 (tikv/client-rust, which nobody
-# on this project wrote) against the tikv-mock binary, once per API version.
+# on this project wrote) against the tikv-mock binary: raw KV once per API version, then
+# transactions (TransactionClient) over API V1.
 #
 #   bash tikv-mock/compat/run.sh
 #
@@ -13,6 +14,7 @@
 #   TIKV_MOCK_BIN    use this mock binary instead of building it from the workspace
 #   CARGO_TARGET_DIR honoured for both builds
 #   COMPAT_KEEP_LOGS=1  keep the mock's logs (their directory is printed) even when all passed
+#   COMPAT_PESSIMISTIC=0  skip the pessimistic-transaction steps of the txn scenario
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -153,42 +155,54 @@ stop_mock() {
   fi
 }
 
-# run_scenario API_VERSION MOCK_ARGS... : one fresh mock, one compat run. Returns non-zero on any
-# failure and never leaves the mock running. (Called from `if`, where set -e does not apply, so
-# every step checks its own status.)
+# run_scenario NAME COMPAT_ARGS -- MOCK_ARGS... : one fresh mock, one compat run (COMPAT_ARGS is
+# a space-separated word list). Returns non-zero on any failure and never leaves the mock
+# running. (Called from `if`, where set -e does not apply, so every step checks its own status.)
 run_scenario() {
-  local api="$1" name="v$1"
-  shift
-  log "==== API V$api ===="
+  local name="$1" compat_args
+  read -r -a compat_args <<<"$2"
+  shift 2
+  [[ "${1:-}" == "--" ]] && shift
+  log "==== $name ===="
   start_mock "$name" "$@" || return 1
   local rc=0
   # The compat program bounds every client call itself; `timeout` is the last line of defence.
-  timeout --kill-after=10 600 "$compat_bin" --pd "$pd_endpoint" --api-version "$api" || rc=$?
+  timeout --kill-after=10 600 "$compat_bin" --pd "$pd_endpoint" "${compat_args[@]}" || rc=$?
   if [[ $rc -ne 0 ]]; then
-    log "compat program failed for API V$api (status $rc)"
+    log "compat program failed for $name (status $rc)"
     show_logs "$name"
     kill_mock
     return 1
   fi
   stop_mock "$name" || return 1
-  log "API V$api passed"
+  log "$name passed"
 }
 
 split_keys="$("$compat_bin" --print-split-keys)"
+txn_split_keys="$("$compat_bin" --print-txn-split-keys)"
 passed=0
 failed=0
 
-if run_scenario 1 --pd-addr 127.0.0.1:0 --stores 3 --api-version 1 --split-keys "$split_keys"; then
-  passed=$((passed + 1))
-else
-  failed=$((failed + 1))
-fi
+record() { # record NAME STATUS
+  if [[ $2 -eq 0 ]]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+}
 
-if run_scenario 2 --pd-addr 127.0.0.1:0 --stores 3 --api-version 2; then
-  passed=$((passed + 1))
-else
-  failed=$((failed + 1))
-fi
+rc=0
+run_scenario v1 "--api-version 1" -- \
+  --pd-addr 127.0.0.1:0 --stores 3 --api-version 1 --split-keys "$split_keys" || rc=$?
+record v1 $rc
+
+rc=0
+run_scenario v2 "--api-version 2" -- --pd-addr 127.0.0.1:0 --stores 3 --api-version 2 || rc=$?
+record v2 $rc
+
+# Transactions over API V1 on two regions, pessimistic steps included unless COMPAT_PESSIMISTIC=0.
+txn_args="--txn --with-pessimistic"
+if [[ "${COMPAT_PESSIMISTIC:-1}" == 0 ]]; then txn_args="--txn"; fi
+rc=0
+run_scenario txn "$txn_args" -- \
+  --pd-addr 127.0.0.1:0 --stores 3 --api-version 1 --split-keys "$txn_split_keys" || rc=$?
+record txn $rc
 
 printf 'compat: %d passed, %d failed\n' "$passed" "$failed"
 [[ $failed -eq 0 ]]

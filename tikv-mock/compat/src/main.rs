@@ -5,6 +5,8 @@
 //! tikv-mock-compat --pd 127.0.0.1:2379 --api-version 1   # API V1 scenario (multi-region)
 //! tikv-mock-compat --pd 127.0.0.1:2379 --api-version 2   # API V2, keyspace DEFAULT, with TTL
 //! tikv-mock-compat --print-split-keys                    # split keys the V1 scenario expects
+//! tikv-mock-compat --pd 127.0.0.1:2379 --txn             # transactions (API V1, see `txn`)
+//! tikv-mock-compat --print-txn-split-keys                # split keys the --txn scenario expects
 //! ```
 //!
 //! The PD endpoint may also come from `PD_ADDRS` (comma separated). Any failed check panics inside
@@ -28,6 +30,9 @@ use std::time::Duration;
 
 use tikv_client::{BoundRange, Config, Key, KvPair, RawClient, Value};
 
+mod pd_admin;
+mod txn;
+
 /// Region split keys the V1 scenario is written for (`run.sh` passes them to the mock through
 /// `--split-keys`). Test keys are `k00`..`k08`, so they span three regions,
 /// `["", k03)`, `[k03, k06)`, `[k06, k09)`; the tail region `[k09, "")` only sees point
@@ -43,25 +48,34 @@ const BAD_KEYSPACE_TIMEOUT: Duration = Duration::from_secs(90);
 
 const USAGE: &str = "\
 usage: tikv-mock-compat --pd HOST:PORT --api-version 1|2
-       tikv-mock-compat --print-split-keys
+       tikv-mock-compat --pd HOST:PORT --txn [--with-pessimistic]
+       tikv-mock-compat --print-split-keys | --print-txn-split-keys
 
   --pd HOST:PORT       PD endpoint of the running mock (repeatable; default: env PD_ADDRS,
                        comma separated)
   --api-version 1|2    1: raw KV over API V1 on a multi-region cluster (start the mock with
                        --split-keys $(tikv-mock-compat --print-split-keys));
                        2: raw KV over API V2 in keyspace DEFAULT, TTL included
-  --print-split-keys   print the split keys the V1 scenario expects, comma separated, and exit";
+  --print-split-keys   print the split keys the V1 scenario expects, comma separated, and exit
+  --txn                transactions with TransactionClient over API V1 (start the mock with
+                       --split-keys $(tikv-mock-compat --print-txn-split-keys))
+  --with-pessimistic   with --txn: also run the pessimistic-transaction steps
+  --print-txn-split-keys  print the split keys the --txn scenario expects and exit";
 
 #[derive(Debug)]
 enum Action {
     Help,
     PrintSplitKeys,
+    PrintTxnSplitKeys,
     Run { pd: Vec<String>, api_version: u8 },
+    Txn { pd: Vec<String>, pessimistic: bool },
 }
 
 fn parse_args(args: impl Iterator<Item = String>) -> Result<Action, String> {
     let mut pd = Vec::new();
     let mut api_version = None;
+    let mut txn = false;
+    let mut pessimistic = false;
     let mut args = args.peekable();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -77,6 +91,9 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Action, String> {
         match flag.as_str() {
             "-h" | "--help" => return Ok(Action::Help),
             "--print-split-keys" => return Ok(Action::PrintSplitKeys),
+            "--print-txn-split-keys" => return Ok(Action::PrintTxnSplitKeys),
+            "--txn" => txn = true,
+            "--with-pessimistic" => pessimistic = true,
             "--pd" => pd.extend(split_endpoints(&value("--pd")?)),
             "--api-version" => {
                 api_version = Some(match value("--api-version")?.as_str() {
@@ -96,6 +113,15 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Action, String> {
     if pd.is_empty() {
         return Err("no PD endpoint: pass --pd HOST:PORT or set PD_ADDRS".to_owned());
     }
+    if txn {
+        if api_version.is_some_and(|v| v != 1) {
+            return Err("--txn runs over API V1 only".to_owned());
+        }
+        return Ok(Action::Txn { pd, pessimistic });
+    }
+    if pessimistic {
+        return Err("--with-pessimistic needs --txn".to_owned());
+    }
     let api_version = api_version.ok_or("--api-version 1|2 is required")?;
     Ok(Action::Run { pd, api_version })
 }
@@ -108,8 +134,24 @@ fn split_endpoints(list: &str) -> Vec<String> {
         .collect()
 }
 
+/// Which scenario a run executes.
+#[derive(Debug)]
+enum Scenario {
+    Raw { api_version: u8 },
+    Txn { pessimistic: bool },
+}
+
+impl Scenario {
+    fn name(&self) -> String {
+        match self {
+            Scenario::Raw { api_version } => format!("API V{api_version}"),
+            Scenario::Txn { .. } => "transactional (API V1)".to_owned(),
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let (pd, api_version) = match parse_args(std::env::args().skip(1)) {
+    let (pd, scenario) = match parse_args(std::env::args().skip(1)) {
         Ok(Action::Help) => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -118,12 +160,18 @@ fn main() -> ExitCode {
             println!("{}", SPLIT_KEYS.join(","));
             return ExitCode::SUCCESS;
         }
-        Ok(Action::Run { pd, api_version }) => (pd, api_version),
+        Ok(Action::PrintTxnSplitKeys) => {
+            println!("{}", txn::TXN_SPLIT_KEYS);
+            return ExitCode::SUCCESS;
+        }
+        Ok(Action::Run { pd, api_version }) => (pd, Scenario::Raw { api_version }),
+        Ok(Action::Txn { pd, pessimistic }) => (pd, Scenario::Txn { pessimistic }),
         Err(e) => {
             eprintln!("tikv-mock-compat: {e}\n\n{USAGE}");
             return ExitCode::from(2);
         }
     };
+    let name = scenario.name();
 
     // One line per failed check (where and what), without a backtrace.
     std::panic::set_hook(Box::new(|info| eprintln!("CHECK FAILED {info}")));
@@ -136,9 +184,10 @@ fn main() -> ExitCode {
     // JoinError instead of unwinding through the runtime.
     let outcome = runtime.block_on(async move {
         tokio::spawn(async move {
-            match api_version {
-                1 => scenario_v1(pd).await,
-                _ => scenario_v2(pd).await,
+            match scenario {
+                Scenario::Raw { api_version: 1 } => scenario_v1(pd).await,
+                Scenario::Raw { .. } => scenario_v2(pd).await,
+                Scenario::Txn { pessimistic } => txn::scenario_txn(pd, pessimistic).await,
             }
         })
         .await
@@ -148,12 +197,12 @@ fn main() -> ExitCode {
 
     match outcome {
         Ok(()) => {
-            eprintln!("tikv-mock-compat: API V{api_version} scenario passed");
+            eprintln!("tikv-mock-compat: {name} scenario passed");
             ExitCode::SUCCESS
         }
         Err(_) => {
             // The panic hook has already printed the failed check.
-            eprintln!("tikv-mock-compat: API V{api_version} scenario FAILED");
+            eprintln!("tikv-mock-compat: {name} scenario FAILED");
             ExitCode::from(1)
         }
     }
