@@ -546,6 +546,11 @@ impl FaultEngine {
         self.lock().len()
     }
 
+    /// Whether any rule is installed: callers skip building request details otherwise.
+    pub(crate) fn has_rules(&self) -> bool {
+        self.installed.load(Ordering::Relaxed) != 0
+    }
+
     /// The action of the first rule (in installation order) that matches `info` at `phase` and
     /// whose [`Times`] lets it fire, counting the firing; a bounded rule is removed by its last
     /// firing. A probabilistic rule that draws "no" lets later rules fire.

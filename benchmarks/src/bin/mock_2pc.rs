@@ -20,7 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use tikv_benchmarks::BoxError;
 
 #[derive(Debug)]
 struct Args {
@@ -54,52 +54,6 @@ fn parse_args() -> Result<Args, String> {
 
 fn key(task: usize) -> Bytes {
     Bytes::from(format!("2pc{task:06}"))
-}
-
-/// The cluster's request header, the region holding the benchmark keys and its leader's address.
-async fn locate(
-    pd: &mut PdClient<Channel>,
-) -> Result<(Option<pdpb::RequestHeader>, kvrpcpb::Context, String), BoxError> {
-    let members = pd
-        .get_members(pdpb::GetMembersRequest::default())
-        .await?
-        .into_inner();
-    let cluster_id = members.header.map_or(0, |h| h.cluster_id);
-    let header = Some(pdpb::RequestHeader {
-        cluster_id,
-        ..Default::default()
-    });
-    // Transactional keys are stored memcomparable-encoded; the single region covers them all.
-    let region = pd
-        .get_region(pdpb::GetRegionRequest {
-            header: header.clone(),
-            region_key: Bytes::new(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    let (Some(meta), Some(leader)) = (region.region, region.leader) else {
-        return Err("PD returned no region or leader".into());
-    };
-    if !meta.end_key.is_empty() {
-        return Err("mock_2pc expects a single-region cluster (no --split-keys)".into());
-    }
-    let store = pd
-        .get_store(pdpb::GetStoreRequest {
-            header: header.clone(),
-            store_id: leader.store_id,
-        })
-        .await?
-        .into_inner()
-        .store
-        .ok_or("PD returned no store for the leader")?;
-    let ctx = kvrpcpb::Context {
-        region_id: meta.id,
-        region_epoch: meta.region_epoch,
-        peer: Some(leader),
-        ..Default::default()
-    };
-    Ok((header, ctx, store.address))
 }
 
 /// One task's TSO stream: a request in, one timestamp out.
@@ -138,7 +92,12 @@ impl Tso {
 async fn main() -> Result<(), BoxError> {
     let args = parse_args().map_err(|e| -> BoxError { e.into() })?;
     let mut pd = PdClient::connect(format!("http://{}", args.pd)).await?;
-    let (header, ctx, addr) = locate(&mut pd).await?;
+    // Transactional keys are stored memcomparable-encoded; the single region covers them all.
+    let located = tikv_benchmarks::locate(&mut pd, Bytes::new()).await?;
+    if !located.region_end.is_empty() {
+        return Err("mock_2pc expects a single-region cluster (no --split-keys)".into());
+    }
+    let (header, ctx, addr) = (located.header, located.context, located.address);
     let mut channels = Vec::with_capacity(args.connections);
     for _ in 0..args.connections {
         channels.push(

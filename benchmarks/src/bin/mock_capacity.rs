@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tikv_proto::kvrpcpb;
-use tikv_proto::pdpb::{self, pd_client::PdClient};
+use tikv_proto::pdpb::pd_client::PdClient;
 use tikv_proto::tikvpb::{self, tikv_client::TikvClient};
 use tonic::transport::Channel;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use tikv_benchmarks::BoxError;
 
 #[derive(Debug)]
 struct Args {
@@ -64,51 +64,12 @@ fn key(i: usize) -> Bytes {
     Bytes::from(format!("bench{i:08}"))
 }
 
-/// Finds the single region holding the benchmark keys and its leader's address.
-async fn locate(pd: &str) -> Result<(kvrpcpb::Context, String), BoxError> {
-    let mut pd = PdClient::connect(format!("http://{pd}")).await?;
-    let members = pd
-        .get_members(pdpb::GetMembersRequest::default())
-        .await?
-        .into_inner();
-    let cluster_id = members.header.map_or(0, |h| h.cluster_id);
-    let header = Some(pdpb::RequestHeader {
-        cluster_id,
-        ..Default::default()
-    });
-    let region = pd
-        .get_region(pdpb::GetRegionRequest {
-            header: header.clone(),
-            region_key: key(0),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    let (Some(meta), Some(leader)) = (region.region, region.leader) else {
-        return Err("PD returned no region or leader for the benchmark keys".into());
-    };
-    let store = pd
-        .get_store(pdpb::GetStoreRequest {
-            header,
-            store_id: leader.store_id,
-        })
-        .await?
-        .into_inner()
-        .store
-        .ok_or("PD returned no store for the leader")?;
-    let ctx = kvrpcpb::Context {
-        region_id: meta.id,
-        region_epoch: meta.region_epoch,
-        peer: Some(leader),
-        ..Default::default()
-    };
-    Ok((ctx, store.address))
-}
-
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let args = parse_args().map_err(|e| -> BoxError { e.into() })?;
-    let (ctx, addr) = locate(&args.pd).await?;
+    let mut pd = PdClient::connect(format!("http://{}", args.pd)).await?;
+    let located = tikv_benchmarks::locate(&mut pd, key(0)).await?;
+    let (ctx, addr) = (located.context, located.address);
     let mut channels = Vec::with_capacity(args.connections);
     for _ in 0..args.connections {
         channels.push(

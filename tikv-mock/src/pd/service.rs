@@ -411,6 +411,41 @@ fn in_header<T>(
 
 type Stream<T> = ReceiverStream<Result<T, Status>>;
 
+/// Answers a bidirectional stream one request at a time, in order, as PD's TSO and router
+/// streams do: the first error ends the stream after it is sent, and a client that goes away
+/// ends the task even while a fault rule holds a request.
+fn answer_stream<Req, Resp, F, Fut>(
+    shared: Arc<Shared>,
+    mut inbound: Streaming<Req>,
+    handle: F,
+) -> Response<Stream<Resp>>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+    F: Fn(Arc<Shared>, Req) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<Resp, Status>> + Send,
+{
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let next = tokio::select! {
+                next = inbound.message() => next,
+                () = tx.closed() => return,
+            };
+            let Ok(Some(request)) = next else { return };
+            let response = tokio::select! {
+                response = handle(shared.clone(), request) => response,
+                () = tx.closed() => return,
+            };
+            let failed = response.is_err();
+            if tx.send(response).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    Response::new(ReceiverStream::new(rx))
+}
+
 #[tonic::async_trait]
 impl Pd for PdService {
     async fn get_cluster_info(
@@ -446,35 +481,11 @@ impl Pd for PdService {
         &self,
         request: Request<Streaming<pdpb::TsoRequest>>,
     ) -> Result<Response<Self::TsoStream>, Status> {
-        let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(64);
-        let shared = self.shared.clone();
-        tokio::spawn(async move {
-            loop {
-                let next = tokio::select! {
-                    next = inbound.message() => next,
-                    () = tx.closed() => return,
-                };
-                let Ok(Some(request)) = next else { return };
-                // A request held by a fault rule must not outlive the stream.
-                let result = tokio::select! {
-                    result = allocate_tso(&shared, &request) => result,
-                    () = tx.closed() => return,
-                };
-                match result {
-                    Ok(response) => {
-                        if tx.send(Ok(response)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(status) => {
-                        let _ = tx.send(Err(status)).await;
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(answer_stream(
+            self.shared.clone(),
+            request.into_inner(),
+            |shared, request| async move { allocate_tso(&shared, &request).await },
+        ))
     }
 
     async fn get_store(
@@ -581,27 +592,11 @@ impl Pd for PdService {
         &self,
         request: Request<Streaming<pdpb::QueryRegionRequest>>,
     ) -> Result<Response<Self::QueryRegionStream>, Status> {
-        let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(16);
-        let shared = self.shared.clone();
-        tokio::spawn(async move {
-            loop {
-                let next = tokio::select! {
-                    next = inbound.message() => next,
-                    () = tx.closed() => return,
-                };
-                let Ok(Some(request)) = next else { return };
-                let response = tokio::select! {
-                    response = query_region(&shared, &request) => response,
-                    () = tx.closed() => return,
-                };
-                let failed = response.is_err();
-                if tx.send(response).await.is_err() || failed {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(answer_stream(
+            self.shared.clone(),
+            request.into_inner(),
+            |shared, request| async move { query_region(&shared, &request).await },
+        ))
     }
 
     async fn scan_regions(

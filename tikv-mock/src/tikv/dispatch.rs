@@ -473,7 +473,13 @@ impl Dispatcher {
             state.count_rpc(self.store_id, name);
             state.cluster_id
         };
-        let keys = req.keys();
+        // Collecting the keys allocates; only fault matching reads them, so skip it (an empty
+        // Vec does not allocate) unless a rule is installed.
+        let keys = if self.shared.faults.has_rules() {
+            req.keys()
+        } else {
+            Vec::new()
+        };
         let info = RequestInfo {
             service: Service::Tikv,
             store_id: Some(self.store_id),
