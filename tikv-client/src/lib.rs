@@ -17,7 +17,11 @@
 pub mod config;
 pub mod error;
 pub mod kv;
+pub mod locate;
+pub mod oracle;
+pub mod pd;
 
 pub use config::{Config, Security};
 pub use error::{Error, Result};
 pub use kv::{BoundRange, Key, KvPair, Value};
+pub use oracle::Timestamp;

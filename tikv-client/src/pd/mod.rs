@@ -1,0 +1,85 @@
+//! The PD client: member discovery and leader failover, the TSO stream with request batching,
+//! and PD's region, store, GC and keyspace queries.
+//!
+//! (Module docs to be completed by the PD client's author: what each submodule owns and which
+//! files of tikv/pd `client/` it follows.)
+//!
+//! # The contract with the caches
+//!
+//! The region and store caches (`crate::locate`) never talk to PD directly: they go through
+//! [`RegionSource`], which the PD client implements. Keeping that seam narrow lets the API V2
+//! keyspace codec wrap PD (as client-go's `CodecPDClient` does) and lets cache tests use an
+//! in-memory source. The trait's methods and [`RegionInfo`] are a shared contract: change them
+//! only together with their users.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use tikv_proto::metapb;
+
+use crate::Result;
+
+/// A boxed, sendable future: what [`RegionSource`] returns so that it can be used as a trait
+/// object. PD calls are rare (cache misses), so the allocation does not matter.
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A region as PD reports it: its metadata plus the routing facts PD knows.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct RegionInfo {
+    /// The region: id, key range (raw bytes as TiKV stores them), epoch, peers.
+    pub(crate) region: metapb::Region,
+    /// The leader PD last heard of; `None` while the region has no elected leader.
+    pub(crate) leader: Option<metapb::Peer>,
+    /// Peers PD reports as down.
+    pub(crate) down_peers: Vec<metapb::Peer>,
+    /// Peers PD reports as pending (lagging behind the leader's log).
+    pub(crate) pending_peers: Vec<metapb::Peer>,
+    /// Bucket boundaries, when asked for and PD has them.
+    pub(crate) buckets: Option<metapb::Buckets>,
+}
+
+/// What the caches need from PD.
+///
+/// "Not found" is `Ok(None)` (or an empty list), not an error: PD answers a region query for a
+/// key in a gap, or a store id it never knew, with an empty response. Errors are transport
+/// failures, PD errors and timeouts, already retried within the PD client's own budget.
+pub(crate) trait RegionSource: Send + Sync + std::fmt::Debug + 'static {
+    /// The region containing `key` (`GetRegion`).
+    fn get_region<'a>(
+        &'a self,
+        key: &'a [u8],
+        need_buckets: bool,
+    ) -> BoxFuture<'a, Result<Option<RegionInfo>>>;
+
+    /// The region that ends at `key`, i.e. the one just before the region containing `key`
+    /// (`GetPrevRegion`). Used to locate by end key.
+    fn get_prev_region<'a>(
+        &'a self,
+        key: &'a [u8],
+        need_buckets: bool,
+    ) -> BoxFuture<'a, Result<Option<RegionInfo>>>;
+
+    /// The region with this id (`GetRegionByID`).
+    fn get_region_by_id(
+        &self,
+        region_id: u64,
+        need_buckets: bool,
+    ) -> BoxFuture<'_, Result<Option<RegionInfo>>>;
+
+    /// Regions overlapping the given `[start, end)` ranges, in key order, at most `limit` in total
+    /// (`BatchScanRegions`; falls back to `ScanRegions` per range when PD answers UNIMPLEMENTED).
+    /// An empty `end` means "to the end of the key space". Ranges must be sorted and disjoint.
+    fn batch_scan_regions<'a>(
+        &'a self,
+        ranges: &'a [(bytes::Bytes, bytes::Bytes)],
+        limit: usize,
+        need_buckets: bool,
+    ) -> BoxFuture<'a, Result<Vec<RegionInfo>>>;
+
+    /// The store with this id (`GetStore`); `None` if PD does not know it.
+    fn get_store(&self, store_id: u64) -> BoxFuture<'_, Result<Option<metapb::Store>>>;
+
+    /// Every store PD knows (`GetAllStores`), without tombstones when `exclude_tombstone`.
+    fn get_all_stores(&self, exclude_tombstone: bool)
+    -> BoxFuture<'_, Result<Vec<metapb::Store>>>;
+}
