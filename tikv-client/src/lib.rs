@@ -20,6 +20,7 @@ pub mod kv;
 pub mod locate;
 pub mod oracle;
 pub mod pd;
+pub mod request;
 
 pub use config::{Config, Security};
 pub use error::{Error, Result};

@@ -91,7 +91,13 @@ impl From<Timestamp> for u64 {
 
 impl fmt::Debug for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Timestamp({}: {}ms+{})", self.0, self.physical(), self.logical())
+        write!(
+            f,
+            "Timestamp({}: {}ms+{})",
+            self.0,
+            self.physical(),
+            self.logical()
+        )
     }
 }
 
@@ -122,9 +128,15 @@ mod tests {
         assert_eq!(ts.physical(), 1_234_567);
         assert_eq!(ts.logical(), 0);
         assert_eq!(ts.to_system_time(), t);
-        assert_eq!(Timestamp::from_system_time(UNIX_EPOCH - Duration::from_secs(1)), Timestamp::ZERO);
+        assert_eq!(
+            Timestamp::from_system_time(UNIX_EPOCH - Duration::from_secs(1)),
+            Timestamp::ZERO
+        );
         let lower = Timestamp::lower_limit_start_ts(t, Duration::from_millis(1_000));
         assert_eq!(lower.physical(), 1_233_567);
-        assert_eq!(Timestamp::lower_limit_start_ts(t, Duration::from_secs(10_000)), Timestamp::ZERO);
+        assert_eq!(
+            Timestamp::lower_limit_start_ts(t, Duration::from_secs(10_000)),
+            Timestamp::ZERO
+        );
     }
 }

@@ -1,0 +1,10 @@
+//! Sending requests to regions: the retry machinery shared by every command.
+//!
+//! Today this holds the [`Backoffer`] (client-go `config/retry`); the region request sender
+//! (client-go `internal/locate/region_request.go`) joins it here.
+
+mod backoff;
+
+#[cfg_attr(not(test), allow(unused_imports))]
+pub(crate) use backoff::region_error_needs_backoff;
+pub use backoff::{BackoffKind, BackoffVars, Backoffer, Jitter, Schedule};
