@@ -416,10 +416,10 @@ impl Backoffer {
         if matches!(err, Error::ClusterIdMismatch { .. }) {
             return Err(err);
         }
-        if let Some(deadline) = self.deadline {
-            if Instant::now() >= deadline {
-                return Err(err);
-            }
+        if let Some(deadline) = self.deadline
+            && Instant::now() >= deadline
+        {
+            return Err(err);
         }
         if self.noop {
             return Err(err);
@@ -479,10 +479,10 @@ impl Backoffer {
             "retry later"
         );
 
-        if let Some(flag) = &self.vars.killed {
-            if flag.load(Ordering::Relaxed) != 0 {
-                return Err(Error::Cancelled);
-            }
+        if let Some(flag) = &self.vars.killed
+            && flag.load(Ordering::Relaxed) != 0
+        {
+            return Err(Error::Cancelled);
         }
         Ok(real)
     }

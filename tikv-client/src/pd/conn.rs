@@ -1,0 +1,269 @@
+//! Connections to PD members: endpoint URLs, TLS settings and the per-URL channel cache.
+//!
+//! Who calls it: [`super::discovery`] opens a channel per member URL here, and every PD call
+//! borrows one. Channels are tonic's lazy channels: they connect on first use and reconnect by
+//! themselves after the member went away, so the cache never has to evict a broken one.
+//!
+//! Ports tikv/pd `client/pkg/utils/tlsutil/url.go` (`AddrsToURLs`, `PickMatchedURL`),
+//! `client/pkg/utils/grpcutil/grpcutil.go` (`GetOrCreateGRPCConn`) and the TLS half of
+//! `tlsutil.go`. Unlike the Go client, the scheme is not cosmetic here: tonic speaks TLS only
+//! to `https://` URLs, so every URL is rewritten to the scheme the settings call for.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::config::{Config, Security};
+use crate::{Error, Result};
+
+const HTTP: &str = "http://";
+const HTTPS: &str = "https://";
+
+/// TLS settings for PD connections, built once from [`Security`].
+#[derive(Debug, Clone)]
+pub(crate) struct TlsSettings {
+    config: Option<ClientTlsConfig>,
+}
+
+impl TlsSettings {
+    /// TLS is on when a CA is configured (client-go's rule) or when any seed endpoint is an
+    /// `https://` URL; in the latter case, without a CA, servers are verified against the
+    /// system's trust store.
+    pub(crate) fn new(security: &Security, seeds: &[String]) -> Result<Self> {
+        if security.is_enabled() {
+            let material = security.load()?;
+            let mut config =
+                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(material.ca_pem()));
+            if let Some((cert, key)) = material.client_identity() {
+                config = config.identity(Identity::from_pem(cert, key));
+            }
+            // tonic checks the server certificate against one name; with one configured
+            // Common Name that name is the one to check instead of the URL's host.
+            match material.verify_cn() {
+                [] => {}
+                [name] => config = config.domain_name(name.clone()),
+                names => {
+                    return Err(Error::config(format!(
+                        "security.cluster-verify-cn: the PD client can check one server name, \
+                         {} are configured",
+                        names.len()
+                    )));
+                }
+            }
+            return Ok(TlsSettings {
+                config: Some(config),
+            });
+        }
+        let any_https = seeds
+            .iter()
+            .any(|s| s.trim().to_ascii_lowercase().starts_with(HTTPS));
+        Ok(TlsSettings {
+            config: any_https.then(|| ClientTlsConfig::new().with_native_roots()),
+        })
+    }
+
+    /// Whether connections use TLS.
+    pub(crate) fn enabled(&self) -> bool {
+        self.config.is_some()
+    }
+
+    /// Turns an endpoint as users write it (`host:port`, `http://host:port`,
+    /// `https://host:port/`) into the URL this client dials: with the scheme TLS calls for and
+    /// no trailing slash.
+    pub(crate) fn url(&self, endpoint: &str) -> Result<String> {
+        let trimmed = endpoint.trim();
+        let lower = trimmed.to_ascii_lowercase();
+        let host = if lower.starts_with(HTTP) {
+            &trimmed[HTTP.len()..]
+        } else if lower.starts_with(HTTPS) {
+            &trimmed[HTTPS.len()..]
+        } else if trimmed.contains("://") {
+            return Err(Error::invalid_argument(format!(
+                "PD endpoint {endpoint:?}: only http:// and https:// URLs are supported"
+            )));
+        } else {
+            trimmed
+        };
+        let host = host.trim_end_matches('/');
+        if host.is_empty() || host.contains('/') {
+            return Err(Error::invalid_argument(format!(
+                "PD endpoint {endpoint:?}: expected host:port or a URL without a path"
+            )));
+        }
+        let scheme = if self.enabled() { HTTPS } else { HTTP };
+        Ok(format!("{scheme}{host}"))
+    }
+
+    /// The URL to dial among a member's client URLs: the first one whose scheme matches the
+    /// TLS setting, else the first one rewritten (PD's `PickMatchedURL`).
+    pub(crate) fn pick_url(&self, urls: &[String]) -> Option<String> {
+        let wanted = if self.enabled() { HTTPS } else { HTTP };
+        let matched = urls
+            .iter()
+            .find(|u| u.to_ascii_lowercase().starts_with(wanted))
+            .or_else(|| urls.first())?;
+        self.url(matched).ok()
+    }
+
+    fn apply(&self, endpoint: Endpoint) -> Result<Endpoint> {
+        match &self.config {
+            None => Ok(endpoint),
+            Some(config) => endpoint.tls_config(config.clone()).map_err(|e| {
+                Error::config(format!("invalid TLS settings for PD: {}", error_chain(&e)))
+            }),
+        }
+    }
+}
+
+/// An error with its sources, for messages (tonic's outermost error is just "transport error").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Opens and caches one channel per PD URL.
+#[derive(Debug)]
+pub(crate) struct Connector {
+    tls: TlsSettings,
+    connect_timeout: Duration,
+    keepalive_time: Duration,
+    keepalive_timeout: Duration,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl Connector {
+    pub(crate) fn new(tls: TlsSettings, config: &Config) -> Self {
+        Connector {
+            tls,
+            connect_timeout: config.pd_client.pd_server_timeout,
+            keepalive_time: config.tikv_client.grpc_keepalive_time,
+            keepalive_timeout: config.tikv_client.grpc_keepalive_timeout,
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn tls(&self) -> &TlsSettings {
+        &self.tls
+    }
+
+    /// The channel to `url` (already normalized), opened lazily on first use.
+    pub(crate) fn channel(&self, url: &str) -> Result<Channel> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(channel) = channels.get(url) {
+            return Ok(channel.clone());
+        }
+        let endpoint = self.endpoint(url)?;
+        let channel = endpoint.connect_lazy();
+        channels.insert(url.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
+    fn endpoint(&self, url: &str) -> Result<Endpoint> {
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| Error::invalid_argument(format!("PD endpoint {url:?}: {e}")))?
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            // Keepalive pings find a PD that vanished without closing its connections (a
+            // partitioned host), which would otherwise hold the TSO stream until its deadline.
+            .http2_keep_alive_interval(self.keepalive_time)
+            .keep_alive_timeout(self.keepalive_timeout)
+            .keep_alive_while_idle(true);
+        self.tls.apply(endpoint)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn testdata(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("src/pd/testdata")
+            .join(name)
+    }
+
+    fn plain() -> TlsSettings {
+        TlsSettings::new(&Security::default(), &[]).unwrap()
+    }
+
+    #[test]
+    fn endpoints_become_urls_of_the_right_scheme() {
+        let tls = plain();
+        assert!(!tls.enabled());
+        assert_eq!(tls.url("127.0.0.1:2379").unwrap(), "http://127.0.0.1:2379");
+        assert_eq!(tls.url(" http://pd:2379/ ").unwrap(), "http://pd:2379");
+        assert_eq!(tls.url("HTTP://pd:2379").unwrap(), "http://pd:2379");
+        assert!(tls.url("unix:///tmp/pd").is_err());
+        assert!(tls.url("http://").is_err());
+        assert!(tls.url("pd:2379/path").is_err());
+
+        let tls = TlsSettings::new(&Security::default(), &["https://pd:2379".to_owned()]).unwrap();
+        assert!(tls.enabled(), "an https seed turns TLS on");
+        assert_eq!(tls.url("pd:2379").unwrap(), "https://pd:2379");
+        assert_eq!(tls.url("http://pd2:2379").unwrap(), "https://pd2:2379");
+    }
+
+    #[test]
+    fn member_urls_prefer_the_matching_scheme() {
+        let urls = vec!["http://a:1".to_owned(), "https://b:2".to_owned()];
+        assert_eq!(plain().pick_url(&urls).unwrap(), "http://a:1");
+        let tls = TlsSettings::new(&Security::default(), &["https://x:1".to_owned()]).unwrap();
+        assert_eq!(tls.pick_url(&urls).unwrap(), "https://b:2");
+        assert_eq!(plain().pick_url(&[]), None);
+    }
+
+    #[test]
+    fn tls_settings_build_from_security() {
+        let security = Security::default()
+            .with_ca(testdata("ca.pem"))
+            .with_client_identity(testdata("client.pem"), testdata("client-key.pem"));
+        let tls = TlsSettings::new(&security, &["pd:2379".to_owned()]).unwrap();
+        assert!(tls.enabled(), "a CA turns TLS on");
+        assert_eq!(tls.url("pd:2379").unwrap(), "https://pd:2379");
+        // The rustls client configuration is built (and the PEM files parsed) here.
+        let connector = Connector::new(tls.clone(), &Config::default());
+        connector.endpoint("https://pd:2379").unwrap();
+
+        let one_cn = security.clone().with_verify_cn(["pd-server"]);
+        let tls = TlsSettings::new(&one_cn, &[]).unwrap();
+        Connector::new(tls, &Config::default())
+            .endpoint("https://pd:2379")
+            .unwrap();
+
+        let two_cn = security.with_verify_cn(["a", "b"]);
+        let err = TlsSettings::new(&two_cn, &[]).unwrap_err();
+        assert!(matches!(err, Error::Config { .. }), "{err}");
+
+        let missing = Security::default().with_ca(testdata("no-such-file.pem"));
+        assert!(matches!(
+            TlsSettings::new(&missing, &[]),
+            Err(Error::Config { .. })
+        ));
+    }
+
+    #[test]
+    fn channels_are_cached_per_url() {
+        let connector = Connector::new(plain(), &Config::default());
+        // Lazy channels need a runtime only when used; creating them does not connect.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            connector.channel("http://127.0.0.1:1").unwrap();
+            connector.channel("http://127.0.0.1:1").unwrap();
+            connector.channel("http://127.0.0.1:2").unwrap();
+            assert_eq!(connector.channels.lock().unwrap().len(), 2);
+        });
+    }
+}
