@@ -5,6 +5,4 @@
 
 mod backoff;
 
-#[cfg_attr(not(test), allow(unused_imports))]
-pub(crate) use backoff::region_error_needs_backoff;
 pub use backoff::{BackoffKind, BackoffVars, Backoffer, Jitter, Schedule};
