@@ -12,7 +12,9 @@
 //! Who produces them: the request sender maps region errors ([`RegionErrorKind`]) and gRPC
 //! failures, the transaction layer maps TiKV key errors (in client-go's `ExtractKeyErr` order),
 //! and the config, codec and API layers reject bad input with
-//! [`Error::InvalidArgument`], [`Error::Config`] and [`Error::Codec`].
+//! [`Error::InvalidArgument`], [`Error::Config`] and [`Error::Codec`]. The timestamp oracle
+//! rejects read timestamps with [`Error::FutureTsRead`] and [`Error::LatestStaleRead`]
+//! (client-go `oracle.ErrFutureTSRead`, `oracle.ErrLatestStaleRead`).
 //!
 //! Ports client-go `error/error.go` (sentinels, typed errors, `ExtractKeyErr`) and the error
 //! classification spread over `internal/locate/region_request.go` and `config/retry`. Proto
@@ -267,6 +269,22 @@ pub enum Error {
         /// Its current state as PD reports it.
         state: String,
     },
+
+    // ----- timestamps -------------------------------------------------------------------------
+    /// A read timestamp is above every timestamp PD had allocated when it was checked: reading
+    /// there could miss writes that commit later below it. Use a timestamp from the oracle.
+    #[error(
+        "cannot set read timestamp to a future time, readTS: {read_ts}, currentTS: {current_ts}"
+    )]
+    FutureTsRead {
+        /// The rejected read timestamp.
+        read_ts: u64,
+        /// A timestamp PD allocated after the check started.
+        current_ts: u64,
+    },
+    /// A stale read asked to read at `u64::MAX` ("the latest"), which a stale read cannot do.
+    #[error("cannot set read ts to max uint64 for stale read")]
+    LatestStaleRead,
 
     // ----- transport --------------------------------------------------------------------------
     /// A gRPC call failed.
@@ -745,6 +763,8 @@ impl Error {
             Error::Region(r) => r.kind.is_transient(),
             Error::Grpc { code, .. } => code.is_transient(),
             Error::BackoffExhausted { last, .. } => last.is_retryable(),
+            // The caller chose a bad read timestamp: the same read fails the same way again.
+            Error::FutureTsRead { .. } | Error::LatestStaleRead => false,
             _ => false,
         }
     }
@@ -1278,6 +1298,26 @@ mod tests {
         };
         assert!(exhausted_undetermined.is_undetermined());
         assert!(!exhausted_undetermined.is_retryable());
+    }
+
+    #[test]
+    fn read_ts_errors_are_not_retryable() {
+        let future = Error::FutureTsRead {
+            read_ts: 10,
+            current_ts: 9,
+        };
+        assert_eq!(
+            future.to_string(),
+            "cannot set read timestamp to a future time, readTS: 10, currentTS: 9"
+        );
+        assert_eq!(
+            Error::LatestStaleRead.to_string(),
+            "cannot set read ts to max uint64 for stale read"
+        );
+        for e in [future, Error::LatestStaleRead] {
+            assert!(!e.is_retryable(), "{e}");
+            assert!(!e.is_undetermined(), "{e}");
+        }
     }
 
     #[test]
