@@ -9,7 +9,11 @@
 //! Region rules follow TiKV's raftstore (see `mock-cluster-spec.md` §4.1 and §5.2): batch split
 //! bumps `version` by the number of new regions and keeps the original id on the rightmost part
 //! (TiKV's right-derive default); merge makes the target's version `max(source, target) + 1`;
-//! membership changes bump `conf_ver`; leader transfer changes neither. Region boundaries are
+//! membership changes bump `conf_ver`; leader transfer changes neither. A region whose leader
+//! was just elected (leader transfer, merge target, new split regions) must sync max_ts before
+//! async commit and 1PC are allowed (raftstore `require_updating_max_ts` and the PD worker's
+//! `UpdateMaxTimestamp`). Each store also keeps TiKV's transaction status cache
+//! (`src/storage/txn/txn_status_cache.rs`). Region boundaries are
 //! storage keys: raw bytes for API V1 raw keys, memcomparable-encoded keys for API V1
 //! transactional keys and for every API V2 key.
 
@@ -42,6 +46,9 @@ pub(crate) struct RegionState {
     /// Regions split off this one, with the version this region had right after each split, so
     /// EpochNotMatch can list the regions that now cover a stale request's range.
     split_children: Vec<(u64, u64)>,
+    /// Whether the leader's store has synced its max_ts with the TSO since it became leader
+    /// (TiKV `TxnExt::is_max_ts_synced`). Async-commit and 1PC prewrites need it.
+    pub(crate) max_ts_synced: bool,
 }
 
 impl RegionState {
@@ -84,6 +91,74 @@ pub(crate) struct StoreState {
     pub(crate) max_ts: u64,
     /// Sequence number of the store's health feedback.
     pub(crate) feedback_seq: u64,
+    /// The store's cache of finished transactions (TiKV's `TxnStatusCache`).
+    pub(crate) txn_status: TxnStatusCache,
+}
+
+/// How long TiKV keeps a transaction's status in its cache at least
+/// (`CACHE_ITEMS_REQUIRED_KEEP_TIME`); older entries are dropped when a new one arrives.
+const TXN_STATUS_KEEP_MS: u64 = 30_000;
+
+/// A transaction's state as a store's status cache knows it (TiKV `TxnState`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CachedTxnState {
+    Ongoing,
+    Committed { commit_ts: u64 },
+    RolledBack,
+}
+
+/// The per-store cache of recently finished transactions. TiKV fills it from its own commits
+/// (commit, 1PC, resolve lock, status checks that find a commit) and from
+/// BroadcastTxnStatus; the one reader that changes an answer is pessimistic prewrite, which
+/// treats a request of a transaction known to be committed as a retry. TiKV's separate cache of
+/// ongoing large transactions only feeds the resolved-ts tracker, which the mock does not have.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct TxnStatusCache {
+    entries: HashMap<u64, (CachedTxnState, u64)>,
+    /// Insertion order, for dropping entries past the keep time; an entry updated later than
+    /// its queue position says is skipped there.
+    order: std::collections::VecDeque<(u64, u64)>,
+}
+
+impl TxnStatusCache {
+    /// Records `state` for `start_ts` at `now_ms`. A finished state (committed or rolled back)
+    /// is final: later updates of it are ignored, as TiKV's `upsert` does.
+    pub(crate) fn upsert(&mut self, start_ts: u64, state: CachedTxnState, now_ms: u64) {
+        while let Some(&(at, ts)) = self.order.front() {
+            if now_ms.saturating_sub(at) <= TXN_STATUS_KEEP_MS {
+                break;
+            }
+            self.order.pop_front();
+            if self
+                .entries
+                .get(&ts)
+                .is_some_and(|(_, updated)| *updated == at)
+            {
+                self.entries.remove(&ts);
+            }
+        }
+        match self.entries.get_mut(&start_ts) {
+            Some((existing, updated)) => {
+                if *existing == CachedTxnState::Ongoing {
+                    *existing = state;
+                    *updated = now_ms;
+                    self.order.push_back((now_ms, start_ts));
+                }
+            }
+            None => {
+                self.entries.insert(start_ts, (state, now_ms));
+                self.order.push_back((now_ms, start_ts));
+            }
+        }
+    }
+
+    /// The commit ts of `start_ts` if the cache knows it committed.
+    pub(crate) fn committed(&self, start_ts: u64) -> Option<u64> {
+        match self.entries.get(&start_ts) {
+            Some((CachedTxnState::Committed { commit_ts }, _)) => Some(*commit_ts),
+            _ => None,
+        }
+    }
 }
 
 /// A keyspace as PD keeps it.
@@ -115,6 +190,15 @@ pub(crate) struct ClusterState {
     /// PD's own state (GC safe points and barriers, operators, external timestamp), owned by
     /// the PD server module.
     pub(crate) pd: crate::pd::PdState,
+    /// When set, a region whose leadership moves (leader transfer, merge, split) stays
+    /// unsynced until a control call syncs it; otherwise it syncs at once, as TiKV's PD worker
+    /// usually does before the next request arrives.
+    pub(crate) defer_max_ts_sync: bool,
+    /// What a store does when a request would move its max_ts past what the TSO allows.
+    pub(crate) invalid_max_ts_action: crate::InvalidMaxTsAction,
+    /// Stores that "crashed" on an invalid max_ts update during the current request; the
+    /// dispatcher takes the mark and stops the store's server.
+    pub(crate) crashed_stores: Vec<u64>,
     replicas: usize,
     next_id: u64,
 }
@@ -142,6 +226,9 @@ impl ClusterState {
             rpc_counts: HashMap::new(),
             auto_split_keys: None,
             pd: crate::pd::PdState::default(),
+            defer_max_ts_sync: false,
+            invalid_max_ts_action: crate::InvalidMaxTsAction::default(),
+            crashed_stores: Vec::new(),
             replicas: replicas.clamp(1, store_addrs.len().max(1)),
             next_id: 1,
         };
@@ -167,6 +254,7 @@ impl ClusterState {
                     up: true,
                     max_ts: 0,
                     feedback_seq: 0,
+                    txn_status: TxnStatusCache::default(),
                 },
             );
         }
@@ -195,6 +283,7 @@ impl ClusterState {
             meta,
             leader,
             split_children: Vec::new(),
+            max_ts_synced: true,
         });
         state.create_keyspace_meta(DEFAULT_KEYSPACE_ID, "DEFAULT");
         state
@@ -473,6 +562,8 @@ impl ClusterState {
                 meta,
                 leader,
                 split_children: Vec::new(),
+                // The new region's peers elect a leader, which has to sync max_ts again.
+                max_ts_synced: !self.defer_max_ts_sync,
             });
             start = key.clone();
         }
@@ -512,19 +603,26 @@ impl ClusterState {
         if let Some(epoch) = merged.meta.region_epoch.as_mut() {
             epoch.version = version;
         }
+        // The target's leader must sync max_ts again after CommitMerge (TiKV
+        // `on_ready_commit_merge`): the source's leader may have seen larger timestamps.
+        merged.max_ts_synced = false;
         let meta = merged.meta.clone();
         self.insert_region(merged);
+        if !self.defer_max_ts_sync {
+            self.sync_max_ts(target)?;
+        }
         Ok(meta)
     }
 
     /// Makes the peer on `store_id` the leader of the region (no epoch change). The new leader's
-    /// store syncs its max_ts with the TSO, as a TiKV leader does on election.
+    /// store syncs its max_ts with the TSO, as a TiKV leader does on election (at once, or when
+    /// [`ClusterState::sync_max_ts`] is called if syncing is deferred).
     pub(crate) fn transfer_leader(
         &mut self,
         region_id: u64,
         store_id: u64,
     ) -> Result<(), MockError> {
-        let now_ts = self.tso.peek(self.clock.now_ms());
+        let defer = self.defer_max_ts_sync;
         let region = self
             .regions
             .get_mut(&region_id)
@@ -538,11 +636,46 @@ impl ClusterState {
                 ))
             })?
             .id;
+        if region.leader == peer {
+            // No election happened: nothing to sync.
+            return Ok(());
+        }
         region.leader = peer;
-        if let Some(store) = self.stores.get_mut(&store_id) {
+        region.max_ts_synced = false;
+        if !defer {
+            self.sync_max_ts(region_id)?;
+        }
+        Ok(())
+    }
+
+    /// Completes the max_ts sync of a region's leader: its store's max_ts catches up with the
+    /// TSO and async-commit / 1PC prewrites are accepted again (TiKV's PD worker
+    /// `UpdateMaxTimestamp` task).
+    pub(crate) fn sync_max_ts(&mut self, region_id: u64) -> Result<(), MockError> {
+        let now_ts = self.tso.peek(self.clock.now_ms());
+        let region = self
+            .regions
+            .get_mut(&region_id)
+            .ok_or_else(|| MockError::Topology(format!("unknown region {region_id}")))?;
+        region.max_ts_synced = true;
+        let leader_store = region.leader_peer().map(|p| p.store_id);
+        if let Some(store) = leader_store.and_then(|id| self.stores.get_mut(&id)) {
             store.max_ts = store.max_ts.max(now_ts);
         }
         Ok(())
+    }
+
+    /// Syncs every region still waiting for it.
+    pub(crate) fn sync_all_max_ts(&mut self) {
+        let pending: Vec<u64> = self
+            .regions
+            .values()
+            .filter(|r| !r.max_ts_synced)
+            .map(RegionState::id)
+            .collect();
+        for id in pending {
+            let _ = self.sync_max_ts(id);
+        }
     }
 
     /// Adds a voter or learner on `store_id` (conf_ver + 1).
@@ -908,5 +1041,59 @@ mod tests {
             Bytes::from(encode_bytes(b"r\x00\x00\x02"))
         );
         assert_eq!(c.create_keyspace("ks1").unwrap(), 1);
+    }
+
+    #[test]
+    fn txn_status_cache_keeps_final_states_and_drops_old_entries() {
+        let mut cache = TxnStatusCache::default();
+        cache.upsert(10, CachedTxnState::Ongoing, 0);
+        assert_eq!(cache.committed(10), None);
+        cache.upsert(10, CachedTxnState::Committed { commit_ts: 20 }, 1);
+        assert_eq!(cache.committed(10), Some(20));
+        // A final state is never overwritten.
+        cache.upsert(10, CachedTxnState::RolledBack, 2);
+        cache.upsert(10, CachedTxnState::Committed { commit_ts: 30 }, 3);
+        assert_eq!(cache.committed(10), Some(20));
+        cache.upsert(11, CachedTxnState::RolledBack, 4);
+        assert_eq!(cache.committed(11), None);
+        // Entries older than the keep time go when a new one arrives, not before.
+        cache.upsert(
+            12,
+            CachedTxnState::Committed { commit_ts: 40 },
+            TXN_STATUS_KEEP_MS + 1,
+        );
+        assert_eq!(cache.committed(10), Some(20));
+        cache.upsert(
+            13,
+            CachedTxnState::Committed { commit_ts: 50 },
+            TXN_STATUS_KEEP_MS + 2,
+        );
+        assert_eq!(cache.committed(10), None);
+        assert_eq!(cache.committed(12), Some(40));
+    }
+
+    #[test]
+    fn new_leaders_sync_max_ts_at_once_unless_deferred() {
+        let mut c = cluster(3);
+        let region = c.region_by_key(b"").unwrap().id();
+        let stores: Vec<u64> = c.stores.keys().copied().collect();
+        c.transfer_leader(region, stores[1]).unwrap();
+        assert!(c.region(region).unwrap().max_ts_synced);
+        assert!(c.stores[&stores[1]].max_ts >= crate::tso::compose(1_000_000, 0));
+        c.defer_max_ts_sync = true;
+        c.transfer_leader(region, stores[2]).unwrap();
+        assert!(!c.region(region).unwrap().max_ts_synced);
+        assert_eq!(c.stores[&stores[2]].max_ts, 0);
+        // Re-electing the current leader changes nothing.
+        c.sync_max_ts(region).unwrap();
+        c.transfer_leader(region, stores[2]).unwrap();
+        assert!(c.region(region).unwrap().max_ts_synced);
+        // New split regions elect leaders; the original region keeps its own.
+        let regions = c.split(&[b("m")]).unwrap();
+        let left = regions[0].id;
+        assert!(!c.region(left).unwrap().max_ts_synced);
+        assert!(c.region(region).unwrap().max_ts_synced);
+        c.sync_all_max_ts();
+        assert!(c.region(left).unwrap().max_ts_synced);
     }
 }

@@ -29,6 +29,10 @@
 //! - the PD service (`pdpb.PD`, `keyspacepb.Keyspace`) and the PD HTTP API subset clients use;
 //! - a `tikvpb.Tikv` service per store (unary and BatchCommands) plus gRPC health;
 //! - region validation in TiKV's order (store, region, peer, leader, epoch, key range);
+//! - per-store transaction status caches (fed by commits and BroadcastTxnStatus), the new
+//!   leader's max_ts sync (`MaxTimestampNotSynced`, deferrable with
+//!   [`MockCluster::defer_max_ts_sync`]) and the max_ts update limit
+//!   ([`InvalidMaxTsAction`]);
 //! - a control API (split, merge, leader transfer, peers, stop/start stores, manual clock) and a
 //!   fault API (rules that inject region errors, key errors, gRPC statuses, delays, drops and
 //!   hangs, before execution or after apply).
@@ -81,6 +85,25 @@ impl ApiVersion {
     }
 }
 
+/// What a store does when a request would move its max_ts past what PD's TSO allows (TiKV's
+/// `storage.max-ts.action-on-invalid-update`). The limit is the TSO itself for status-checking
+/// commands of clients that do not identify as TiDB (`Context.request_origin`), and the TSO plus
+/// 60 s of drift allowance (`storage.max-ts.max-drift`) for everything else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum InvalidMaxTsAction {
+    /// TiKV's default: the TiKV process panics. The mock stops the store as
+    /// [`MockCluster::stop_store`] does, without answering the request;
+    /// [`MockCluster::start_store`] brings it back.
+    #[default]
+    Panic,
+    /// The request fails with a region error whose message is `invalid max_ts update: {ts}
+    /// exceeds the limit {limit}`, and max_ts is left alone.
+    Error,
+    /// The update is allowed (TiKV only logs it).
+    Log,
+}
+
 /// Errors of the mock's own API (starting servers, control operations).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -110,10 +133,17 @@ impl std::error::Error for MockError {}
 pub(crate) struct Shared {
     state: std::sync::Mutex<cluster::ClusterState>,
     pub(crate) faults: fault::FaultEngine,
-    pub(crate) pd_addr: std::net::SocketAddr,
+    /// The PD members' addresses, in member order (one member unless the builder asked for
+    /// more); every member serves the same cluster state.
+    pub(crate) pd_addrs: Vec<std::net::SocketAddr>,
+    /// Index into `pd_addrs` of the PD leader; the others answer as PD followers do.
+    pub(crate) pd_leader: std::sync::atomic::AtomicUsize,
     /// Pessimistic-lock requests waiting for locks, and the deadlock detector; outside the
     /// state lock because waiting is asynchronous.
     pub(crate) lock_waits: std::sync::Arc<lockwait::LockWaits>,
+    /// Stores to stop because they "panicked" (see [`InvalidMaxTsAction::Panic`]); the cluster
+    /// handle's task stops their servers.
+    pub(crate) crashes: tokio::sync::mpsc::UnboundedSender<u64>,
 }
 
 impl Shared {

@@ -8,6 +8,10 @@
 //! still there, so every path that removes a lock (commit, rollback, cleanup, resolve, status
 //! checks, pessimistic rollback, delete range) wakes it without those handlers knowing about it.
 //!
+//! A request blocked by a shared record waits for all its holders (one wait-for edge each) and
+//! counts as released when none of them is left; the run of shared-lock requests at the head of
+//! a key's queue is woken together (TiKV `lock_waiting_queue.rs` `pop_for_waking_up`).
+//!
 //! Follows TiKV `src/server/lock_manager/waiter_manager.rs` (queue per key, smaller start ts
 //! first, the others woken after `wake-up-delay-duration`), `src/server/lock_manager/deadlock.rs`
 //! (`DetectTable::detect`: a path from the lock's txn back to the waiter is a deadlock, the wait
@@ -15,7 +19,7 @@
 //! `src/storage/lock_manager/` (timeouts). Key hashes are our own 64-bit hash of the raw key, not
 //! TiKV's farmhash fingerprint: clients only compare them with each other.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -76,8 +80,9 @@ struct Inner {
     next_id: u64,
     /// Waiting transaction → the locks it waits for.
     wait_for: HashMap<u64, Vec<Edge>>,
-    /// Storage key → waiters `(start_ts, waiter id)`, smallest start ts first.
-    queues: HashMap<Bytes, BTreeSet<(u64, u64)>>,
+    /// Storage key → waiters `(start_ts, waiter id)`, smallest start ts first, each with
+    /// whether it asks for a shared lock.
+    queues: HashMap<Bytes, BTreeMap<(u64, u64), bool>>,
 }
 
 impl Inner {
@@ -132,6 +137,7 @@ pub(crate) struct Waiter {
     id: u64,
     start_ts: u64,
     enc_key: Bytes,
+    shared: bool,
 }
 
 impl LockWaits {
@@ -145,71 +151,93 @@ impl LockWaits {
         self.changed.subscribe()
     }
 
+    /// How many lock requests are parked right now, over every key of the cluster.
+    pub(crate) fn parked(&self) -> usize {
+        self.inner().queues.values().map(BTreeMap::len).sum()
+    }
+
     /// Tells every waiter that the store may have changed.
     pub(crate) fn notify_changed(&self) {
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    /// Parks transaction `start_ts` on `enc_key`, waiting for `lock_ts`. Unless it holds no
-    /// lock yet (`is_first_lock`), a path from `lock_ts` back to it is a deadlock: the error is
-    /// returned and nothing is registered.
+    /// Parks transaction `start_ts` on `enc_key`, waiting for the transactions `lock_ts`
+    /// (one lock's, or every holder of a shared record: TiKV detects per holder). Unless it
+    /// holds no lock yet (`is_first_lock`), a path from any of them back to it is a deadlock:
+    /// the error is returned and nothing is registered. `shared` says the request asks for a
+    /// shared lock.
     pub(crate) fn park(
         self: &Arc<Self>,
         start_ts: u64,
-        lock_ts: u64,
+        lock_ts: &[u64],
         raw_key: &Bytes,
         enc_key: &Bytes,
         is_first_lock: bool,
+        shared: bool,
     ) -> Result<Waiter, kvrpcpb::Deadlock> {
         let mut inner = self.inner();
         let hash = key_hash(raw_key);
         let id = inner.next_id;
         inner.next_id += 1;
-        let edge = Edge {
-            id,
-            lock_ts,
-            key: raw_key.clone(),
-            key_hash: hash,
-            since: Instant::now(),
-        };
+        let edges: Vec<Edge> = lock_ts
+            .iter()
+            .map(|&lock_ts| Edge {
+                id,
+                lock_ts,
+                key: raw_key.clone(),
+                key_hash: hash,
+                since: Instant::now(),
+            })
+            .collect();
         if !is_first_lock {
-            if let Some(mut chain) = inner.path(lock_ts, start_ts) {
-                let deadlock_key_hash = chain.last().map_or(0, |e| e.key_hash);
-                chain.push(edge.entry(start_ts));
-                return Err(kvrpcpb::Deadlock {
-                    lock_ts,
-                    lock_key: raw_key.clone(),
-                    deadlock_key_hash,
-                    wait_chain: chain,
-                    ..Default::default()
-                });
+            for edge in &edges {
+                if let Some(mut chain) = inner.path(edge.lock_ts, start_ts) {
+                    let deadlock_key_hash = chain.last().map_or(0, |e| e.key_hash);
+                    chain.push(edge.entry(start_ts));
+                    return Err(kvrpcpb::Deadlock {
+                        lock_ts: edge.lock_ts,
+                        lock_key: raw_key.clone(),
+                        deadlock_key_hash,
+                        wait_chain: chain,
+                        ..Default::default()
+                    });
+                }
             }
-            inner.wait_for.entry(start_ts).or_default().push(edge);
+            if !edges.is_empty() {
+                inner.wait_for.entry(start_ts).or_default().extend(edges);
+            }
         }
         inner
             .queues
             .entry(enc_key.clone())
             .or_default()
-            .insert((start_ts, id));
+            .insert((start_ts, id), shared);
         Ok(Waiter {
             waits: self.clone(),
             id,
             start_ts,
             enc_key: enc_key.clone(),
+            shared,
         })
     }
 }
 
 impl Waiter {
-    /// Whether no waiter with a smaller start ts is queued on the same key: the head is woken
-    /// at once when the lock goes, the others after [`WAKE_UP_DELAY`].
+    /// Whether this waiter is woken at once when the lock goes: no waiter with a smaller start
+    /// ts is queued on the same key, or this is a shared request and every waiter before it is
+    /// too (TiKV wakes the run of shared requests at the head of a queue together). The others
+    /// are woken after [`WAKE_UP_DELAY`].
     pub(crate) fn is_head(&self) -> bool {
         let inner = self.waits.inner();
-        inner
-            .queues
-            .get(&self.enc_key)
-            .and_then(|q| q.first())
-            .is_none_or(|&(ts, id)| (ts, id) >= (self.start_ts, self.id))
+        let Some(queue) = inner.queues.get(&self.enc_key) else {
+            return true;
+        };
+        let mut before = queue.range(..(self.start_ts, self.id));
+        if self.shared {
+            before.all(|(_, &shared)| shared)
+        } else {
+            before.next().is_none()
+        }
     }
 }
 
@@ -250,9 +278,15 @@ mod tests {
     #[test]
     fn three_txn_cycle_is_a_deadlock_with_the_whole_chain() {
         let waits = Arc::new(LockWaits::default());
-        let a = waits.park(10, 20, &k("a"), &k("ea"), false).unwrap();
-        let _b = waits.park(20, 30, &k("b"), &k("eb"), false).unwrap();
-        let dl = waits.park(30, 10, &k("c"), &k("ec"), false).unwrap_err();
+        let a = waits
+            .park(10, &[20], &k("a"), &k("ea"), false, false)
+            .unwrap();
+        let _b = waits
+            .park(20, &[30], &k("b"), &k("eb"), false, false)
+            .unwrap();
+        let dl = waits
+            .park(30, &[10], &k("c"), &k("ec"), false, false)
+            .unwrap_err();
         assert_eq!(dl.lock_ts, 10);
         assert_eq!(dl.lock_key, k("c"));
         let chain: Vec<(u64, u64)> = dl
@@ -263,18 +297,80 @@ mod tests {
         assert_eq!(chain, vec![(10, 20), (20, 30), (30, 10)]);
         assert_eq!(dl.deadlock_key_hash, key_hash(b"b"));
         // The first lock of a txn cannot close a cycle; dropping an edge breaks it.
-        assert!(waits.park(30, 10, &k("c"), &k("ec"), true).is_ok());
+        assert!(
+            waits
+                .park(30, &[10], &k("c"), &k("ec"), true, false)
+                .is_ok()
+        );
         drop(a);
-        assert!(waits.park(30, 10, &k("c"), &k("ec"), false).is_ok());
+        assert!(
+            waits
+                .park(30, &[10], &k("c"), &k("ec"), false, false)
+                .is_ok()
+        );
     }
 
     #[test]
     fn queue_head_is_the_smallest_start_ts() {
         let waits = Arc::new(LockWaits::default());
-        let late = waits.park(50, 1, &k("a"), &k("ea"), true).unwrap();
-        let early = waits.park(40, 1, &k("a"), &k("ea"), true).unwrap();
+        let late = waits
+            .park(50, &[1], &k("a"), &k("ea"), true, false)
+            .unwrap();
+        let early = waits
+            .park(40, &[1], &k("a"), &k("ea"), true, false)
+            .unwrap();
         assert!(early.is_head() && !late.is_head());
         drop(early);
         assert!(late.is_head());
+    }
+
+    /// TiKV `test_pop_shared_group`: the run of shared requests at the head of a queue is woken
+    /// together, an exclusive one behind them waits its turn, and a shared one behind that
+    /// exclusive one does too.
+    #[test]
+    fn shared_requests_at_the_head_are_woken_together() {
+        let waits = Arc::new(LockWaits::default());
+        let s10 = waits.park(10, &[5], &k("a"), &k("ea"), true, true).unwrap();
+        let s11 = waits.park(11, &[5], &k("a"), &k("ea"), true, true).unwrap();
+        let s12 = waits.park(12, &[5], &k("a"), &k("ea"), true, true).unwrap();
+        let x20 = waits
+            .park(20, &[5], &k("a"), &k("ea"), true, false)
+            .unwrap();
+        let s30 = waits.park(30, &[5], &k("a"), &k("ea"), true, true).unwrap();
+        assert!(s10.is_head() && s11.is_head() && s12.is_head());
+        assert!(!x20.is_head() && !s30.is_head());
+        drop((s10, s11, s12));
+        assert!(x20.is_head() && !s30.is_head());
+    }
+
+    /// A wait on a shared record has an edge to every holder: a cycle through any of them is
+    /// a deadlock, reported against that holder.
+    #[test]
+    fn waiting_for_shared_holders_detects_a_cycle_through_any_of_them() {
+        let waits = Arc::new(LockWaits::default());
+        // Txn 7 (a shared holder) waits for txn 30's lock on b.
+        let _w = waits
+            .park(7, &[30], &k("b"), &k("eb"), false, false)
+            .unwrap();
+        // Txn 30 waits for the shared record of a held by 5 and 7: the edge to 7 closes a cycle.
+        let dl = waits
+            .park(30, &[5, 7], &k("a"), &k("ea"), false, false)
+            .unwrap_err();
+        assert_eq!(dl.lock_ts, 7);
+        let chain: Vec<(u64, u64)> = dl
+            .wait_chain
+            .iter()
+            .map(|e| (e.txn, e.wait_for_txn))
+            .collect();
+        assert_eq!(chain, vec![(7, 30), (30, 7)]);
+        // Without the cycle, edges to both holders are registered.
+        let _ok = waits
+            .park(31, &[5, 7], &k("a"), &k("ea"), false, false)
+            .unwrap();
+        assert!(
+            waits
+                .park(5, &[31], &k("c"), &k("ec"), false, false)
+                .is_err()
+        );
     }
 }

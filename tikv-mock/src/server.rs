@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, TcpStream as StdTcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,6 +40,8 @@ pub struct MockClusterBuilder {
     auto_split_keys: Option<usize>,
     pd_addr: Option<SocketAddr>,
     cluster_id: u64,
+    pd_members: usize,
+    invalid_max_ts_action: crate::InvalidMaxTsAction,
 }
 
 impl Default for MockClusterBuilder {
@@ -54,6 +57,8 @@ impl Default for MockClusterBuilder {
             auto_split_keys: None,
             pd_addr: None,
             cluster_id: DEFAULT_CLUSTER_ID,
+            pd_members: 1,
+            invalid_max_ts_action: crate::InvalidMaxTsAction::default(),
         }
     }
 }
@@ -126,11 +131,33 @@ impl MockClusterBuilder {
         self
     }
 
+    /// Number of PD members (default 1). The first listens on [`pd_addr`](Self::pd_addr), the
+    /// others on free ports; member 0 starts as the leader. Followers answer as PD followers
+    /// do (`GetMembers` and `GetClusterInfo` are served, other calls fail with UNAVAILABLE
+    /// `not leader`, TSO streams end with PD's not-leader error); move the leadership with
+    /// [`MockCluster::transfer_pd_leader`].
+    pub fn pd_members(mut self, n: usize) -> Self {
+        self.pd_members = n;
+        self
+    }
+
+    /// What stores do when a request would move max_ts past what the TSO allows (default:
+    /// [`InvalidMaxTsAction::Panic`](crate::InvalidMaxTsAction::Panic), as TiKV).
+    pub fn invalid_max_ts_action(mut self, action: crate::InvalidMaxTsAction) -> Self {
+        self.invalid_max_ts_action = action;
+        self
+    }
+
     /// Binds every listener and starts serving.
     pub async fn start(self) -> Result<MockCluster, MockError> {
         if self.stores == 0 {
             return Err(MockError::Config(
                 "a cluster needs at least one store".to_owned(),
+            ));
+        }
+        if self.pd_members == 0 {
+            return Err(MockError::Config(
+                "a cluster needs at least one PD member".to_owned(),
             ));
         }
         if matches!(self.auto_split_keys, Some(0)) {
@@ -141,8 +168,14 @@ impl MockClusterBuilder {
         let pd_addr = self
             .pd_addr
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-        let pd_listener = bind(pd_addr).await?;
-        let pd_addr = local_addr(&pd_listener)?;
+        let mut pd_listeners = vec![bind(pd_addr).await?];
+        for _ in 1..self.pd_members {
+            pd_listeners.push(bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?);
+        }
+        let pd_addrs: Vec<SocketAddr> = pd_listeners
+            .iter()
+            .map(local_addr)
+            .collect::<Result<_, _>>()?;
 
         let mut store_listeners = Vec::with_capacity(self.stores);
         for _ in 0..self.stores {
@@ -175,21 +208,38 @@ impl MockClusterBuilder {
         state.split(&storage_keys)?;
         spread_leaders(&mut state);
 
+        state.invalid_max_ts_action = self.invalid_max_ts_action;
+        let (crashes, mut crashed) = tokio::sync::mpsc::unbounded_channel::<u64>();
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
             faults: FaultEngine::default(),
-            pd_addr,
+            pd_addrs,
+            pd_leader: AtomicUsize::new(0),
             lock_waits: Default::default(),
+            crashes,
         });
-        let servers = Servers {
+        let servers = Arc::new(Servers {
             tasks: Mutex::new(HashMap::new()),
-        };
-        servers.spawn(
-            ServerKey::Pd,
-            pd_listener,
-            crate::pd::routes(shared.clone()),
-            None,
-        );
+        });
+        // Stops the servers of stores that panicked. It must not keep the servers alive: the
+        // last cluster handle dropping them is what shuts the cluster down.
+        let weak_servers = Arc::downgrade(&servers);
+        tokio::spawn(async move {
+            while let Some(store_id) = crashed.recv().await {
+                let Some(servers) = weak_servers.upgrade() else {
+                    return;
+                };
+                servers.stop(ServerKey::Store(store_id)).await;
+            }
+        });
+        for (member, listener) in pd_listeners.into_iter().enumerate() {
+            servers.spawn(
+                ServerKey::Pd(member),
+                listener,
+                crate::pd::routes(shared.clone(), member),
+                None,
+            );
+        }
         let store_ids: Vec<u64> = shared.lock().stores.keys().copied().collect();
         for (store_id, listener) in store_ids.into_iter().zip(store_listeners) {
             let (routes, health) = crate::tikv::routes_with_health(shared.clone(), store_id);
@@ -197,7 +247,7 @@ impl MockClusterBuilder {
         }
         Ok(MockCluster {
             shared,
-            servers: Arc::new(servers),
+            servers,
             manual_clock: self.manual_clock,
         })
     }
@@ -239,7 +289,8 @@ fn local_addr(listener: &TcpListener) -> Result<SocketAddr, MockError> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum ServerKey {
-    Pd,
+    /// A PD member, by index.
+    Pd(usize),
     Store(u64),
 }
 
@@ -352,6 +403,11 @@ impl Servers {
         }
     }
 
+    fn is_running(&self, key: ServerKey) -> bool {
+        let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        tasks.contains_key(&key)
+    }
+
     fn health(&self, key: ServerKey) -> Option<tonic_health::server::HealthReporter> {
         let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         tasks.get(&key).and_then(|s| s.health.clone())
@@ -404,9 +460,9 @@ impl MockCluster {
         MockClusterBuilder::default()
     }
 
-    /// The PD endpoints clients connect to (`host:port`).
+    /// The PD endpoints clients connect to (`host:port`), one per member in member order.
     pub fn pd_endpoints(&self) -> Vec<String> {
-        vec![self.shared.pd_addr.to_string()]
+        self.shared.pd_addrs.iter().map(|a| a.to_string()).collect()
     }
 
     /// The cluster id.
@@ -564,21 +620,69 @@ impl MockCluster {
         Ok(())
     }
 
-    /// Stops the PD server (listener and connections), as a PD crash would.
+    /// Stops the PD server (every member: listeners and connections), as a PD crash would.
     pub async fn stop_pd(&self) {
-        self.servers.stop(ServerKey::Pd).await;
+        for member in 0..self.shared.pd_addrs.len() {
+            self.servers.stop(ServerKey::Pd(member)).await;
+        }
     }
 
-    /// Starts the PD server again on the same address.
+    /// Starts the PD server again on the same address (every stopped member).
     pub async fn start_pd(&self) -> Result<(), MockError> {
-        let listener = bind(self.shared.pd_addr).await?;
+        for member in 0..self.shared.pd_addrs.len() {
+            if !self.servers.is_running(ServerKey::Pd(member)) {
+                self.start_pd_member(member).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops one PD member, as its crash would. Stopping the leader moves the leadership to the
+    /// first member still running (a real PD cluster elects one after the leader's lease ends);
+    /// with none left the cluster has no reachable leader.
+    pub async fn stop_pd_member(&self, member: usize) -> Result<(), MockError> {
+        self.servers
+            .stop(ServerKey::Pd(member))
+            .await
+            .ok_or_else(|| MockError::Topology(format!("PD member {member} is not running")))?;
+        if self.pd_leader() == member
+            && let Some(next) = (0..self.shared.pd_addrs.len())
+                .find(|&m| m != member && self.servers.is_running(ServerKey::Pd(m)))
+        {
+            self.shared.pd_leader.store(next, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// Starts a stopped PD member again on its address.
+    pub async fn start_pd_member(&self, member: usize) -> Result<(), MockError> {
+        let addr = *self
+            .shared
+            .pd_addrs
+            .get(member)
+            .ok_or_else(|| MockError::Topology(format!("unknown PD member {member}")))?;
+        let listener = bind(addr).await?;
         self.servers.spawn(
-            ServerKey::Pd,
+            ServerKey::Pd(member),
             listener,
-            crate::pd::routes(self.shared.clone()),
+            crate::pd::routes(self.shared.clone(), member),
             None,
         );
         Ok(())
+    }
+
+    /// Makes a PD member the leader; the previous leader becomes a follower at once.
+    pub fn transfer_pd_leader(&self, member: usize) -> Result<(), MockError> {
+        if member >= self.shared.pd_addrs.len() {
+            return Err(MockError::Topology(format!("unknown PD member {member}")));
+        }
+        self.shared.pd_leader.store(member, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// The index (into [`pd_endpoints`](Self::pd_endpoints)) of the PD leader.
+    pub fn pd_leader(&self) -> usize {
+        self.shared.pd_leader.load(Ordering::SeqCst)
     }
 
     /// Runs MVCC garbage collection over the whole transactional store at `safe_point`, as the
@@ -589,6 +693,38 @@ impl MockCluster {
         crate::mvcc::actions::gc::run(&mut state.mvcc, None, safe_point).writes
     }
 
+    /// Defers the max_ts sync a region's new leader performs (after a leader transfer, a merge,
+    /// or a split that elects new leaders): while deferred, such a region answers async-commit
+    /// and one-phase-commit prewrites with `MaxTimestampNotSynced` until
+    /// [`MockCluster::sync_max_ts`] is called for it. Turning deferral off syncs every waiting
+    /// region. Off by default: the sync completes before the next request, as it usually does
+    /// in TiKV, whose PD worker fetches a timestamp right after the election.
+    pub fn defer_max_ts_sync(&self, defer: bool) {
+        let mut state = self.shared.lock();
+        state.defer_max_ts_sync = defer;
+        if !defer {
+            state.sync_all_max_ts();
+        }
+    }
+
+    /// Completes a region leader's max_ts sync: its store's max_ts catches up with the TSO.
+    pub fn sync_max_ts(&self, region_id: u64) -> Result<(), MockError> {
+        self.shared.lock().sync_max_ts(region_id)
+    }
+
+    /// Whether a region's leader has synced max_ts (`None` for an unknown region).
+    pub fn is_max_ts_synced(&self, region_id: u64) -> Option<bool> {
+        self.shared
+            .lock()
+            .region(region_id)
+            .map(|r| r.max_ts_synced)
+    }
+
+    /// Changes what stores do on an invalid max_ts update from now on.
+    pub fn set_invalid_max_ts_action(&self, action: crate::InvalidMaxTsAction) {
+        self.shared.lock().invalid_max_ts_action = action;
+    }
+
     /// Advances the manual clock. Fails if the cluster runs on another clock.
     pub fn advance_clock(&self, by: Duration) -> Result<(), MockError> {
         let clock = self.manual_clock.as_ref().ok_or_else(|| {
@@ -596,6 +732,13 @@ impl MockCluster {
         })?;
         clock.advance(by);
         Ok(())
+    }
+
+    /// How many pessimistic lock requests are parked in the lock-wait queue right now. Tests
+    /// use it to know that a request is waiting before they release the lock it waits for,
+    /// instead of sleeping and hoping.
+    pub fn parked_lock_requests(&self) -> usize {
+        self.shared.lock_waits.parked()
     }
 
     /// Requests received by a store for a command (gRPC method name such as `RawGet`, counted

@@ -232,7 +232,6 @@ async fn conflict_without_waiting_is_locked_and_discards_the_request() {
 #[tokio::test]
 async fn waiter_is_woken_by_commit_with_a_write_conflict() {
     let (cluster, t) = start().await;
-    let store = t.ctx.peer.as_ref().unwrap().store_id;
     assert!(t.lock(lock_req(&[b"k"], 10, 10)).await.errors.is_empty());
     let waiter = {
         let t = t.clone();
@@ -243,14 +242,13 @@ async fn waiter_is_woken_by_commit_with_a_write_conflict() {
             (t.lock(req).await, began.elapsed())
         })
     };
-    // The waiter's request has reached the store; give it a moment to park.
+    // Release only once the waiter is parked in the lock-wait queue.
     bounded(async {
-        while cluster.rpc_count(store, "KvPessimisticLock") < 2 {
+        while cluster.parked_lock_requests() < 1 {
             tokio::task::yield_now().await;
         }
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(
         t.prewrite(&[(b"k", b(b"v"))], 10, 10)
             .await

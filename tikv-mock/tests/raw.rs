@@ -1166,3 +1166,35 @@ async fn faults_after_apply_lose_the_answer_of_an_applied_write() {
     assert!(held.await.unwrap().error.is_empty());
     assert_eq!(t.get(b"k").await.value, b(b"3"));
 }
+
+#[tokio::test]
+async fn v2_writes_wait_for_a_new_leaders_max_ts_sync() {
+    let cluster = MockCluster::builder()
+        .api_version(ApiVersion::V2)
+        .start()
+        .await
+        .unwrap();
+    cluster.defer_max_ts_sync(true);
+    let t = target(&cluster, b"r\0\0\0a", ApiVersion::V2).await;
+    let other = cluster
+        .store_ids()
+        .into_iter()
+        .find(|&id| id != t.store)
+        .unwrap();
+    cluster.transfer_leader(t.ctx.region_id, other).unwrap();
+    let mut t = target(&cluster, b"r\0\0\0a", ApiVersion::V2).await;
+    let e = t.put(b"r\0\0\0a", b"1").await.region_error.unwrap();
+    assert!(e.max_timestamp_not_synced.is_some());
+    assert_eq!(
+        e.message,
+        format!(
+            "RawKV write fails due to potentially stale max timestamp, region_id: {}",
+            t.ctx.region_id
+        )
+    );
+    // Reads do not need it.
+    assert!(t.get(b"r\0\0\0a").await.region_error.is_none());
+    cluster.sync_max_ts(t.ctx.region_id).unwrap();
+    assert!(t.put(b"r\0\0\0a", b"1").await.error.is_empty());
+    assert_eq!(t.get(b"r\0\0\0a").await.value, b(b"1"));
+}

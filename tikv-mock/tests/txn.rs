@@ -46,6 +46,10 @@ impl T {
             region_id: region.id,
             region_epoch: region.region_epoch,
             peer: Some(leader),
+            // The tests make up timestamps ahead of the TSO (which nobody asks here). As TiDB,
+            // they may move max_ts up to 60 s past it; other clients may not pass the TSO in
+            // status checks (TiKV's max_ts update limit).
+            request_origin: kvrpcpb::RequestOrigin::TiDb as i32,
             ..Default::default()
         };
         (client, ctx)
@@ -494,7 +498,7 @@ async fn async_commit_min_commit_ts_exceeds_max_ts_and_one_pc_commits() {
     let exp = c.error.unwrap().commit_ts_expired.unwrap();
     assert_eq!(exp.min_commit_ts, r.min_commit_ts);
     // Async-commit locks never expire through CheckTxnStatus.
-    let st = t.check_status(b"a", s, 0, ts(START_MS + 100_000, 0)).await;
+    let st = t.check_status(b"a", s, 0, ts(START_MS + 50_000, 0)).await;
     assert!(st.lock_ttl > 0 && st.lock_info.unwrap().use_async_commit);
     assert!(
         t.commit(&[b"a", b"b"], s, r.min_commit_ts)
@@ -577,4 +581,230 @@ async fn pessimistic_prewrite_amends_missing_locks_and_zips_actions() {
     req.pessimistic_actions = vec![PessimisticAction::DoPessimisticCheck as i32];
     let r = t.prewrite(req).await;
     assert!(r.errors[0].abort.contains("LockMissingAmendFail"), "{r:?}");
+}
+
+#[tokio::test]
+async fn new_leader_refuses_async_commit_until_max_ts_synced() {
+    let t = start().await;
+    t.cluster.defer_max_ts_sync(true);
+    let (region, leader) = t.cluster.region_for_txn_key(b"a").unwrap();
+    let leader_store = leader.unwrap().store_id;
+    let target = t
+        .cluster
+        .store_ids()
+        .into_iter()
+        .find(|&id| id != leader_store)
+        .unwrap();
+    t.cluster.transfer_leader(region.id, target).unwrap();
+    assert_eq!(t.cluster.is_max_ts_synced(region.id), Some(false));
+    let s = ts(START_MS, 1);
+    let mut async_req = prewrite_req(b"a", s, vec![put(b"a", b"1"), put(b"b", b"1")]);
+    async_req.use_async_commit = true;
+    async_req.secondaries = vec![b(b"b")];
+    let r = t.prewrite(async_req.clone()).await;
+    let e = r.region_error.expect("MaxTimestampNotSynced");
+    assert!(
+        e.max_timestamp_not_synced.is_some() && e.message.is_empty(),
+        "{e:?}"
+    );
+    assert!(t.mvcc(b"a").await.lock.is_none());
+    let mut one_pc = prewrite_req(b"c", ts(START_MS, 2), vec![put(b"c", b"1")]);
+    one_pc.try_one_pc = true;
+    let r = t.prewrite(one_pc.clone()).await;
+    assert!(r.region_error.unwrap().max_timestamp_not_synced.is_some());
+    // Plain 2PC does not need max_ts.
+    ok_prewrite(
+        &t.prewrite(prewrite_req(b"d", ts(START_MS, 3), vec![put(b"d", b"1")]))
+            .await,
+    );
+    t.cluster.sync_max_ts(region.id).unwrap();
+    assert_eq!(t.cluster.is_max_ts_synced(region.id), Some(true));
+    let r = t.prewrite(async_req).await;
+    ok_prewrite(&r);
+    assert!(r.min_commit_ts > s);
+    let r = t.prewrite(one_pc).await;
+    ok_prewrite(&r);
+    assert!(r.one_pc_commit_ts > ts(START_MS, 2));
+
+    // A merge makes the target's leader sync again; turning deferral off syncs everything.
+    let clock = ManualClock::new(START_MS);
+    let split = MockCluster::builder()
+        .manual_clock(clock)
+        .split_keys(["m"])
+        .start()
+        .await
+        .unwrap();
+    split.defer_max_ts_sync(true);
+    let (left, _) = split.region_for_txn_key(b"a").unwrap();
+    let (right, _) = split.region_for_txn_key(b"z").unwrap();
+    split.merge(left.id, right.id).unwrap();
+    assert_eq!(split.is_max_ts_synced(right.id), Some(false));
+    split.defer_max_ts_sync(false);
+    assert_eq!(split.is_max_ts_synced(right.id), Some(true));
+}
+
+#[tokio::test]
+async fn far_future_timestamps_are_invalid_max_ts_updates() {
+    let clock = ManualClock::new(START_MS);
+    let cluster = MockCluster::builder()
+        .manual_clock(clock.clone())
+        .invalid_max_ts_action(tikv_mock::InvalidMaxTsAction::Error)
+        .start()
+        .await
+        .unwrap();
+    let t = T { cluster, clock };
+    // Reads may move max_ts up to 60 s past the TSO.
+    let ok = t.get(b"a", ts(START_MS + 59_000, 0)).await;
+    assert!(ok.region_error.is_none() && ok.not_found, "{ok:?}");
+    let far = ts(START_MS + 61_000, 0);
+    let bad = t.get(b"a", far).await;
+    assert_eq!(
+        bad.region_error.unwrap().message,
+        format!(
+            "invalid max_ts update: {far} exceeds the limit {}",
+            ts(START_MS + 60_000, 0)
+        )
+    );
+    // Status checks of a client that is not TiDB may not pass the TSO at all.
+    let (mut c, mut ctx) = t.client(b"a").await;
+    ctx.request_origin = kvrpcpb::RequestOrigin::Unknown as i32;
+    let ahead = ts(START_MS, 5);
+    let st = c
+        .kv_check_txn_status(kvrpcpb::CheckTxnStatusRequest {
+            context: Some(ctx.clone()),
+            primary_key: b(b"a"),
+            lock_ts: ts(START_MS, 1),
+            caller_start_ts: ahead,
+            current_ts: ahead,
+            rollback_if_not_exist: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        st.region_error.unwrap().message,
+        format!(
+            "invalid max_ts update: {ahead} exceeds the limit {}",
+            ts(START_MS, 0)
+        )
+    );
+    // u64::MAX (an autocommit point get) never moves max_ts.
+    assert!(t.get(b"a", u64::MAX).await.region_error.is_none());
+
+    // TiKV's default action aborts the process: the store goes away without answering, and
+    // comes back when restarted.
+    t.cluster
+        .set_invalid_max_ts_action(tikv_mock::InvalidMaxTsAction::Panic);
+    let (region, leader) = t.cluster.region_for_txn_key(b"a").unwrap();
+    let store = leader.unwrap().store_id;
+    let (mut c, ctx) = t.client(b"a").await;
+    let crashed = c
+        .kv_get(kvrpcpb::GetRequest {
+            context: Some(ctx),
+            key: b(b"a"),
+            version: far,
+            ..Default::default()
+        })
+        .await;
+    assert!(crashed.is_err(), "{crashed:?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while t.cluster.start_store(store).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "store {store} never stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let again = t.get(b"a", ts(START_MS, 0)).await;
+    assert!(again.region_error.is_none() && again.not_found, "{again:?}");
+    assert_eq!(region.id, t.cluster.region_for_txn_key(b"a").unwrap().0.id);
+}
+
+#[tokio::test]
+async fn large_optimistic_prewrite_sorts_keys_and_skips_constraint_check_on_empty_range() {
+    let t = start().await;
+    let key = |p: &str, i: usize| format!("{p}{i:02}").into_bytes();
+    let asserting = |p: &str, n: usize| {
+        (0..n)
+            .rev()
+            .map(|i| {
+                let mut m = put(&key(p, i), b"v");
+                m.assertion = kvrpcpb::Assertion::Exist as i32;
+                m
+            })
+            .collect::<Vec<_>>()
+    };
+    // Thirteen mutations over a range without any write: no constraint check, so a Fast
+    // assertion has nothing loaded to check.
+    let s = ts(START_MS, 1);
+    let mut req = prewrite_req(&key("k", 0), s, asserting("k", 13));
+    req.assertion_level = kvrpcpb::AssertionLevel::Fast as i32;
+    ok_prewrite(&t.prewrite(req).await);
+    // Twelve are checked one by one.
+    let mut req = prewrite_req(&key("j", 0), ts(START_MS, 2), asserting("j", 12));
+    req.assertion_level = kvrpcpb::AssertionLevel::Fast as i32;
+    let r = t.prewrite(req).await;
+    assert!(r.errors[0].assertion_failed.is_some(), "{r:?}");
+    // Locks met are reported in key order once the mutations are sorted, in request order
+    // otherwise.
+    let lock_keys = |r: &kvrpcpb::PrewriteResponse| {
+        r.errors
+            .iter()
+            .map(|e| e.locked.as_ref().unwrap().key.clone())
+            .collect::<Vec<_>>()
+    };
+    let reversed = |n: usize| (0..n).rev().map(|i| put(&key("k", i), b"x")).collect();
+    let r = t
+        .prewrite(prewrite_req(&key("k", 0), ts(START_MS, 3), reversed(13)))
+        .await;
+    let mut sorted: Vec<Bytes> = (0..13).map(|i| b(&key("k", i))).collect();
+    assert_eq!(lock_keys(&r), sorted);
+    let r = t
+        .prewrite(prewrite_req(&key("k", 0), ts(START_MS, 4), reversed(12)))
+        .await;
+    sorted.truncate(12);
+    sorted.reverse();
+    assert_eq!(lock_keys(&r), sorted);
+    // Once a write record lies in the range, the check runs: a later commit conflicts.
+    let keys: Vec<Vec<u8>> = (0..13).map(|i| key("k", i)).collect();
+    let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
+    assert!(t.commit(&refs, s, ts(START_MS, 10)).await.error.is_none());
+    let r = t
+        .prewrite(prewrite_req(&key("k", 0), ts(START_MS, 5), reversed(13)))
+        .await;
+    let conflict = r.errors[0].conflict.as_ref().expect("a write conflict");
+    assert_eq!(conflict.conflict_commit_ts, ts(START_MS, 10));
+}
+
+#[tokio::test]
+async fn region_resolve_lock_keeps_earlier_batches_when_a_later_one_fails() {
+    let t = start().await;
+    let s = ts(START_MS, 1);
+    let key = |i: usize| format!("r{i:03}").into_bytes();
+    let muts = |range: std::ops::Range<usize>| range.map(|i| put(&key(i), b"v")).collect();
+    ok_prewrite(&t.prewrite(prewrite_req(&key(0), s, muts(0..256))).await);
+    // The last locks cannot be committed below their min_commit_ts.
+    let mut late = prewrite_req(&key(0), s, muts(256..260));
+    late.min_commit_ts = ts(START_MS, 100);
+    ok_prewrite(&t.prewrite(late).await);
+    let (mut c, ctx) = t.client(&key(0)).await;
+    let r = c
+        .kv_resolve_lock(kvrpcpb::ResolveLockRequest {
+            context: Some(ctx),
+            start_version: s,
+            commit_version: ts(START_MS, 50),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.error.unwrap().commit_ts_expired.is_some());
+    // The first round of 256 locks was committed; the failing round wrote nothing.
+    assert_eq!(
+        t.get(&key(255), ts(START_MS, 60)).await.value.as_ref(),
+        b"v"
+    );
+    assert!(t.mvcc(&key(255)).await.lock.is_none());
+    assert!(t.mvcc(&key(256)).await.lock.is_some());
 }

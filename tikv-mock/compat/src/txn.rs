@@ -6,7 +6,8 @@
 //! transaction spanning both regions; async commit and one-phase commit; lock cleanup after a
 //! failed commit (read-path resolution and `cleanup_locks`); GC through PD (`gc()`), checked by
 //! snapshot reads below and above the safe point. Pessimistic transactions (`get_for_update`,
-//! pessimistic lock cleanup) run only with `--with-pessimistic`.
+//! pessimistic lock cleanup, one transaction's lock request waiting for another's lock) run only
+//! with `--with-pessimistic`.
 
 use std::time::Duration;
 
@@ -74,6 +75,7 @@ pub async fn scenario_txn(pd: Vec<String>, pessimistic: bool) {
     async_commit_and_one_pc(&c).await;
     if pessimistic {
         pessimistic_txn(&c).await;
+        pessimistic_lock_wait(&c).await;
     } else {
         eprintln!("  --  pessimistic steps skipped (run with --with-pessimistic)");
     }
@@ -246,6 +248,63 @@ async fn pessimistic_txn(c: &TransactionClient) {
         .await
         .is_empty());
     step("pessimistic lock of a dropped txn cleaned up");
+}
+
+/// How long a lock request is watched before it must still be waiting: well under TiKV's
+/// wait-for-lock timeout (1 s), which is what would end the wait otherwise.
+const STILL_WAITING: Duration = Duration::from_millis(300);
+
+/// Client B's pessimistic lock request waits in the store for client A's lock. 0.4 asks for
+/// TiKV's default wait (`wait_timeout` 0) in the legacy wake-up mode, so when A commits, B's
+/// request is woken with a write conflict (reason PessimisticRetry, A's commit ts): B locks
+/// again with a new for_update_ts, which is granted and reads A's value.
+async fn pessimistic_lock_wait(c: &TransactionClient) {
+    put_all(c, &[("t10", "w0")]).await;
+    let mut a = begin(c, TransactionOptions::new_pessimistic()).await;
+    let got = op("A get_for_update t10", a.get_for_update("t10".to_owned())).await;
+    assert_eq!(got, Some(v("w0")));
+
+    let mut b = begin(c, TransactionOptions::new_pessimistic()).await;
+    let waiting = tokio::spawn(async move {
+        let first = b.get_for_update("t10".to_owned()).await;
+        (b, first)
+    });
+    tokio::time::sleep(STILL_WAITING).await;
+    assert!(
+        !waiting.is_finished(),
+        "B's lock request did not wait for A's lock"
+    );
+    step("pessimistic lock wait: B waits for A's lock");
+
+    op("A put t10", a.put("t10".to_owned(), v("wa"))).await;
+    let a_commit = op("A commit", a.commit())
+        .await
+        .expect("A wrote, so it has a commit ts");
+    let (mut b, first) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("B's lock request was not answered after A committed")
+        .expect("B's task");
+    let err = match first {
+        Ok(v) => panic!("B's woken lock request succeeded ({v:?}); TiKV answers a write conflict"),
+        Err(e) => format!("{e:?}"),
+    };
+    assert!(
+        err.contains("WriteConflict")
+            && err.contains(&format!("conflict_commit_ts: {}", a_commit.version())),
+        "B's woken lock request: {err}"
+    );
+    step("pessimistic lock wait: A's commit wakes B with a write conflict at A's commit ts");
+
+    let got = op(
+        "B get_for_update t10 (again)",
+        b.get_for_update("t10".to_owned()),
+    )
+    .await;
+    assert_eq!(got, Some(v("wa")));
+    op("B put t10", b.put("t10".to_owned(), v("wb"))).await;
+    op("B commit", b.commit()).await;
+    assert_eq!(read_now(c, "t10").await, Some(v("wb")));
+    step("pessimistic lock wait: B locks again, reads A's value, commits");
 }
 
 async fn gc(c: &TransactionClient, pd: &str) {

@@ -9,7 +9,9 @@
 //!
 //! The layout follows TiKV (`components/txn_types`, `src/storage/mvcc/`):
 //!
-//! - lock column family: at most one [`Lock`] per key;
+//! - lock column family: at most one [`LockRecord`] per key: one transaction's [`Lock`], or the
+//!   [`SharedLocks`] of several transactions holding the key in shared mode (TiKV
+//!   `LockOrSharedLocks`, the `H`-tagged lock value);
 //! - write column family: [`Write`] records at `key@commit_ts` (a rollback record sits at
 //!   `key@start_ts`), newest first;
 //! - default column family: values longer than [`SHORT_VALUE_MAX_LEN`] at `key@start_ts`;
@@ -128,6 +130,155 @@ impl Lock {
     }
 }
 
+/// What the lock column family holds for one key (TiKV `LockOrSharedLocks`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LockRecord {
+    /// One transaction's lock.
+    Exclusive(Lock),
+    /// Several transactions' shared locks.
+    Shared(SharedLocks),
+}
+
+impl LockRecord {
+    /// The lock, unless the key is held in shared mode.
+    pub(crate) fn exclusive(&self) -> Option<&Lock> {
+        match self {
+            LockRecord::Exclusive(lock) => Some(lock),
+            LockRecord::Shared(_) => None,
+        }
+    }
+
+    /// Owned form of [`LockRecord::exclusive`].
+    pub(crate) fn into_exclusive(self) -> Option<Lock> {
+        match self {
+            LockRecord::Exclusive(lock) => Some(lock),
+            LockRecord::Shared(_) => None,
+        }
+    }
+
+    /// The `LockInfo` a request that meets this record receives.
+    pub(crate) fn to_lock_info(&self, user_key: Bytes) -> kvrpcpb::LockInfo {
+        match self {
+            LockRecord::Exclusive(lock) => lock.to_lock_info(user_key),
+            LockRecord::Shared(shared) => shared.to_lock_info(user_key),
+        }
+    }
+}
+
+/// The shared locks on one key (TiKV `txn_types::SharedLocks`): per holding transaction, its
+/// sub-lock, a `Pessimistic` lock until its prewrite turns it into a `Lock` lock.
+///
+/// A record is shrink-only once an exclusive lock request met it: no transaction may join any
+/// more, so the exclusive request, which waits, is not starved by a stream of new readers. The
+/// flag is never cleared; the record goes away when its last holder commits or rolls back.
+/// Sub-locks are kept ordered by start ts, which is the order TiKV's scans keep when they cut a
+/// record short (TiKV itself stores them unordered).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct SharedLocks {
+    shrink_only: bool,
+    locks: BTreeMap<u64, Lock>,
+}
+
+impl SharedLocks {
+    pub(crate) fn len(&self) -> usize {
+        self.locks.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.locks.is_empty()
+    }
+
+    pub(crate) fn is_shrink_only(&self) -> bool {
+        self.shrink_only
+    }
+
+    pub(crate) fn set_shrink_only(&mut self) {
+        self.shrink_only = true;
+    }
+
+    pub(crate) fn contains(&self, start_ts: u64) -> bool {
+        self.locks.contains_key(&start_ts)
+    }
+
+    pub(crate) fn get(&self, start_ts: u64) -> Option<&Lock> {
+        self.locks.get(&start_ts)
+    }
+
+    /// The sub-locks, smallest start ts first.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Lock> {
+        self.locks.values()
+    }
+
+    pub(crate) fn remove(&mut self, start_ts: u64) -> Option<Lock> {
+        self.locks.remove(&start_ts)
+    }
+
+    /// Adds a new holder. Refused once shrink-only or when the transaction already holds one
+    /// (TiKV `InvalidOperation`; the actions check both before, so this is a safety net).
+    pub(crate) fn insert(&mut self, lock: Lock) -> Result<(), String> {
+        if self.shrink_only {
+            return Err(format!(
+                "cannot insert new lock #{} into shrink-only SharedLocks",
+                lock.ts
+            ));
+        }
+        if self.locks.contains_key(&lock.ts) {
+            return Err(format!("lock #{} already exists in SharedLocks", lock.ts));
+        }
+        self.locks.insert(lock.ts, lock);
+        Ok(())
+    }
+
+    /// Replaces an existing holder's sub-lock.
+    pub(crate) fn update(&mut self, lock: Lock) -> Result<(), String> {
+        if !self.locks.contains_key(&lock.ts) {
+            return Err(format!("lock #{} does not exist in SharedLocks", lock.ts));
+        }
+        self.locks.insert(lock.ts, lock);
+        Ok(())
+    }
+
+    /// Keeps only the sub-locks `keep` accepts.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&Lock) -> bool) {
+        self.locks.retain(|_, l| keep(l));
+    }
+
+    /// Keeps the `n` sub-locks with the smallest start ts.
+    pub(crate) fn truncate(&mut self, n: usize) {
+        while self.locks.len() > n {
+            self.locks.pop_last();
+        }
+    }
+
+    /// The `LockInfo` of the whole record (TiKV `SharedLocks::into_lock_info`): type
+    /// `SharedLock` and the key, every other top-level field left zero, one entry per holder in
+    /// `shared_lock_infos`.
+    pub(crate) fn to_lock_info(&self, user_key: Bytes) -> kvrpcpb::LockInfo {
+        kvrpcpb::LockInfo {
+            lock_type: kvrpcpb::Op::SharedLock as i32,
+            shared_lock_infos: self
+                .locks
+                .values()
+                .map(|l| l.to_lock_info(user_key.clone()))
+                .collect(),
+            key: user_key,
+            ..Default::default()
+        }
+    }
+}
+
+/// The transactions a `LockInfo` names: every holder of a shared record, else its one lock.
+pub(crate) fn lock_info_holders(info: &kvrpcpb::LockInfo) -> Vec<u64> {
+    if info.lock_type == kvrpcpb::Op::SharedLock as i32 {
+        info.shared_lock_infos
+            .iter()
+            .map(|l| l.lock_version)
+            .collect()
+    } else {
+        vec![info.lock_version]
+    }
+}
+
 /// The kind of a write record (TiKV `WriteType`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum WriteType {
@@ -185,7 +336,7 @@ impl Write {
 /// The three column families.
 #[derive(Debug, Default)]
 pub(crate) struct MvccStore {
-    pub(crate) locks: BTreeMap<Bytes, Lock>,
+    pub(crate) locks: BTreeMap<Bytes, LockRecord>,
     /// `(key, Reverse(commit_ts))`: iteration within a key goes newest first, as TiKV's
     /// `key ++ !ts` encoding orders it.
     pub(crate) writes: BTreeMap<(Bytes, Reverse<u64>), Write>,
@@ -193,8 +344,14 @@ pub(crate) struct MvccStore {
 }
 
 impl MvccStore {
-    pub(crate) fn lock(&self, key: &[u8]) -> Option<&Lock> {
+    /// What the lock column family holds for `key`.
+    pub(crate) fn lock_record(&self, key: &[u8]) -> Option<&LockRecord> {
         self.locks.get(key)
+    }
+
+    /// The exclusive lock of `key`; `None` also when the key is held in shared mode.
+    pub(crate) fn lock(&self, key: &[u8]) -> Option<&Lock> {
+        self.locks.get(key).and_then(LockRecord::exclusive)
     }
 
     /// Write records of `key` with `commit_ts <= ts`, newest first.
@@ -252,7 +409,7 @@ type VersionKey = (Bytes, Reverse<u64>);
 /// The changes one command makes, applied all at once or not at all.
 #[derive(Debug, Default)]
 pub(crate) struct WriteBatch {
-    locks: Vec<(Bytes, Option<Lock>)>,
+    locks: Vec<(Bytes, Option<LockRecord>)>,
     writes: Vec<(VersionKey, Option<Write>)>,
     values: Vec<(VersionKey, Option<Bytes>)>,
     /// Keys whose lock this batch removes, with the lock's start ts: lock waiters on them are
@@ -262,7 +419,13 @@ pub(crate) struct WriteBatch {
 
 impl WriteBatch {
     pub(crate) fn put_lock(&mut self, key: Bytes, lock: Lock) {
-        self.locks.push((key, Some(lock)));
+        self.locks.push((key, Some(LockRecord::Exclusive(lock))));
+    }
+
+    /// Writes a key's shared locks back (TiKV `put_shared_locks`); an emptied record must be
+    /// removed with [`WriteBatch::unlock_key`] instead.
+    pub(crate) fn put_shared_locks(&mut self, key: Bytes, shared: SharedLocks) {
+        self.locks.push((key, Some(LockRecord::Shared(shared))));
     }
 
     /// Removes the lock of `key`, remembering it so lock waiters can be woken.
@@ -333,14 +496,21 @@ impl<'a> Txn<'a> {
         }
     }
 
-    /// The lock of `key` as this command has left it so far.
-    pub(crate) fn lock(&self, key: &Bytes) -> Option<Lock> {
+    /// The lock record of `key` as this command has left it so far.
+    pub(crate) fn lock(&self, key: &Bytes) -> Option<LockRecord> {
         for (k, lock) in self.batch.locks.iter().rev() {
             if k == key {
                 return lock.clone();
             }
         }
-        self.store.lock(key).cloned()
+        self.store.lock_record(key).cloned()
+    }
+
+    /// The exclusive lock of `key` as this command has left it so far; `None` also when the
+    /// key is held in shared mode.
+    #[cfg(test)]
+    pub(crate) fn exclusive_lock(&self, key: &Bytes) -> Option<Lock> {
+        self.lock(key).and_then(LockRecord::into_exclusive)
     }
 }
 
@@ -395,7 +565,7 @@ mod tests {
         let mut txn = Txn::new(&store, 1);
         txn.batch
             .put_lock(k("a"), Lock::new(LockType::Put, k("a"), 1, 3000));
-        assert_eq!(txn.lock(&k("a")).map(|l| l.ts), Some(1));
+        assert_eq!(txn.exclusive_lock(&k("a")).map(|l| l.ts), Some(1));
         txn.batch.unlock_key(k("a"), 1);
         assert_eq!(txn.lock(&k("a")), None);
         let batch = std::mem::take(&mut txn.batch);

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{check_cluster_id, error_header, fault, ok_header, request_cluster_id};
+use super::{check_cluster_id, check_leader, error_header, fault, ok_header, request_cluster_id};
 use crate::ApiVersion;
 use crate::Shared;
 use crate::cluster::{ClusterState, DEFAULT_KEYSPACE_ID, KeyspaceState};
@@ -37,11 +37,13 @@ const NOT_FOUND: &str = "[PD:keyspace:ErrKeyspaceNotFound]keyspace does not exis
 #[derive(Debug, Clone)]
 pub(crate) struct KeyspaceService {
     shared: Arc<Shared>,
+    /// Which PD member this service answers as.
+    member: usize,
 }
 
 impl KeyspaceService {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        KeyspaceService { shared }
+    pub(crate) fn new(shared: Arc<Shared>, member: usize) -> Self {
+        KeyspaceService { shared, member }
     }
 
     async fn unary<T>(
@@ -51,6 +53,7 @@ impl KeyspaceService {
         f: impl FnOnce(&mut ClusterState) -> T,
     ) -> Result<Response<T>, Status> {
         fault(&self.shared, Phase::Before, command, None, &[]).await?;
+        check_leader(&self.shared, self.member)?;
         let out = {
             let mut state = self.shared.lock();
             check_cluster_id(requested_cluster_id, state.cluster_id)?;
@@ -224,6 +227,7 @@ impl Keyspace for KeyspaceService {
         let req = request.into_inner();
         let cid = request_cluster_id(req.header.as_ref());
         fault(&self.shared, Phase::Before, "WatchKeyspaces", None, &[]).await?;
+        check_leader(&self.shared, self.member)?;
         let mut changed = {
             let state = self.shared.lock();
             check_cluster_id(cid, state.cluster_id)?;

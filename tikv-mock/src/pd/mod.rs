@@ -5,6 +5,10 @@
 //! again on `MockCluster::start_pd`, so every piece of PD state lives in the cluster state
 //! ([`PdState`] inside `ClusterState`) and survives a PD restart, as PD's etcd-backed state does.
 //!
+//! With several PD members (`MockClusterBuilder::pd_members`) each member serves these routes
+//! on its own address over the same state; followers answer `GetMembers` and `GetClusterInfo`
+//! and refuse everything else as a PD follower does ([`check_leader`]).
+//!
 //! Every handler is short: it asks the fault engine (phase Before), takes the state lock,
 //! validates the request header, computes the answer, releases the lock, and asks the fault
 //! engine again (phase AfterApply). Nothing awaits while holding the lock.
@@ -37,10 +41,17 @@ use crate::fault::{Action, Phase, RequestInfo, Service};
 
 pub(crate) use gc::GcState;
 
-/// Name of the mock's single PD member.
-const MEMBER_NAME: &str = "pd-1";
-/// Member id of the mock's single PD member (PD's ids are random non-zero numbers).
+/// Prefix of the PD members' names (`pd-1`, `pd-2`, ...).
+const MEMBER_NAME_PREFIX: &str = "pd-";
+/// Member id of the first PD member; member `i` has `MEMBER_ID + i` (PD's ids are random
+/// non-zero numbers).
 const MEMBER_ID: u64 = 0x6d6f_636b_5044_0001;
+/// What a PD follower answers to a request only the leader serves (PD's `ErrNotLeader`).
+const NOT_LEADER: &str = "not leader";
+/// How a follower's TSO allocator fails a TSO request (PD's `ErrGenerateTimestamp`, which the
+/// TSO stream returns as an UNKNOWN status).
+const TSO_NOT_LEADER: &str =
+    "[PD:tso:ErrGenerateTimestamp]generate timestamp failed, requested pd not leader of cluster";
 /// The PD version the member reports.
 const PD_VERSION: &str = "9.0.0";
 /// How long PD keeps the status of a finished operator (`operatorStatusRemainTime`).
@@ -90,10 +101,10 @@ struct OperatorRecord {
     finished_at_ms: u64,
 }
 
-/// The gRPC services and HTTP routes served on the PD address.
-pub(crate) fn routes(shared: Arc<Shared>) -> Routes {
-    let pd = PdServer::new(service::PdService::new(shared.clone()));
-    let keyspace = KeyspaceServer::new(keyspace::KeyspaceService::new(shared.clone()));
+/// The gRPC services and HTTP routes served on the address of PD member `member`.
+pub(crate) fn routes(shared: Arc<Shared>, member: usize) -> Routes {
+    let pd = PdServer::new(service::PdService::new(shared.clone(), member));
+    let keyspace = KeyspaceServer::new(keyspace::KeyspaceService::new(shared.clone(), member));
     // The reporter starts with "" SERVING, which is all clients probe; it is not kept because
     // the mock's PD never reports itself unhealthy (a stopped PD refuses connections instead).
     let (_reporter, health) = tonic_health::server::health_reporter();
@@ -123,6 +134,36 @@ async fn not_found(request: axum::extract::Request) -> axum::response::Response 
 }
 
 // ----- helpers shared by the services --------------------------------------------------------
+
+/// PD's leader check (`validateRequest`): a follower refuses what only the leader serves with
+/// an UNAVAILABLE status, which clients take as a cue to look for the new leader.
+fn check_leader(shared: &Shared, member: usize) -> Result<(), Status> {
+    if shared.pd_leader.load(std::sync::atomic::Ordering::SeqCst) == member {
+        Ok(())
+    } else {
+        Err(Status::unavailable(NOT_LEADER))
+    }
+}
+
+/// Every PD member as `GetMembers` lists it.
+fn members(shared: &Shared) -> Vec<pdpb::Member> {
+    shared
+        .pd_addrs
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| {
+            let url = format!("http://{addr}");
+            pdpb::Member {
+                name: format!("{MEMBER_NAME_PREFIX}{}", i + 1),
+                member_id: MEMBER_ID + i as u64,
+                peer_urls: vec![url.clone()],
+                client_urls: vec![url],
+                binary_version: PD_VERSION.to_owned(),
+                ..Default::default()
+            }
+        })
+        .collect()
+}
 
 /// A response header carrying the cluster id and no error.
 fn ok_header(cluster_id: u64) -> Option<pdpb::ResponseHeader> {
@@ -315,5 +356,119 @@ mod tests {
         let e = check_cluster_id(0, 7).unwrap_err();
         assert_eq!(e.code(), tonic::Code::FailedPrecondition);
         assert_eq!(e.message(), "mismatch cluster id, need 7 but got 0");
+    }
+}
+
+#[cfg(test)]
+mod member_tests {
+    use tikv_proto::pdpb::pd_client::PdClient;
+    use tokio_stream::StreamExt;
+
+    use super::*;
+    use crate::MockCluster;
+
+    async fn client(cluster: &MockCluster, member: usize) -> PdClient<tonic::transport::Channel> {
+        PdClient::connect(format!("http://{}", cluster.pd_endpoints()[member]))
+            .await
+            .unwrap()
+    }
+
+    fn header(cluster: &MockCluster) -> Option<pdpb::RequestHeader> {
+        Some(pdpb::RequestHeader {
+            cluster_id: cluster.cluster_id(),
+            ..Default::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn followers_answer_as_pd_followers_do() {
+        let cluster = MockCluster::builder().pd_members(3).start().await.unwrap();
+        assert_eq!(cluster.pd_endpoints().len(), 3);
+        assert_eq!(cluster.pd_leader(), 0);
+
+        // Every member lists every member and names the leader.
+        let mut follower = client(&cluster, 1).await;
+        let members = follower
+            .get_members(pdpb::GetMembersRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(members.members.len(), 3);
+        let leader = members.leader.unwrap();
+        assert_eq!(leader.name, "pd-1");
+        assert_eq!(
+            leader.client_urls,
+            vec![format!("http://{}", cluster.pd_endpoints()[0])]
+        );
+
+        // A follower refuses what only the leader serves.
+        let status = follower
+            .get_all_stores(pdpb::GetAllStoresRequest {
+                header: header(&cluster),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(status.message(), NOT_LEADER);
+        let request = pdpb::TsoRequest {
+            header: header(&cluster),
+            count: 1,
+            dc_location: String::new(),
+        };
+        let mut stream = follower
+            .tso(tokio_stream::iter(vec![request.clone()]))
+            .await
+            .unwrap()
+            .into_inner();
+        let status = stream.next().await.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unknown);
+        assert_eq!(status.message(), TSO_NOT_LEADER);
+
+        // Leadership moves; the former leader becomes a follower at once.
+        cluster.transfer_pd_leader(1).unwrap();
+        follower
+            .get_all_stores(pdpb::GetAllStoresRequest {
+                header: header(&cluster),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut former = client(&cluster, 0).await;
+        let status = former
+            .get_region(pdpb::GetRegionRequest {
+                header: header(&cluster),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(cluster.transfer_pd_leader(3).is_err());
+
+        // Stopping the leader elects the first member still running; restarting brings the
+        // member back as a follower.
+        cluster.stop_pd_member(1).await.unwrap();
+        assert_eq!(cluster.pd_leader(), 0);
+        assert!(cluster.stop_pd_member(1).await.is_err());
+        cluster.start_pd_member(1).await.unwrap();
+        assert_eq!(cluster.pd_leader(), 0);
+        let mut again = client(&cluster, 1).await;
+        let members = again
+            .get_members(pdpb::GetMembersRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(members.leader.unwrap().member_id, MEMBER_ID);
+
+        // stop_pd / start_pd act on every member.
+        cluster.stop_pd().await;
+        cluster.start_pd().await.unwrap();
+        client(&cluster, 2)
+            .await
+            .get_members(pdpb::GetMembersRequest::default())
+            .await
+            .unwrap();
+
+        assert!(MockCluster::builder().pd_members(0).start().await.is_err());
     }
 }

@@ -23,8 +23,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::gc::{self, GcError, NULL_KEYSPACE_ID};
 use super::{
-    MEMBER_ID, MEMBER_NAME, OPERATOR_STATUS_REMAIN_MS, OperatorRecord, PD_VERSION,
-    check_cluster_id, error_header, fault, go_error, ok_header, request_cluster_id,
+    OPERATOR_STATUS_REMAIN_MS, OperatorRecord, TSO_NOT_LEADER, check_cluster_id, check_leader,
+    error_header, fault, go_error, members, ok_header, request_cluster_id,
 };
 use crate::Shared;
 use crate::cluster::{ClusterState, RegionState};
@@ -40,11 +40,13 @@ const SCATTER_KIND: &str = "admin";
 #[derive(Debug, Clone)]
 pub(crate) struct PdService {
     shared: Arc<Shared>,
+    /// Which PD member this service answers as.
+    member: usize,
 }
 
 impl PdService {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        PdService { shared }
+    pub(crate) fn new(shared: Arc<Shared>, member: usize) -> Self {
+        PdService { shared, member }
     }
 
     /// The common shape of a unary PD handler: fault hook, then under the lock the cluster id
@@ -58,6 +60,7 @@ impl PdService {
         f: impl FnOnce(&mut ClusterState) -> Result<T, Status>,
     ) -> Result<Response<T>, Status> {
         fault(&self.shared, Phase::Before, command, region_id, keys).await?;
+        check_leader(&self.shared, self.member)?;
         let out = {
             let mut state = self.shared.lock();
             check_cluster_id(requested_cluster_id, state.cluster_id)?;
@@ -77,18 +80,6 @@ impl PdService {
         let out = f(&mut self.shared.lock());
         fault(&self.shared, Phase::AfterApply, command, None, &[]).await?;
         Ok(Response::new(out))
-    }
-
-    fn member(&self) -> pdpb::Member {
-        let url = format!("http://{}", self.shared.pd_addr);
-        pdpb::Member {
-            name: MEMBER_NAME.to_owned(),
-            member_id: MEMBER_ID,
-            peer_urls: vec![url.clone()],
-            client_urls: vec![url],
-            binary_version: PD_VERSION.to_owned(),
-            ..Default::default()
-        }
     }
 }
 
@@ -464,12 +455,20 @@ impl Pd for PdService {
         &self,
         _request: Request<pdpb::GetMembersRequest>,
     ) -> Result<Response<pdpb::GetMembersResponse>, Status> {
-        let member = self.member();
+        // Every member answers, followers included: this is how clients find the leader.
+        let members = members(&self.shared);
+        let leader = members
+            .get(
+                self.shared
+                    .pd_leader
+                    .load(std::sync::atomic::Ordering::SeqCst),
+            )
+            .cloned();
         self.unchecked("GetMembers", |state| pdpb::GetMembersResponse {
             header: ok_header(state.cluster_id),
-            members: vec![member.clone()],
-            leader: Some(member.clone()),
-            etcd_leader: Some(member),
+            members,
+            leader: leader.clone(),
+            etcd_leader: leader,
             tso_allocator_leaders: HashMap::new(),
         })
         .await
@@ -481,10 +480,11 @@ impl Pd for PdService {
         &self,
         request: Request<Streaming<pdpb::TsoRequest>>,
     ) -> Result<Response<Self::TsoStream>, Status> {
+        let member = self.member;
         Ok(answer_stream(
             self.shared.clone(),
             request.into_inner(),
-            |shared, request| async move { allocate_tso(&shared, &request).await },
+            move |shared, request| async move { allocate_tso(&shared, member, &request).await },
         ))
     }
 
@@ -592,10 +592,14 @@ impl Pd for PdService {
         &self,
         request: Request<Streaming<pdpb::QueryRegionRequest>>,
     ) -> Result<Response<Self::QueryRegionStream>, Status> {
+        let member = self.member;
         Ok(answer_stream(
             self.shared.clone(),
             request.into_inner(),
-            |shared, request| async move { query_region(&shared, &request).await },
+            move |shared, request| async move {
+                check_leader(&shared, member)?;
+                query_region(&shared, &request).await
+            },
         ))
     }
 
@@ -1204,6 +1208,7 @@ fn timestamp(physical: u64, logical: u64) -> pdpb::Timestamp {
 /// timestamps (1 to 2^18 - 1); the response's logical part is the last of the batch.
 async fn allocate_tso(
     shared: &Shared,
+    member: usize,
     request: &pdpb::TsoRequest,
 ) -> Result<pdpb::TsoResponse, Status> {
     fault(shared, Phase::Before, "Tso", None, &[]).await?;
@@ -1213,6 +1218,10 @@ async fn allocate_tso(
             request_cluster_id(request.header.as_ref()),
             state.cluster_id,
         )?;
+        // PD serves TSO streams on every member; a follower's allocator refuses to allocate.
+        if check_leader(shared, member).is_err() {
+            return Err(go_error(TSO_NOT_LEADER));
+        }
         if request.count == 0 {
             return Err(go_error(
                 "[PD:tso:ErrGenerateTimestamp]generate timestamp failed, tso count should be \

@@ -473,6 +473,18 @@ fn write(
 ) -> Result<(), RawError> {
     let region_id = {
         let region = state.validate(store_id, ctx).map_err(region_error)?;
+        // API V2 writes take a causal timestamp, which a new leader must first sync with the
+        // TSO (TiKV `check_causal_ts_flushed` / `get_raw_ext`).
+        if state.api_version == ApiVersion::V2 && !region.max_ts_synced {
+            return Err(region_error(errorpb::Error {
+                message: format!(
+                    "RawKV write fails due to potentially stale max timestamp, region_id: {}",
+                    region.id()
+                ),
+                max_timestamp_not_synced: Some(Default::default()),
+                ..Default::default()
+            }));
+        }
         let entry_size: usize = writes.iter().map(Write::size).sum();
         if entry_size > RAFT_ENTRY_MAX_SIZE {
             return Err(region_error(raft_entry_too_large(region.id(), entry_size)));

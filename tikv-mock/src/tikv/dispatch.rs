@@ -524,6 +524,9 @@ impl Dispatcher {
                 execute(&mut state, self.store_id, req, batched)
             }
         };
+        if self.take_crash() {
+            return Outcome::NoReply;
+        }
         // Any command may have released a lock someone waits for.
         self.shared.lock_waits.notify_changed();
         let response = match result {
@@ -545,6 +548,28 @@ impl Dispatcher {
             }
             Some(other) => self.fault_outcome(other, empty, region_id),
         }
+    }
+
+    /// Whether the request just executed made this store "panic" (an invalid max_ts update
+    /// under [`crate::InvalidMaxTsAction::Panic`]): the store is marked down and its server is
+    /// stopped, and the request is never answered, as when a TiKV process aborts.
+    fn take_crash(&self) -> bool {
+        let mut state = self.shared.lock();
+        let Some(pos) = state
+            .crashed_stores
+            .iter()
+            .position(|&s| s == self.store_id)
+        else {
+            return false;
+        };
+        state.crashed_stores.swap_remove(pos);
+        if let Some(store) = state.stores.get_mut(&self.store_id) {
+            store.up = false;
+        }
+        drop(state);
+        // The receiver lives as long as the cluster handle; without it nothing is left to stop.
+        let _ = self.shared.crashes.send(self.store_id);
+        true
     }
 
     /// The outcome of a fault that answers instead of the request.
@@ -608,8 +633,10 @@ fn execute(
                     ..Default::default()
                 })
             }
-            // TiKV refreshes its transaction status cache; nothing in the mock reads one.
-            Cmd::BroadcastTxnStatus(_) => RespCmd::BroadcastTxnStatus(Default::default()),
+            // No region validation: TiKV only refreshes the store's transaction status cache.
+            Cmd::BroadcastTxnStatus(r) => {
+                RespCmd::BroadcastTxnStatus(txn::write::broadcast_txn_status(state, store_id, r))
+            }
             Cmd::Empty(e) => RespCmd::Empty(BatchCommandsEmptyResponse { test_id: e.test_id }),
             // Transactional commands: the handlers in `crate::txn`.
             Cmd::Get(r) => RespCmd::Get(txn::read::kv_get(state, store_id, r)?),
@@ -636,6 +663,10 @@ fn execute(
             }
             Cmd::DeleteRange(r) => {
                 RespCmd::DeleteRange(txn::write::kv_delete_range(state, store_id, r)?)
+            }
+            Cmd::Flush(r) => RespCmd::Flush(txn::write::kv_flush(state, store_id, r)?),
+            Cmd::BufferBatchGet(r) => {
+                RespCmd::BufferBatchGet(txn::read::kv_buffer_batch_get(state, store_id, r)?)
             }
             // Served requests wait in `Dispatcher::dispatch`; here a locked key answers at once.
             Cmd::PessimisticLock(r) => {

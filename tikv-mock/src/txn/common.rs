@@ -1,9 +1,11 @@
 //! Helpers every transactional command shares: the storage form of keys, context and API-version
-//! validation, the concurrency manager's `max_ts`, the snapshot-isolation read lock check, and
-//! the mapping of failures onto a response's `region_error` / `error` fields.
+//! validation, the concurrency manager's `max_ts` (with its update limit: InvalidMaxTsUpdate),
+//! the snapshot-isolation read lock check, and the mapping of failures onto a response's
+//! `region_error` / `error` fields.
 //!
 //! Who calls it: the read handlers (`txn::read`) and the write handlers (`txn::write`,
 //! `mvcc::actions`). Follows TiKV `src/storage/mod.rs` (`check_api_version*`, `prepare_snap_ctx`),
+//! `components/concurrency_manager/src/lib.rs` (`update_max_ts`, `set_max_ts_limit`),
 //! `src/storage/mvcc/reader/point_getter.rs` and `components/txn_types/src/lock.rs`
 //! (`check_ts_conflict`), and `src/storage/errors.rs` (`extract_key_error`, `extract_region_error`).
 
@@ -15,6 +17,7 @@ use crate::cluster::{ClusterState, hex_upper};
 use crate::codec::{decode_bytes, encode_bytes};
 use crate::mvcc::{Lock, LockType};
 use crate::raw::RawError;
+use crate::tso::{LOGICAL_BITS, compose, physical_of};
 
 /// TiKV's `storage.max-key-size` default; only write commands check it.
 pub(crate) const MAX_KEY_SIZE: usize = 8 * 1024;
@@ -219,6 +222,8 @@ pub(crate) struct TxnRegion {
     pub(crate) id: u64,
     pub(crate) start: Bytes,
     pub(crate) end: Bytes,
+    /// Whether the region's leader has synced max_ts since it was elected.
+    pub(crate) max_ts_synced: bool,
 }
 
 impl TxnRegion {
@@ -233,6 +238,7 @@ impl TxnRegion {
             id: region.id(),
             start: region.meta.start_key.clone(),
             end: region.meta.end_key.clone(),
+            max_ts_synced: region.max_ts_synced,
         })
     }
 
@@ -293,15 +299,63 @@ pub(crate) fn check_context<'k>(
     Ok((region, storage_keys))
 }
 
+/// The drift TiKV allows a max_ts update beyond the TSO (`storage.max-ts.max-drift`).
+pub(crate) const MAX_TS_DRIFT_MS: u64 = 60_000;
+
+/// Which limit an update of max_ts is checked against (TiKV `MaxTsUpdateSource`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MaxTsSource {
+    /// Reads, prewrite and pessimistic locks: the TSO plus the drift allowance.
+    Drifted,
+    /// Commands that check the request's origin (KvCheckTxnStatus, KvCleanup,
+    /// KvCheckSecondaryLocks, KvScanLock): the TSO itself, unless the request comes from TiDB.
+    OriginChecked(i32),
+}
+
 /// The concurrency manager's `update_max_ts`: `u64::MAX` (the autocommit point-get ts) never
-/// moves it. Unknown stores are ignored (validation has already rejected them).
-pub(crate) fn update_max_ts(state: &mut ClusterState, store_id: u64, ts: u64) {
+/// moves it, and a timestamp past the limit (the TSO, plus [`MAX_TS_DRIFT_MS`] unless the
+/// source requires the exact limit) is an invalid update, handled as the cluster's
+/// [`crate::InvalidMaxTsAction`] says. TiKV double-checks a suspicious timestamp against a
+/// fresh TSO before acting; the mock's TSO is always at hand, so its limit is always fresh.
+/// Unknown stores are ignored (validation has already rejected them).
+pub(crate) fn update_max_ts(
+    state: &mut ClusterState,
+    store_id: u64,
+    ts: u64,
+    source: MaxTsSource,
+) -> Result<(), TxnError> {
     if ts == u64::MAX {
-        return;
+        return Ok(());
+    }
+    let tso = state.tso.peek(state.clock.now_ms());
+    let exact = matches!(source, MaxTsSource::OriginChecked(origin)
+        if origin != kvrpcpb::RequestOrigin::TiDb as i32);
+    let limit = if exact {
+        tso
+    } else {
+        compose(
+            physical_of(tso) + MAX_TS_DRIFT_MS,
+            tso & ((1 << LOGICAL_BITS) - 1),
+        )
+    };
+    if ts > limit {
+        match state.invalid_max_ts_action {
+            crate::InvalidMaxTsAction::Log => {}
+            action => {
+                if action == crate::InvalidMaxTsAction::Panic {
+                    state.crashed_stores.push(store_id);
+                }
+                return Err(TxnError::region(errorpb::Error {
+                    message: format!("invalid max_ts update: {ts} exceeds the limit {limit}"),
+                    ..Default::default()
+                }));
+            }
+        }
     }
     if let Some(store) = state.stores.get_mut(&store_id) {
         store.max_ts = store.max_ts.max(ts);
     }
+    Ok(())
 }
 
 /// Outcome of the read lock check for one key.
@@ -400,5 +454,56 @@ pub(crate) fn write_conflict_rc_check_ts(
             reason: reason as i32,
         }),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::clock::ManualClock;
+
+    fn cluster(action: crate::InvalidMaxTsAction) -> (ClusterState, u64) {
+        let addrs = vec!["127.0.0.1:1".to_owned()];
+        let mut state = ClusterState::new(
+            1,
+            ApiVersion::V1,
+            Arc::new(ManualClock::new(1_000_000)),
+            &addrs,
+            1,
+        );
+        state.invalid_max_ts_action = action;
+        let id = state.stores.keys().copied().next().unwrap_or(0);
+        (state, id)
+    }
+
+    #[test]
+    fn max_ts_updates_are_limited_by_the_tso() {
+        let (mut s, id) = cluster(crate::InvalidMaxTsAction::Error);
+        let tso = compose(1_000_000, 0);
+        let drift = compose(1_000_000 + MAX_TS_DRIFT_MS, 0);
+        update_max_ts(&mut s, id, drift, MaxTsSource::Drifted).unwrap();
+        assert_eq!(s.stores[&id].max_ts, drift);
+        let err = update_max_ts(&mut s, id, drift + 1, MaxTsSource::Drifted).unwrap_err();
+        assert!(matches!(&err, TxnError::Region(e) if e.message
+            == format!("invalid max_ts update: {} exceeds the limit {drift}", drift + 1)));
+        assert_eq!(s.stores[&id].max_ts, drift);
+        // Origin-checked sources: exact for non-TiDB clients, drifted for TiDB.
+        let unknown = MaxTsSource::OriginChecked(kvrpcpb::RequestOrigin::Unknown as i32);
+        let tidb = MaxTsSource::OriginChecked(kvrpcpb::RequestOrigin::TiDb as i32);
+        update_max_ts(&mut s, id, tso, unknown).unwrap();
+        assert!(update_max_ts(&mut s, id, tso + 1, unknown).is_err());
+        update_max_ts(&mut s, id, tso + 1, tidb).unwrap();
+        update_max_ts(&mut s, id, u64::MAX, unknown).unwrap();
+        assert!(s.crashed_stores.is_empty());
+
+        let (mut s, id) = cluster(crate::InvalidMaxTsAction::Log);
+        update_max_ts(&mut s, id, u64::MAX - 1, MaxTsSource::Drifted).unwrap();
+        assert_eq!(s.stores[&id].max_ts, u64::MAX - 1);
+
+        let (mut s, id) = cluster(crate::InvalidMaxTsAction::Panic);
+        assert!(update_max_ts(&mut s, id, drift + 1, MaxTsSource::Drifted).is_err());
+        assert_eq!(s.crashed_stores, vec![id]);
     }
 }

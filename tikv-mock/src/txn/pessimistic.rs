@@ -9,6 +9,10 @@
 //! `src/storage/txn/commands/pessimistic_rollback.rs`, `src/storage/lock_manager/` and
 //! `src/server/service/kv.rs` (response shapes: legacy `values`/`not_founds`, or `results` in
 //! wake-up mode ForceLock).
+//!
+//! Shared pessimistic locks (`Op::SharedPessimisticLock`): an exclusive request that meets a
+//! shared record waits for all its holders and is woken when the last one releases; TiKV's
+//! first meeting marks the record shrink-only and answers KeyIsLocked at once (see [`attempt`]).
 
 use std::sync::Arc;
 
@@ -18,16 +22,16 @@ use tikv_proto::kvrpcpb::PessimisticLockKeyResultType as ResultType;
 use tonic::Status;
 
 use super::common::{
-    TxnError, check_context, check_key_size, ctx_of, outcome_errors, update_max_ts,
+    MaxTsSource, TxnError, check_context, check_key_size, ctx_of, outcome_errors, update_max_ts,
 };
 use crate::Shared;
 use crate::cluster::ClusterState;
 use crate::lockwait::{LockWaits, WAKE_UP_DELAY, wait_timeout};
 use crate::mvcc::actions::acquire_pessimistic_lock::{
-    KeyResult, LockProps, acquire_pessimistic_lock,
+    KeyResult, LockProps, acquire_pessimistic_lock, acquire_shared_pessimistic_lock,
 };
 use crate::mvcc::actions::{Key, MvccError, TxnCommitRecord, get_txn_commit_record};
-use crate::mvcc::{Txn, WriteType};
+use crate::mvcc::{LockRecord, Txn, WriteBatch, WriteType, lock_info_holders};
 
 /// Whether the request is in wake-up mode ForceLock.
 fn force_lock(req: &kvrpcpb::PessimisticLockRequest) -> bool {
@@ -37,8 +41,12 @@ fn force_lock(req: &kvrpcpb::PessimisticLockRequest) -> bool {
 /// A lock of another transaction that stopped the request.
 #[derive(Debug, Clone)]
 pub(crate) struct Blocked {
+    /// The lock met: one transaction's, or a shared record with all its holders.
     info: kvrpcpb::LockInfo,
     key: Key,
+    /// Whether the blocked mutation asks for a shared lock: consecutive shared waiters at the
+    /// head of a key's queue are woken together.
+    shared_request: bool,
 }
 
 /// The outcome of one attempt.
@@ -144,10 +152,16 @@ fn whole(
 
 /// One attempt of KvPessimisticLock under the cluster lock: every key is locked and the batch
 /// applied, or the first key locked by another transaction stops it with nothing written.
+///
+/// An exclusive request that meets a shared record still admitting holders makes it
+/// shrink-only (writing only that) and fails at once with KeyIsLocked, without waiting; a retry
+/// then waits. A `resumed` attempt (a ForceLock request woken in the queue) waits instead and
+/// leaves the record alone, as TiKV's resumed command does.
 pub(crate) fn attempt(
     state: &mut ClusterState,
     store_id: u64,
     req: &kvrpcpb::PessimisticLockRequest,
+    resumed: bool,
 ) -> Result<Attempt, Status> {
     let result = (|| {
         let ctx = ctx_of(&req.context);
@@ -189,7 +203,7 @@ pub(crate) fn attempt(
                 || props.need_check_existence
                 || req.mutations.iter().any(should_not_exist))
         {
-            update_max_ts(state, store_id, props.for_update_ts);
+            update_max_ts(state, store_id, props.for_update_ts, MaxTsSource::Drifted)?;
         }
         let keys: Vec<Key> = req
             .mutations
@@ -200,17 +214,47 @@ pub(crate) fn attempt(
                 enc,
             })
             .collect();
-        let (outcome, batch) = {
+        let (outcome, batch, shrunk) = {
             let mut txn = Txn::new(&state.mvcc, props.start_ts);
             let mut results = Vec::new();
             let mut outcome = None;
+            let mut shrunk = false;
             for (m, key) in req.mutations.iter().zip(&keys) {
-                match acquire_pessimistic_lock(&mut txn, key, &props, should_not_exist(m)) {
+                let shared_request = m.op == kvrpcpb::Op::SharedPessimisticLock as i32;
+                let acquired = if shared_request {
+                    acquire_shared_pessimistic_lock(&mut txn, key, &props, should_not_exist(m))
+                } else {
+                    acquire_pessimistic_lock(&mut txn, key, &props, should_not_exist(m))
+                };
+                match acquired {
                     Ok(r) => results.push(r),
                     Err(MvccError::KeyIsLocked(info)) => {
                         outcome = Some(Ok(Attempt::Blocked(Blocked {
                             info: *info,
                             key: key.clone(),
+                            shared_request,
+                        })));
+                        break;
+                    }
+                    Err(MvccError::NotInShrinkMode(locks)) if resumed => {
+                        outcome = Some(Ok(Attempt::Blocked(Blocked {
+                            info: locks.to_lock_info(key.raw.clone()),
+                            key: key.clone(),
+                            shared_request,
+                        })));
+                        break;
+                    }
+                    Err(MvccError::NotInShrinkMode(mut locks)) => {
+                        // Nothing else of the request is written: only the record, now
+                        // closed to new holders.
+                        locks.set_shrink_only();
+                        let info = locks.to_lock_info(key.raw.clone());
+                        txn.batch = WriteBatch::default();
+                        txn.batch.put_shared_locks(key.enc.clone(), *locks);
+                        shrunk = true;
+                        outcome = Some(Err(TxnError::key(kvrpcpb::KeyError {
+                            locked: Some(info),
+                            ..Default::default()
                         })));
                         break;
                     }
@@ -222,10 +266,10 @@ pub(crate) fn attempt(
             }
             let outcome =
                 outcome.unwrap_or_else(|| Ok(Attempt::Done(success_response(req, results))));
-            (outcome, std::mem::take(&mut txn.batch))
+            (outcome, std::mem::take(&mut txn.batch), shrunk)
         };
-        // Only a fully successful request writes anything.
-        if matches!(outcome, Ok(Attempt::Done(_))) && !batch.is_empty() {
+        // Only a fully successful request writes anything, or the shrink-only mark alone.
+        if (shrunk || matches!(outcome, Ok(Attempt::Done(_)))) && !batch.is_empty() {
             batch.apply(&mut state.mvcc);
         }
         outcome
@@ -254,27 +298,51 @@ pub(crate) fn kv_pessimistic_lock(
     store_id: u64,
     req: kvrpcpb::PessimisticLockRequest,
 ) -> Result<kvrpcpb::PessimisticLockResponse, Status> {
-    Ok(match attempt(state, store_id, &req)? {
+    Ok(match attempt(state, store_id, &req, false)? {
         Attempt::Done(resp) => resp,
         Attempt::Blocked(blocked) => locked_response(&req, &blocked),
     })
 }
 
-/// Whether transaction `lock_ts` still holds its lock on `key`; if not, the commit ts it left
-/// there (0 if it rolled back or left no record).
-fn released(state: &ClusterState, key: &Key, lock_ts: u64) -> Option<u64> {
-    if state.mvcc.lock(&key.enc).is_some_and(|l| l.ts == lock_ts) {
-        return None;
-    }
-    let txn = Txn::new(&state.mvcc, lock_ts);
-    Some(match get_txn_commit_record(&txn, key, lock_ts) {
+/// The commit ts transaction `start_ts` left on `key` (0 if it rolled back or left no record).
+fn commit_ts_of(state: &ClusterState, key: &Key, start_ts: u64) -> u64 {
+    let txn = Txn::new(&state.mvcc, start_ts);
+    match get_txn_commit_record(&txn, key, start_ts) {
         TxnCommitRecord::SingleRecord { commit_ts, write }
             if write.write_type != WriteType::Rollback =>
         {
             commit_ts
         }
         _ => 0,
-    })
+    }
+}
+
+/// Whether the lock `blocked` met is gone from `key`; if so, the released lock a woken request
+/// reports: its start ts and the commit ts it left.
+///
+/// A shared record counts as released only when none of its holders is left: TiKV wakes
+/// waiters when the last sub-lock goes. It reports that last holder; the mock does not record
+/// which holder went last, so it reports the holder with the newest commit (commit timestamps
+/// follow commit order), or, when none committed, the newest holder with commit ts 0.
+fn released(state: &ClusterState, blocked: &Blocked) -> Option<(u64, u64)> {
+    let key = &blocked.key;
+    if blocked.info.lock_type != kvrpcpb::Op::SharedLock as i32 {
+        let lock_ts = blocked.info.lock_version;
+        if state.mvcc.lock(&key.enc).is_some_and(|l| l.ts == lock_ts) {
+            return None;
+        }
+        return Some((lock_ts, commit_ts_of(state, key, lock_ts)));
+    }
+    let holders = lock_info_holders(&blocked.info);
+    if let Some(LockRecord::Shared(locks)) = state.mvcc.lock_record(&key.enc)
+        && holders.iter().any(|&ts| locks.contains(ts))
+    {
+        return None;
+    }
+    holders
+        .into_iter()
+        .map(|ts| (ts, commit_ts_of(state, key, ts)))
+        .max_by_key(|&(ts, commit_ts)| (commit_ts, ts))
 }
 
 /// KvPessimisticLock as a served request: attempts, and while another transaction's lock
@@ -287,23 +355,28 @@ pub(crate) async fn kv_pessimistic_lock_waiting(
     let waits: &Arc<LockWaits> = &shared.lock_waits;
     let timeout = wait_timeout(req.wait_timeout);
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    // Whether the request was already woken once in wake-up mode ForceLock: from then on it
+    // is TiKV's resumed command.
+    let mut resumed = false;
     loop {
         // Subscribe before reading, so a release right after the attempt still wakes us.
         let mut changes = waits.subscribe();
-        let blocked = match attempt(&mut shared.lock(), store_id, &req)? {
+        let blocked = match attempt(&mut shared.lock(), store_id, &req, resumed)? {
             Attempt::Done(resp) => return Ok(resp),
             Attempt::Blocked(blocked) => blocked,
         };
         let Some(deadline) = deadline else {
             return Ok(locked_response(&req, &blocked));
         };
-        let lock_ts = blocked.info.lock_version;
+        // A shared record is waited for as a whole: an edge to every holder.
+        let holders = lock_info_holders(&blocked.info);
         let waiter = match waits.park(
             req.start_version,
-            lock_ts,
+            &holders,
             &blocked.key.raw,
             &blocked.key.enc,
             req.is_first_lock,
+            blocked.shared_request,
         ) {
             Ok(w) => w,
             Err(deadlock) => {
@@ -316,9 +389,9 @@ pub(crate) async fn kv_pessimistic_lock_waiting(
                 ));
             }
         };
-        let commit_ts = loop {
-            if let Some(commit_ts) = released(&shared.lock(), &blocked.key, lock_ts) {
-                break commit_ts;
+        let (lock_ts, commit_ts) = loop {
+            if let Some(release) = released(&shared.lock(), &blocked) {
+                break release;
             }
             tokio::select! {
                 changed = changes.changed() => {
@@ -336,7 +409,8 @@ pub(crate) async fn kv_pessimistic_lock_waiting(
         }
         if force_lock(&req) {
             // Try again while still queued, so the waiters behind us see we went first.
-            let resp = match attempt(&mut shared.lock(), store_id, &req)? {
+            resumed = true;
+            let resp = match attempt(&mut shared.lock(), store_id, &req, true)? {
                 Attempt::Done(resp) => resp,
                 Attempt::Blocked(_) => {
                     drop(waiter);
@@ -384,23 +458,40 @@ pub(crate) fn kv_pessimistic_rollback(
                 && l.ts == req.start_version
                 && l.for_update_ts <= req.for_update_ts
         };
+        // This transaction's matching lock on a key: the whole lock, or its sub-lock of a
+        // shared record (the other holders stay).
+        let matches_record = |r: &LockRecord| match r {
+            LockRecord::Exclusive(l) => matches(l),
+            LockRecord::Shared(locks) => locks.get(req.start_version).is_some_and(matches),
+        };
         let targets: Vec<Bytes> = if req.keys.is_empty() {
             state
                 .mvcc
                 .locks
                 .range(region.start.clone()..)
                 .take_while(|(k, _)| region.end.is_empty() || k.as_ref() < region.end.as_ref())
-                .filter(|(_, l)| matches(l))
+                .filter(|(_, r)| matches_record(r))
                 .map(|(k, _)| k.clone())
                 .collect()
         } else {
             enc.into_iter()
-                .filter(|k| state.mvcc.lock(k).is_some_and(matches))
+                .filter(|k| state.mvcc.lock_record(k).is_some_and(matches_record))
                 .collect()
         };
-        let mut batch = crate::mvcc::WriteBatch::default();
+        let mut batch = WriteBatch::default();
         for key in targets {
-            batch.unlock_key(key, req.start_version);
+            match state.mvcc.lock_record(&key) {
+                Some(LockRecord::Shared(locks)) => {
+                    let mut locks = locks.clone();
+                    locks.remove(req.start_version);
+                    if locks.is_empty() {
+                        batch.unlock_key(key, req.start_version);
+                    } else {
+                        batch.put_shared_locks(key, locks);
+                    }
+                }
+                _ => batch.unlock_key(key, req.start_version),
+            }
         }
         batch.apply(&mut state.mvcc);
         Ok(())

@@ -1,10 +1,12 @@
-//! Transactional reads: KvGet, KvBatchGet, KvScan, KvScanLock and the MVCC debug reads
-//! (MvccGetByKey, MvccGetByStartTs), snapshot-isolation reads over `ClusterState::mvcc`.
+//! Transactional reads: KvGet, KvBatchGet, KvScan, KvScanLock, KvBufferBatchGet (a pipelined
+//! transaction reading its own flushed locks) and the MVCC debug reads (MvccGetByKey,
+//! MvccGetByStartTs), snapshot-isolation reads over `ClusterState::mvcc`.
 //!
 //! Who calls it: `tikv::dispatch::execute`, with the cluster lock held, so every read sees one
 //! consistent state (TiKV's snapshot) and never waits.
 //!
-//! Follows TiKV `src/storage/mod.rs` (`get_entry`, `batch_get`, `scan`, `scan_lock`: API check,
+//! Follows TiKV `src/storage/mod.rs` (`get_entry`, `batch_get`, `scan`, `scan_lock`,
+//! `buffer_batch_get`: API check,
 //! then `max_ts`, then the region snapshot), `src/storage/mvcc/reader/point_getter.rs` (lock check,
 //! committed-lock read-through, gc fence, RcCheckTs), `src/storage/mvcc/reader/scanner/`,
 //! `src/storage/txn/store.rs` (`scan` with limit and sample step, `verify_range`),
@@ -19,12 +21,13 @@ use tikv_proto::{errorpb, kvrpcpb};
 use tonic::Status;
 
 use super::common::{
-    LockCheck, TxnError, TxnRegion, check_api_keys, check_api_range, check_lock_for_read, ctx_of,
-    outcome, storage_key, update_max_ts, user_key, write_conflict_rc_check_ts,
+    LockCheck, MaxTsSource, TxnError, TxnRegion, check_api_keys, check_api_range,
+    check_lock_for_read, ctx_of, outcome, storage_key, update_max_ts, user_key,
+    write_conflict_rc_check_ts,
 };
 use crate::cluster::{ClusterState, hex_upper};
 use crate::codec::encode_bytes;
-use crate::mvcc::{Lock, MvccStore, Write, WriteType};
+use crate::mvcc::{Lock, LockRecord, LockType, MvccStore, Write, WriteType};
 
 fn is_rc_check_ts(ctx: &kvrpcpb::Context) -> bool {
     ctx.isolation_level == kvrpcpb::IsolationLevel::RcCheckTs as i32
@@ -123,7 +126,7 @@ pub(crate) fn kv_get(
         check_api_keys(state.api_version, &ctx, "get", [req.key.as_ref()])?;
         let storage_key = storage_key(state.api_version, &req.key)?;
         if !ctx.stale_read {
-            update_max_ts(state, store_id, req.version);
+            update_max_ts(state, store_id, req.version, MaxTsSource::Drifted)?;
         }
         let region = TxnRegion::of(state, store_id, &ctx)?;
         region.check_read_key(&storage_key)?;
@@ -191,7 +194,7 @@ pub(crate) fn kv_batch_get(
             req.keys.iter().map(|k| k.as_ref()),
         )?;
         if !ctx.stale_read {
-            update_max_ts(state, store_id, req.version);
+            update_max_ts(state, store_id, req.version, MaxTsSource::Drifted)?;
         }
         let region = TxnRegion::of(state, store_id, &ctx)?;
         let mut pairs = Vec::new();
@@ -225,6 +228,89 @@ pub(crate) fn kv_batch_get(
     let (pairs, region_error, error) = outcome(result);
     Ok(kvrpcpb::BatchGetResponse {
         pairs: pairs.unwrap_or_else(|| error_pairs(&error)),
+        region_error,
+        error,
+        ..Default::default()
+    })
+}
+
+/// KvBufferBatchGet: a pipelined-DML transaction reads back the values it has flushed (TiKV
+/// `Storage::buffer_batch_get`). Only the transaction's own locks (`version` is its start ts)
+/// are read: a Put lock gives its value, a Delete lock an empty value (as the transaction's
+/// in-memory buffer would); keys without such a lock are left out. Pairs come in key order,
+/// each key once.
+///
+/// TiKV asserts that a pipelined transaction never holds Lock or pessimistic locks and aborts
+/// the process when one is read here; the mock stops the store the same way (see
+/// [`crate::InvalidMaxTsAction::Panic`] for what that looks like).
+pub(crate) fn kv_buffer_batch_get(
+    state: &mut ClusterState,
+    store_id: u64,
+    req: kvrpcpb::BufferBatchGetRequest,
+) -> Result<kvrpcpb::BufferBatchGetResponse, Status> {
+    let ctx = ctx_of(&req.context).into_owned();
+    let result = (|| {
+        let mut keys: Vec<(Bytes, &Bytes)> = req
+            .keys
+            .iter()
+            .map(|k| (Bytes::from(encode_bytes(k)), k))
+            .collect();
+        keys.sort();
+        keys.dedup_by(|a, b| a.0 == b.0);
+        check_api_keys(
+            state.api_version,
+            &ctx,
+            "buffer_batch_get",
+            keys.iter().map(|(_, k)| k.as_ref()),
+        )?;
+        if !ctx.stale_read {
+            update_max_ts(state, store_id, req.version, MaxTsSource::Drifted)?;
+        }
+        let region = TxnRegion::of(state, store_id, &ctx)?;
+        let mut pairs = Vec::new();
+        for (storage_key, key) in keys {
+            if let Err(e) = region.check_read_key(&storage_key) {
+                pairs.push(error_pair(e));
+                continue;
+            }
+            let Some(lock) = state
+                .mvcc
+                .lock(&storage_key)
+                .filter(|l| l.ts == req.version)
+            else {
+                continue;
+            };
+            let value = match lock.lock_type {
+                LockType::Delete => Some(Bytes::new()),
+                LockType::Put => lock.short_value.clone().or_else(|| {
+                    state
+                        .mvcc
+                        .values
+                        .get(&(storage_key.clone(), Reverse(lock.ts)))
+                        .cloned()
+                }),
+                LockType::Lock | LockType::Pessimistic => {
+                    state.crashed_stores.push(store_id);
+                    return Err(TxnError::abort(format!(
+                        "tikv-mock: store {store_id} aborted: a pipelined transaction holds a \
+                         {:?} lock",
+                        lock.lock_type
+                    )));
+                }
+            };
+            if let Some(value) = value {
+                pairs.push(kvrpcpb::KvPair {
+                    key: key.clone(),
+                    value,
+                    ..Default::default()
+                });
+            }
+        }
+        Ok(pairs)
+    })();
+    let (pairs, region_error, error) = outcome(result);
+    Ok(kvrpcpb::BufferBatchGetResponse {
+        pairs: pairs.unwrap_or_default(),
         region_error,
         error,
         ..Default::default()
@@ -364,7 +450,7 @@ pub(crate) fn kv_scan(
             end.as_deref(),
         )?;
         if !ctx.stale_read {
-            update_max_ts(state, store_id, req.version);
+            update_max_ts(state, store_id, req.version, MaxTsSource::Drifted)?;
         }
         let region = TxnRegion::of(state, store_id, &ctx)?;
         // A reverse scan reads [end_key, start_key): the request's start key is its upper
@@ -442,7 +528,12 @@ pub(crate) fn kv_scan_lock(
 ) -> Result<kvrpcpb::ScanLockResponse, Status> {
     let ctx = ctx_of(&req.context).into_owned();
     let result = (|| {
-        update_max_ts(state, store_id, req.max_version);
+        update_max_ts(
+            state,
+            store_id,
+            req.max_version,
+            MaxTsSource::OriginChecked(ctx.request_origin),
+        )?;
         let region = TxnRegion::of(state, store_id, &ctx)?;
         // The region snapshot bounds the scan: keys outside it are simply not seen.
         let mut lower = region.start.clone();
@@ -463,14 +554,34 @@ pub(crate) fn kv_scan_lock(
         } else {
             req.limit as usize
         };
-        let locks = state
-            .mvcc
-            .locks
-            .range((Bound::Included(lower), upper))
-            .filter(|(_, lock)| lock.ts <= req.max_version)
-            .filter_map(|(k, lock)| user_key(k).map(|key| lock.to_lock_info(key)))
-            .take(limit)
-            .collect();
+        // The limit counts locks, and every sub-lock of a shared record is one: a record is
+        // reported with the holders that pass the max_version filter, cut to the smallest start
+        // timestamps when the limit runs out inside it (TiKV `scan_locks_from_storage`).
+        let mut locks = Vec::new();
+        let mut count = 0usize;
+        for (k, record) in state.mvcc.locks.range((Bound::Included(lower), upper)) {
+            if count >= limit {
+                break;
+            }
+            let Some(key) = user_key(k) else { continue };
+            match record {
+                LockRecord::Exclusive(lock) => {
+                    if lock.ts <= req.max_version {
+                        count += 1;
+                        locks.push(lock.to_lock_info(key));
+                    }
+                }
+                LockRecord::Shared(shared) => {
+                    let mut shared = shared.clone();
+                    shared.retain(|l| l.ts <= req.max_version);
+                    shared.truncate(limit - count);
+                    if !shared.is_empty() {
+                        count += shared.len();
+                        locks.push(shared.to_lock_info(key));
+                    }
+                }
+            }
+        }
         Ok(locks)
     })();
     let (locks, region_error, error) = outcome(result);
@@ -486,7 +597,13 @@ pub(crate) fn kv_scan_lock(
 /// and `MvccInfo::into_proto`): the lock, every write record newest first, and every long
 /// value newest first.
 fn mvcc_info(store: &MvccStore, storage_key: &Bytes) -> kvrpcpb::MvccInfo {
-    let lock = store.lock(storage_key).map(|lock| kvrpcpb::MvccLock {
+    // Of a shared record, TiKV shows one sub-lock (we take the smallest start ts).
+    let lock = match store.lock_record(storage_key) {
+        Some(LockRecord::Exclusive(lock)) => Some(lock),
+        Some(LockRecord::Shared(shared)) => shared.iter().next(),
+        None => None,
+    };
+    let lock = lock.map(|lock| kvrpcpb::MvccLock {
         r#type: lock.lock_type.to_op() as i32,
         start_ts: lock.ts,
         primary: lock.primary.clone(),

@@ -1,15 +1,21 @@
 //! Acquiring one key's pessimistic lock: the per-key step of KvPessimisticLock.
 //!
 //! Who calls it: `txn::pessimistic`, once per mutation of the request, over one `Txn`. Follows
-//! TiKV `src/storage/txn/actions/acquire_pessimistic_lock.rs` (exclusive locks only; shared
-//! pessimistic locks and old values for CDC are not modelled). The concurrency manager's max_ts
-//! update is the caller's, since it lives in the cluster state.
+//! TiKV `src/storage/txn/actions/acquire_pessimistic_lock.rs`, shared pessimistic locks
+//! (`Op::SharedPessimisticLock`) included; old values for CDC are not modelled. The concurrency
+//! manager's max_ts update is the caller's, since it lives in the cluster state.
+//!
+//! Shared and exclusive requests meet each other's records as TiKV's do: a shared request joins
+//! a shared record unless it is shrink-only, and is KeyIsLocked by any exclusive lock (its own
+//! included: no downgrade); an exclusive request that meets a shared record (its own sub-lock
+//! included: no upgrade) gets [`MvccError::NotInShrinkMode`] while the record still admits new
+//! holders, then KeyIsLocked with the whole record.
 
 use bytes::Bytes;
 use tikv_proto::kvrpcpb::write_conflict::Reason;
 
 use super::{Key, MvccError, check_data_constraint};
-use crate::mvcc::{Lock, LockType, Txn, Write, WriteType};
+use crate::mvcc::{Lock, LockRecord, LockType, SharedLocks, Txn, Write, WriteType};
 
 /// What the request asks of every key.
 #[derive(Debug, Clone)]
@@ -86,19 +92,65 @@ fn pessimistic_lock(props: &LockProps, for_update_ts: u64, with_conflict: bool) 
     lock
 }
 
-/// Locks `key` for the transaction, or says why not. `should_not_exist` is the mutation's
-/// `assertion == NotExist`.
+/// Locks `key` exclusively for the transaction, or says why not. `should_not_exist` is the
+/// mutation's `assertion == NotExist`.
 pub(crate) fn acquire_pessimistic_lock(
     txn: &mut Txn<'_>,
     key: &Key,
     props: &LockProps,
     should_not_exist: bool,
 ) -> Result<KeyResult, MvccError> {
+    acquire(txn, key, props, should_not_exist, false)
+}
+
+/// Locks `key` in shared mode for the transaction (`Op::SharedPessimisticLock`), or says why
+/// not.
+pub(crate) fn acquire_shared_pessimistic_lock(
+    txn: &mut Txn<'_>,
+    key: &Key,
+    props: &LockProps,
+    should_not_exist: bool,
+) -> Result<KeyResult, MvccError> {
+    acquire(txn, key, props, should_not_exist, true)
+}
+
+fn acquire(
+    txn: &mut Txn<'_>,
+    key: &Key,
+    props: &LockProps,
+    should_not_exist: bool,
+    shared: bool,
+) -> Result<KeyResult, MvccError> {
     if props.lock_only_if_exists && !props.need_value {
         return Err(abort("LockIfExistsFailed", props.start_ts, key, ""));
     }
-    if let Some(lock) = txn.lock(&key.enc) {
-        return existing_lock(txn, key, props, should_not_exist, lock);
+    let locked = |record: &LockRecord| {
+        MvccError::KeyIsLocked(Box::new(record.to_lock_info(key.raw.clone())))
+    };
+    // The shared record a new shared holder joins.
+    let mut joined: Option<SharedLocks> = None;
+    match txn.lock(&key.enc) {
+        Some(LockRecord::Exclusive(lock)) if !shared => {
+            return existing_lock(txn, key, props, should_not_exist, lock);
+        }
+        Some(record @ LockRecord::Exclusive(_)) => return Err(locked(&record)),
+        Some(LockRecord::Shared(locks)) if !shared => {
+            if !locks.is_shrink_only() {
+                return Err(MvccError::NotInShrinkMode(Box::new(locks)));
+            }
+            return Err(locked(&LockRecord::Shared(locks)));
+        }
+        Some(LockRecord::Shared(locks)) => {
+            if locks.contains(props.start_ts) {
+                return existing_shared_lock(txn, key, props, locks);
+            }
+            if locks.is_shrink_only() {
+                return Err(locked(&LockRecord::Shared(locks)));
+            }
+            joined = Some(locks);
+        }
+        None if shared => joined = Some(SharedLocks::default()),
+        None => {}
     }
     let mut for_update_ts = props.for_update_ts;
     let mut conflict: Option<(u64, u64)> = None;
@@ -142,7 +194,12 @@ pub(crate) fn acquire_pessimistic_lock(
             };
         }
     }
-    if !props.lock_only_if_exists || value.is_some() {
+    if let Some(mut locks) = joined {
+        // A shared lock is taken whether or not the key exists.
+        let lock = pessimistic_lock(props, for_update_ts, conflict.is_some());
+        locks.insert(lock).map_err(invalid_operation)?;
+        txn.batch.put_shared_locks(key.enc.clone(), locks);
+    } else if !props.lock_only_if_exists || value.is_some() {
         let lock = pessimistic_lock(props, for_update_ts, conflict.is_some());
         txn.batch.put_lock(key.enc.clone(), lock);
     } else if let Some((s, c)) = conflict {
@@ -212,6 +269,36 @@ fn existing_lock(
     Ok(KeyResult::new(props, conflict_ts, value))
 }
 
+/// The transaction already holds a shared sub-lock on the key: a retry, which only moves the
+/// sub-lock's for_update_ts forward. No value is read for a shared lock (TiKV does not support
+/// it yet), so a request for values gets none.
+fn existing_shared_lock(
+    txn: &mut Txn<'_>,
+    key: &Key,
+    props: &LockProps,
+    mut locks: SharedLocks,
+) -> Result<KeyResult, MvccError> {
+    let Some(current) = locks.get(props.start_ts) else {
+        return Err(invalid_operation(format!(
+            "lock #{} does not exist in SharedLocks",
+            props.start_ts
+        )));
+    };
+    if props.for_update_ts > current.for_update_ts {
+        let new = pessimistic_lock(props, props.for_update_ts, current.is_locked_with_conflict);
+        locks.update(new).map_err(invalid_operation)?;
+        txn.batch.put_shared_locks(key.enc.clone(), locks);
+    }
+    Ok(KeyResult::new(props, None, None))
+}
+
+/// TiKV's `InvalidOperation` error of a `SharedLocks` misuse, as the abort it is reported as.
+fn invalid_operation(text: String) -> MvccError {
+    MvccError::Abort(format!(
+        "Error(Txn(Error(Mvcc(Error(InvalidOperation({text:?}))))))"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_util::*;
@@ -258,15 +345,15 @@ mod tests {
             acquire(&mut store, &k, &props(10, 10), false),
             Ok(KeyResult::Empty)
         );
-        let lock = store.locks.get(&k.enc).unwrap().clone();
+        let lock = store.lock(&k.enc).unwrap().clone();
         assert_eq!(lock.lock_type, LockType::Pessimistic);
         assert_eq!((lock.ts, lock.for_update_ts, lock.ttl), (10, 10, 3000));
         // Retried with a newer for_update_ts: the lock is rewritten.
         acquire(&mut store, &k, &props(10, 12), false).unwrap();
-        assert_eq!(store.locks.get(&k.enc).unwrap().for_update_ts, 12);
+        assert_eq!(store.lock(&k.enc).unwrap().for_update_ts, 12);
         // An older retry leaves it alone.
         acquire(&mut store, &k, &props(10, 11), false).unwrap();
-        assert_eq!(store.locks.get(&k.enc).unwrap().for_update_ts, 12);
+        assert_eq!(store.lock(&k.enc).unwrap().for_update_ts, 12);
     }
 
     #[test]
@@ -312,7 +399,7 @@ mod tests {
                 conflict_ts: 20
             })
         );
-        let lock = store.locks.get(&k.enc).unwrap();
+        let lock = store.lock(&k.enc).unwrap();
         assert!(lock.is_locked_with_conflict);
         assert_eq!(lock.for_update_ts, 20);
         // A retry below the lock's for_update_ts reports the same conflict.

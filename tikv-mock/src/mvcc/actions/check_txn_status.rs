@@ -7,9 +7,10 @@
 
 use super::{
     Key, MissingLockAction, MvccError, TxnCommitRecord, TxnStatus, check_txn_status_missing_lock,
-    collapse_prev_rollback, get_txn_commit_record, is_expired, make_rollback, rollback_lock,
+    collapse_prev_rollback, exclusive, get_txn_commit_record, is_expired, make_rollback,
+    rollback_lock,
 };
-use crate::mvcc::{Lock, Txn, WriteType};
+use crate::mvcc::{Lock, LockRecord, Txn, WriteType};
 
 /// The inputs of KvCheckTxnStatus.
 #[derive(Debug, Clone, Copy)]
@@ -46,8 +47,16 @@ pub(crate) fn check_txn_status(
 ) -> Result<TxnStatus, MvccError> {
     let start_ts = args.lock_ts;
     let lock = match txn.lock(&key.enc) {
-        Some(lock) if lock.ts == start_ts => lock,
+        Some(LockRecord::Exclusive(lock)) if lock.ts == start_ts => lock,
+        // A shared-locked key is never a transaction's primary: whoever the holders are, the
+        // request is refused with the whole record.
+        Some(LockRecord::Shared(locks)) => {
+            return Err(MvccError::PrimaryMismatch(Box::new(
+                locks.to_lock_info(key.raw.clone()),
+            )));
+        }
         other => {
+            let other = exclusive(other);
             return check_txn_status_missing_lock(
                 txn,
                 key,
@@ -131,11 +140,20 @@ pub(crate) fn txn_heart_beat(
     advise_ttl: u64,
     min_commit_ts: u64,
 ) -> Result<Lock, MvccError> {
-    let Some(mut lock) = txn.lock(&key.enc).filter(|l| l.ts == start_ts) else {
-        return Err(MvccError::TxnNotFound {
-            start_ts,
-            key: key.raw.clone(),
-        });
+    let mut lock = match txn.lock(&key.enc) {
+        Some(LockRecord::Exclusive(lock)) if lock.ts == start_ts => lock,
+        // Heartbeats go to primaries, which are never shared-locked.
+        Some(LockRecord::Shared(locks)) if locks.contains(start_ts) => {
+            return Err(MvccError::PrimaryMismatch(Box::new(
+                locks.to_lock_info(key.raw.clone()),
+            )));
+        }
+        _ => {
+            return Err(MvccError::TxnNotFound {
+                start_ts,
+                key: key.raw.clone(),
+            });
+        }
     };
     let mut changed = false;
     if lock.ttl < advise_ttl {
@@ -167,7 +185,9 @@ pub(crate) fn check_secondary_lock(
     key: &Key,
     start_ts: u64,
 ) -> Result<SecondaryStatus, MvccError> {
-    let lock = txn.lock(&key.enc);
+    // Async-commit transactions take no shared locks: a shared record is looked past to the
+    // write records, as if the key held no lock of this transaction (nor a mismatching one).
+    let lock = exclusive(txn.lock(&key.enc));
     match lock {
         Some(lock) if lock.ts == start_ts && !lock.is_pessimistic_lock() => {
             Ok(SecondaryStatus::Locked(lock))

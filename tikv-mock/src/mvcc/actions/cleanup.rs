@@ -1,15 +1,16 @@
 //! Cleanup of one key (TiKV `src/storage/txn/actions/cleanup.rs`): roll back the transaction's
 //! lock if it expired (or unconditionally when `current_ts` is 0), or record a rollback when the
-//! lock is gone and the transaction did not commit.
+//! lock is gone and the transaction did not commit. A shared holder rolls back only its own
+//! sub-lock.
 //!
 //! Who calls it: `txn::write` for KvBatchRollback, KvCleanup and the rollback half of
 //! KvResolveLock.
 
 use super::{
-    Key, MissingLockAction, MvccError, TxnStatus, check_txn_status_missing_lock, is_expired,
-    rollback_lock,
+    Key, MissingLockAction, MvccError, TxnStatus, check_txn_status_missing_lock, exclusive,
+    is_expired, rollback_lock, rollback_shared_lock,
 };
-use crate::mvcc::Txn;
+use crate::mvcc::{LockRecord, Txn};
 
 /// Rolls back `key` of transaction `start_ts`. A committed key is `MvccError::Committed`.
 pub(crate) fn cleanup(
@@ -20,7 +21,7 @@ pub(crate) fn cleanup(
     protect_rollback: bool,
 ) -> Result<(), MvccError> {
     match txn.lock(&key.enc) {
-        Some(lock) if lock.ts == start_ts => {
+        Some(LockRecord::Exclusive(lock)) if lock.ts == start_ts => {
             if current_ts != 0 && !is_expired(&lock, current_ts) {
                 return Err(MvccError::KeyIsLocked(Box::new(
                     lock.to_lock_info(key.raw.clone()),
@@ -28,7 +29,21 @@ pub(crate) fn cleanup(
             }
             rollback_lock(txn, key, &lock, !protect_rollback)
         }
+        Some(LockRecord::Shared(locks)) if locks.contains(start_ts) => {
+            // A live holder is reported with the whole record, as TiKV does.
+            if current_ts != 0
+                && locks
+                    .get(start_ts)
+                    .is_some_and(|l| !is_expired(l, current_ts))
+            {
+                return Err(MvccError::KeyIsLocked(Box::new(
+                    locks.to_lock_info(key.raw.clone()),
+                )));
+            }
+            rollback_shared_lock(txn, key, locks, start_ts, !protect_rollback)
+        }
         other => {
+            let other = exclusive(other);
             let action = if protect_rollback {
                 MissingLockAction::ProtectedRollback
             } else {

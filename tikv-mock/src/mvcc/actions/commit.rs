@@ -1,10 +1,11 @@
 //! Commit of one key (TiKV `src/storage/txn/actions/commit.rs`): turns the transaction's lock
-//! into a commit record, or accepts an already committed key.
+//! into a commit record, or accepts an already committed key. A shared holder commits only its
+//! own sub-lock; the record stays for the other holders.
 //!
 //! Who calls it: `txn::write::kv_commit` and `kv_resolve_lock`.
 
-use super::{Key, MvccError, TxnCommitRecord, get_txn_commit_record};
-use crate::mvcc::{LockType, Txn, Write, WriteType};
+use super::{Key, MvccError, TxnCommitRecord, get_txn_commit_record, put_or_release_shared};
+use crate::mvcc::{LockRecord, LockType, SharedLocks, Txn, Write, WriteType};
 
 /// Commits `key` of transaction `start_ts` at `commit_ts`.
 pub(crate) fn commit(
@@ -13,7 +14,15 @@ pub(crate) fn commit(
     start_ts: u64,
     commit_ts: u64,
 ) -> Result<(), MvccError> {
-    let lock = txn.lock(&key.enc).filter(|l| l.ts == start_ts);
+    // A shared holder's commit takes only its own sub-lock out of the record.
+    let (lock, shared) = match txn.lock(&key.enc) {
+        Some(LockRecord::Exclusive(lock)) if lock.ts == start_ts => (Some(lock), None),
+        Some(LockRecord::Shared(mut locks)) => match locks.remove(start_ts) {
+            Some(lock) => (Some(lock), Some(locks)),
+            None => (None, None),
+        },
+        _ => (None, None),
+    };
     let Some(lock) = lock else {
         return match get_txn_commit_record(txn, key, start_ts) {
             TxnCommitRecord::SingleRecord { write, .. }
@@ -40,9 +49,10 @@ pub(crate) fn commit(
         LockType::Put => WriteType::Put,
         LockType::Delete => WriteType::Delete,
         LockType::Lock => WriteType::Lock,
-        // A pessimistic lock that was never prewritten holds no data: just release it.
+        // A pessimistic lock that was never prewritten holds no data: just release it (a
+        // shared one keeps the other holders).
         LockType::Pessimistic => {
-            txn.batch.unlock_key(key.enc.clone(), start_ts);
+            release(txn, key, shared, start_ts);
             return Ok(());
         }
     };
@@ -50,8 +60,16 @@ pub(crate) fn commit(
     write.txn_source = lock.txn_source;
     write.has_overlapped_rollback = lock.rollback_ts.contains(&commit_ts);
     txn.batch.put_write(key.enc.clone(), commit_ts, write);
-    txn.batch.unlock_key(key.enc.clone(), start_ts);
+    release(txn, key, shared, start_ts);
     Ok(())
+}
+
+/// Removes the committed lock: the whole record, or only this holder's part of a shared one.
+fn release(txn: &mut Txn<'_>, key: &Key, shared: Option<SharedLocks>, start_ts: u64) {
+    match shared {
+        Some(locks) => put_or_release_shared(txn, key, locks, start_ts),
+        None => txn.batch.unlock_key(key.enc.clone(), start_ts),
+    }
 }
 
 #[cfg(test)]
@@ -92,7 +110,7 @@ mod tests {
         })
         .unwrap();
         run(&mut store, 5, |txn| {
-            let lock = txn.lock(&key("a").enc).unwrap();
+            let lock = txn.exclusive_lock(&key("a").enc).unwrap();
             super::super::rollback_lock(txn, &key("a"), &lock, false)
         })
         .unwrap();

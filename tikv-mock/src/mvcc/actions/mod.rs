@@ -18,11 +18,13 @@ pub(crate) mod cleanup;
 pub(crate) mod commit;
 pub(crate) mod gc;
 pub(crate) mod prewrite;
+#[cfg(test)]
+mod shared_lock_tests;
 
 use bytes::Bytes;
 use tikv_proto::kvrpcpb;
 
-use super::{Lock, LockType, Txn, Write, WriteType};
+use super::{Lock, LockRecord, LockType, SharedLocks, Txn, Write, WriteType};
 use crate::tso::physical_of;
 
 /// A key as both the client sent it (`raw`, what errors and lock primaries carry) and as stored
@@ -93,6 +95,16 @@ pub(crate) enum MvccError {
         commit_ts: u64,
         key: Bytes,
     },
+    /// A pipelined flush of a generation not newer than the key's lock: the flush command
+    /// skips the mutation (TiKV `GenerationOutOfOrder`).
+    GenerationOutOfOrder {
+        generation: u64,
+        lock_generation: u64,
+    },
+    /// An exclusive pessimistic lock request met shared locks that still admit new holders:
+    /// the command makes them shrink-only and answers KeyIsLocked (TiKV `NotInShrinkMode`,
+    /// handled by `commands/acquire_pessimistic_lock.rs`, never sent as such).
+    NotInShrinkMode(Box<SharedLocks>),
     /// Everything TiKV reports as `KeyError.abort`, with its text.
     Abort(String),
 }
@@ -172,9 +184,10 @@ impl MvccError {
                     lock_info: Some((**info).clone()),
                 })
             }
-            MvccError::Committed { .. } | MvccError::PessimisticLockNotFound { .. } => {
-                e.abort = format!("{self:?}")
-            }
+            MvccError::Committed { .. }
+            | MvccError::PessimisticLockNotFound { .. }
+            | MvccError::GenerationOutOfOrder { .. }
+            | MvccError::NotInShrinkMode(_) => e.abort = format!("{self:?}"),
             MvccError::Abort(text) => e.abort = text.clone(),
         }
         e
@@ -327,6 +340,61 @@ pub(crate) fn rollback_lock(
     Ok(())
 }
 
+/// Writes a key's shared locks back after `lock_ts`'s sub-lock left them, or, when it was the
+/// last holder, removes the record: only then are lock waiters woken (TiKV releases a lock only
+/// when the last sub-lock goes).
+pub(crate) fn put_or_release_shared(
+    txn: &mut Txn<'_>,
+    key: &Key,
+    shared: SharedLocks,
+    lock_ts: u64,
+) {
+    if shared.is_empty() {
+        txn.batch.unlock_key(key.enc.clone(), lock_ts);
+    } else {
+        txn.batch.put_shared_locks(key.enc.clone(), shared);
+    }
+}
+
+/// Rolls back transaction `lock_ts`'s sub-lock of a key's shared locks (TiKV
+/// `rollback_shared_lock`): the rollback record is never protected (a shared-locked key is
+/// never a primary), and the other holders stay.
+pub(crate) fn rollback_shared_lock(
+    txn: &mut Txn<'_>,
+    key: &Key,
+    mut shared: SharedLocks,
+    lock_ts: u64,
+    collapse: bool,
+) -> Result<(), MvccError> {
+    if shared.remove(lock_ts).is_none() {
+        return Ok(());
+    }
+    match get_txn_commit_record(txn, key, lock_ts) {
+        TxnCommitRecord::None(overlapped) => {
+            make_rollback(txn, key, lock_ts, false, overlapped);
+            if collapse {
+                collapse_prev_rollback(txn, key, lock_ts);
+            }
+        }
+        TxnCommitRecord::SingleRecord { write, commit_ts }
+            if write.write_type != WriteType::Rollback =>
+        {
+            return Err(MvccError::Abort(format!(
+                "txn record found but not expected: start_ts {lock_ts} commit_ts {commit_ts}"
+            )));
+        }
+        _ => {}
+    }
+    put_or_release_shared(txn, key, shared, lock_ts);
+    Ok(())
+}
+
+/// The exclusive lock of a lock record, for the paths that treat shared locks as "no lock of
+/// this transaction here".
+pub(crate) fn exclusive(record: Option<LockRecord>) -> Option<Lock> {
+    record.and_then(LockRecord::into_exclusive)
+}
+
 /// What to do when the lock a status check looks for is gone and nothing was recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum MissingLockAction {
@@ -421,8 +489,18 @@ pub(crate) fn check_data_constraint(
     }
     let exists = match latest.write_type {
         WriteType::Put => true,
-        // Lock and Rollback records say nothing about the value: look at the older Put/Delete.
-        _ => commit_ts > 0 && txn.store.get(&key.enc, commit_ts - 1).is_some(),
+        // Lock and Rollback records say nothing about the value: look at the older Put/Delete,
+        // where a GC fence at or below our start ts hides a version (TiKV `get_write` with the
+        // reader's start ts as the fence limit).
+        _ => {
+            commit_ts > 0
+                && txn
+                    .store
+                    .writes_at_or_below(&key.enc, commit_ts - 1)
+                    .take_while(|(_, w)| w.gc_fence_allows(txn.start_ts))
+                    .find(|(_, w)| matches!(w.write_type, WriteType::Put | WriteType::Delete))
+                    .is_some_and(|(_, w)| w.write_type == WriteType::Put)
+        }
     };
     if exists {
         return Err(MvccError::AlreadyExist {
@@ -628,7 +706,7 @@ mod tests {
         })
         .unwrap();
         // The foreign lock was absent from the store here; the batch wrote it with our ts.
-        assert_eq!(store.locks.get(&k.enc).unwrap().rollback_ts, vec![9]);
+        assert_eq!(store.lock(&k.enc).unwrap().rollback_ts, vec![9]);
         assert!(write_at(&store, &k, 9).unwrap().is_protected_rollback());
     }
 

@@ -3,7 +3,16 @@
 //! write-conflict and existence constraint, assertions, then the lock (or, for one-phase commit,
 //! the lock handed back to the command to be committed at once).
 //!
-//! Who calls it: `txn::write::kv_prewrite`, once per mutation, in request order.
+//! Shared locks (`Op::SharedLock`) follow TiKV: the mutation prewrites the transaction's own
+//! sub-lock inside the key's shared locks (2PC only), leaving the other holders alone.
+//!
+//! Pipelined DML flushes (KvFlush) use the same action with a non-zero `generation`: a newer
+//! generation overwrites the transaction's own lock of an older one (skipping the assertion,
+//! which only the first flush of a key checks), an older or equal generation is refused with
+//! [`MvccError::GenerationOutOfOrder`], which the flush command ignores.
+//!
+//! Who calls it: `txn::write::kv_prewrite` and `txn::write::kv_flush`, once per mutation, in
+//! request order (sorted by key when the prewrite command sorted the mutations).
 
 use bytes::Bytes;
 use tikv_proto::kvrpcpb;
@@ -11,7 +20,9 @@ use tikv_proto::kvrpcpb;
 use kvrpcpb::prewrite_request::PessimisticAction;
 
 use super::{Key, MvccError, check_data_constraint};
-use crate::mvcc::{Lock, LockType, SHORT_VALUE_MAX_LEN, Txn, Write, WriteType};
+use crate::mvcc::{
+    Lock, LockRecord, LockType, SHORT_VALUE_MAX_LEN, SharedLocks, Txn, Write, WriteType,
+};
 
 /// How the transaction commits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +51,8 @@ pub(crate) struct PrewriteProps {
     /// Non-zero for a pessimistic transaction.
     pub(crate) for_update_ts: u64,
     pub(crate) is_retry_request: bool,
+    /// The pipelined-DML flush generation; 0 for a prewrite.
+    pub(crate) generation: u64,
 }
 
 impl PrewriteProps {
@@ -82,7 +95,8 @@ pub(crate) fn prewrite(
     let lock_type = match m.op {
         kvrpcpb::Op::Put | kvrpcpb::Op::Insert => Some(LockType::Put),
         kvrpcpb::Op::Del => Some(LockType::Delete),
-        kvrpcpb::Op::Lock => Some(LockType::Lock),
+        // A shared lock's prewrite turns the holder's sub-lock into a Lock lock.
+        kvrpcpb::Op::Lock | kvrpcpb::Op::SharedLock => Some(LockType::Lock),
         kvrpcpb::Op::CheckNotExists => None,
         other => {
             return Err(MvccError::Abort(format!(
@@ -109,7 +123,44 @@ pub(crate) fn prewrite(
     let mut pessimistic_lock = None;
     let mut latest: Option<(u64, Write)> = None;
     let mut loaded = false;
-    match txn.lock(&m.key.enc) {
+    let mut subsequent_flush = false;
+    // A SharedLock mutation prewrites the transaction's sub-lock in the key's shared locks, and
+    // only that: an exclusive lock (even its own) is KeyIsLocked, and with no sub-lock of its
+    // own there is no pessimistic lock to amend. Without a pessimistic check and with no lock
+    // at all, it becomes an ordinary Lock lock, as in TiKV.
+    let shared_op = m.op == kvrpcpb::Op::SharedLock;
+    let mut shared: Option<SharedLocks> = None;
+    let current = match txn.lock(&m.key.enc) {
+        Some(LockRecord::Exclusive(lock)) if shared_op => {
+            return Err(MvccError::KeyIsLocked(Box::new(
+                lock.to_lock_info(m.key.raw.clone()),
+            )));
+        }
+        Some(LockRecord::Exclusive(lock)) => Some(lock),
+        Some(LockRecord::Shared(locks)) if locks.contains(start_ts) => {
+            if !shared_op {
+                return Err(MvccError::Abort(
+                    "Other(\"use Op::SharedLock to prewrite on a shared lock\")".to_owned(),
+                ));
+            }
+            let own = locks.get(start_ts).cloned();
+            shared = Some(locks);
+            own
+        }
+        Some(LockRecord::Shared(_)) if shared_op => {
+            return Err(lock_not_found("LockMissingAmendFail"));
+        }
+        Some(LockRecord::Shared(locks)) => {
+            return Err(MvccError::KeyIsLocked(Box::new(
+                locks.to_lock_info(m.key.raw.clone()),
+            )));
+        }
+        None if shared_op && do_pessimistic_check => {
+            return Err(lock_not_found("LockMissingAmendFail"));
+        }
+        None => None,
+    };
+    match current {
         Some(lock) if lock.ts != start_ts => {
             if do_pessimistic_check {
                 return Err(lock_not_found("LockTsMismatch"));
@@ -136,13 +187,29 @@ pub(crate) fn prewrite(
             pessimistic_lock = Some(lock);
         }
         Some(lock) => {
-            // A retried prewrite: the lock is already there.
-            let min_commit_ts = if lock.use_async_commit {
-                lock.min_commit_ts
-            } else {
-                0
-            };
-            return Ok(Prewritten::Locked { min_commit_ts });
+            if props.generation > 0 && lock.generation >= props.generation {
+                return Err(MvccError::GenerationOutOfOrder {
+                    generation: props.generation,
+                    lock_generation: lock.generation,
+                });
+            }
+            // A key flushed with a value by an earlier generation exists for a later insert.
+            if lock.generation > 0 && should_not_exist && lock.lock_type == LockType::Put {
+                return Err(MvccError::AlreadyExist {
+                    key: m.key.raw.clone(),
+                });
+            }
+            if props.generation == 0 {
+                // A retried prewrite: the lock is already there.
+                let min_commit_ts = if lock.use_async_commit {
+                    lock.min_commit_ts
+                } else {
+                    0
+                };
+                return Ok(Prewritten::Locked { min_commit_ts });
+            }
+            // A later flush of a key this transaction already flushed: overwrite it.
+            subsequent_flush = true;
         }
         None if do_pessimistic_check => {
             // The pessimistic lock is gone; it may be re-created only if nothing was committed
@@ -178,9 +245,11 @@ pub(crate) fn prewrite(
         check_newer_version(txn, props, m, should_not_exist)?;
     }
 
-    // Assertions: level Fast checks only a write already loaded, Strict always loads it.
+    // Assertions: level Fast checks only a write already loaded, Strict always loads it. A key
+    // is asserted once per transaction: later flushes of it are not checked.
     let level = props.assertion_level;
-    if m.assertion != kvrpcpb::Assertion::None
+    if !subsequent_flush
+        && m.assertion != kvrpcpb::Assertion::None
         && level != kvrpcpb::AssertionLevel::Off
         && (loaded || level == kvrpcpb::AssertionLevel::Strict)
     {
@@ -214,6 +283,7 @@ pub(crate) fn prewrite(
     lock.min_commit_ts = props.min_commit_ts;
     lock.txn_source = props.txn_source;
     lock.for_update_ts = props.for_update_ts;
+    lock.generation = props.generation;
     if let Some(pl) = &pessimistic_lock {
         lock.ttl = lock.ttl.max(pl.ttl);
         lock.min_commit_ts = lock.min_commit_ts.max(pl.min_commit_ts);
@@ -250,6 +320,34 @@ pub(crate) fn prewrite(
             lock.min_commit_ts = min;
             final_min_commit_ts = min;
         }
+    }
+    if let Some(mut locks) = shared {
+        let refused = if props.generation > 0 {
+            Some(format!(
+                "shared lock prewrite does not support non-zero generation, generation: {}",
+                props.generation
+            ))
+        } else {
+            match props.kind {
+                CommitKind::TwoPc => None,
+                CommitKind::OnePc { .. } => {
+                    Some("shared lock prewrite is incompatible with one-phase commit".to_owned())
+                }
+                CommitKind::Async { .. } => Some(
+                    "shared lock prewrite cannot use async-commit, falling back to 2PC".to_owned(),
+                ),
+            }
+        };
+        if let Some(text) = refused {
+            return Err(MvccError::Abort(format!("Other({text:?})")));
+        }
+        locks
+            .update(lock)
+            .map_err(|text| MvccError::Abort(format!("Other({text:?})")))?;
+        txn.batch.put_shared_locks(m.key.enc.clone(), locks);
+        return Ok(Prewritten::Locked {
+            min_commit_ts: final_min_commit_ts,
+        });
     }
     if let Some(v) = long_value {
         txn.batch.put_value(m.key.enc.clone(), start_ts, v);
@@ -383,6 +481,7 @@ pub(crate) mod tests {
             txn_source: 0,
             for_update_ts: 0,
             is_retry_request: false,
+            generation: 0,
         }
     }
 
@@ -740,5 +839,368 @@ pub(crate) mod tests {
             )
         })
         .unwrap();
+    }
+
+    // ----- pipelined DML flushes (ported from TiKV's commands/flush.rs tests) ----------------
+
+    fn flush_props(primary: &str, start_ts: u64, generation: u64) -> PrewriteProps {
+        PrewriteProps {
+            generation,
+            txn_size: u64::MAX,
+            min_commit_ts: start_ts + 1,
+            ..props(primary, start_ts)
+        }
+    }
+
+    fn flush(
+        store: &mut MvccStore,
+        m: &Mutation,
+        primary: &str,
+        start_ts: u64,
+        generation: u64,
+    ) -> Result<Prewritten, MvccError> {
+        run(store, start_ts, |txn| {
+            prewrite(txn, &flush_props(primary, start_ts, generation), m)
+        })
+    }
+
+    fn commit_at(store: &mut MvccStore, k: &str, start: u64, commit: u64) {
+        run(store, start, |txn| {
+            super::super::commit::commit(txn, &key(k), start, commit)
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn flushed_lock_carries_generation_and_commits() {
+        let mut store = MvccStore::default();
+        flush(&mut store, &mutation(Op::Put, "k", b"v"), "k", 1, 1).unwrap();
+        let l = store.lock(&key("k").enc).unwrap();
+        assert_eq!(
+            (l.generation, l.min_commit_ts, l.txn_size, l.for_update_ts),
+            (1, 2, u64::MAX, 0)
+        );
+        commit_at(&mut store, "k", 1, 2);
+        assert_eq!(store.get(&key("k").enc, 2).unwrap().0.as_ref(), b"v");
+    }
+
+    #[test]
+    fn flush_and_other_writers_block_each_other() {
+        use super::super::acquire_pessimistic_lock::{LockProps, acquire_pessimistic_lock};
+        let mut store = MvccStore::default();
+        let m = mutation(Op::Put, "k1", b"v");
+        // Flush, then another flush, pessimistic lock and prewrite of a later transaction.
+        flush(&mut store, &m, "k1", 1, 1).unwrap();
+        assert!(matches!(
+            flush(&mut store, &m, "k1", 2, 2),
+            Err(MvccError::KeyIsLocked(_))
+        ));
+        let lock_props = LockProps {
+            primary: key("k1").raw,
+            start_ts: 2,
+            lock_ttl: 3000,
+            for_update_ts: 2,
+            need_value: false,
+            need_check_existence: false,
+            min_commit_ts: 0,
+            lock_only_if_exists: false,
+            allow_lock_with_conflict: false,
+        };
+        assert!(matches!(
+            run(&mut store, 2, |txn| acquire_pessimistic_lock(
+                txn,
+                &key("k1"),
+                &lock_props,
+                false
+            )),
+            Err(MvccError::KeyIsLocked(_))
+        ));
+        assert!(matches!(
+            run(&mut store, 2, |txn| prewrite(txn, &props("k1", 2), &m)),
+            Err(MvccError::KeyIsLocked(_))
+        ));
+        // A pessimistic lock, then a flush of another transaction.
+        let lock_props = LockProps {
+            primary: key("k2").raw,
+            start_ts: 1,
+            for_update_ts: 1,
+            ..lock_props
+        };
+        run(&mut store, 1, |txn| {
+            acquire_pessimistic_lock(txn, &key("k2"), &lock_props, false)
+        })
+        .unwrap();
+        assert!(matches!(
+            flush(&mut store, &mutation(Op::Put, "k2", b"v"), "k2", 2, 3),
+            Err(MvccError::KeyIsLocked(_))
+        ));
+        // A prewrite, then a flush of another transaction.
+        run(&mut store, 1, |txn| {
+            prewrite(txn, &props("k3", 1), &mutation(Op::Put, "k3", b"v"))
+        })
+        .unwrap();
+        assert!(matches!(
+            flush(&mut store, &mutation(Op::Put, "k3", b"v"), "k3", 2, 4),
+            Err(MvccError::KeyIsLocked(_))
+        ));
+    }
+
+    #[test]
+    fn newer_generation_overwrites_the_lock() {
+        let mut store = MvccStore::default();
+        flush(&mut store, &mutation(Op::Put, "k", &[7; 300]), "k", 1, 1).unwrap();
+        assert!(store.lock(&key("k").enc).unwrap().short_value.is_none());
+        flush(&mut store, &mutation(Op::Put, "k", b"v2"), "k", 1, 2).unwrap();
+        let l = store.lock(&key("k").enc).unwrap();
+        assert_eq!(
+            (l.generation, l.short_value.as_deref()),
+            (2, Some(&b"v2"[..]))
+        );
+        commit_at(&mut store, "k", 1, 2);
+        assert_eq!(store.get(&key("k").enc, 3).unwrap().0.as_ref(), b"v2");
+    }
+
+    #[test]
+    fn older_or_equal_generation_is_out_of_order() {
+        let mut store = MvccStore::default();
+        flush(&mut store, &mutation(Op::Put, "k", b"v"), "k", 1, 2).unwrap();
+        for generation in [1, 2] {
+            assert_eq!(
+                flush(
+                    &mut store,
+                    &mutation(Op::Put, "k", b"v2"),
+                    "k",
+                    1,
+                    generation
+                ),
+                Err(MvccError::GenerationOutOfOrder {
+                    generation,
+                    lock_generation: 2
+                })
+            );
+        }
+        commit_at(&mut store, "k", 1, 2);
+        assert_eq!(store.get(&key("k").enc, 3).unwrap().0.as_ref(), b"v");
+    }
+
+    #[test]
+    fn insert_after_a_flushed_put_already_exists() {
+        let mut store = MvccStore::default();
+        flush(&mut store, &mutation(Op::Put, "k", b"v"), "k", 1, 1).unwrap();
+        assert!(matches!(
+            flush(&mut store, &mutation(Op::Insert, "k", b"v"), "k", 1, 2),
+            Err(MvccError::AlreadyExist { .. })
+        ));
+        commit_at(&mut store, "k", 1, 2);
+        assert!(matches!(
+            flush(&mut store, &mutation(Op::Insert, "k", b"v"), "k", 3, 1),
+            Err(MvccError::AlreadyExist { .. })
+        ));
+        // A flushed Delete does not make the key exist.
+        flush(&mut store, &mutation(Op::Del, "d", b""), "d", 4, 1).unwrap();
+        flush(&mut store, &mutation(Op::Insert, "d", b"v"), "d", 4, 2).unwrap();
+    }
+
+    #[test]
+    fn only_the_first_flush_of_a_key_is_asserted() {
+        let mut store = MvccStore::default();
+        let assert_flush = |store: &mut MvccStore, v: &[u8], g, assertion| {
+            let mut m = mutation(Op::Put, "k", v);
+            m.assertion = assertion;
+            let mut p = flush_props("k", 1, g);
+            p.assertion_level = kvrpcpb::AssertionLevel::Strict;
+            run(store, 1, |txn| prewrite(txn, &p, &m))
+        };
+        assert_flush(&mut store, b"v", 1, kvrpcpb::Assertion::NotExist).unwrap();
+        // The key does not exist yet, but a later flush's assertion is not checked.
+        assert_flush(&mut store, b"v2", 2, kvrpcpb::Assertion::Exist).unwrap();
+        commit_at(&mut store, "k", 1, 2);
+        assert_eq!(store.get(&key("k").enc, 3).unwrap().0.as_ref(), b"v2");
+        // A first flush is asserted.
+        let mut m = mutation(Op::Put, "j", b"v");
+        m.assertion = kvrpcpb::Assertion::Exist;
+        let mut p = flush_props("j", 5, 1);
+        p.assertion_level = kvrpcpb::AssertionLevel::Strict;
+        assert!(matches!(
+            run(&mut store, 5, |txn| prewrite(txn, &p, &m)),
+            Err(MvccError::AssertionFailed { .. })
+        ));
+    }
+
+    #[test]
+    fn flush_over_own_pessimistic_lock_is_a_type_mismatch() {
+        let mut store = MvccStore::default();
+        pessimistic_lock(&mut store, "k", 1, 1);
+        assert!(matches!(
+            flush(&mut store, &mutation(Op::Put, "k", b"v"), "k", 1, 1),
+            Err(MvccError::Abort(text)) if text.starts_with("LockTypeNotMatch")
+        ));
+    }
+
+    // ----- scenarios of TiKV's actions/prewrite.rs tests --------------------------------------
+
+    fn put_write(store: &mut MvccStore, k: &str, commit_ts: u64, w: Write) {
+        let mut b = crate::mvcc::WriteBatch::default();
+        b.put_write(key(k).enc, commit_ts, w);
+        b.apply(store);
+    }
+
+    fn fenced(start_ts: u64, v: &str, fence: u64) -> Write {
+        let mut w = Write::new(WriteType::Put, start_ts, Some(key(v).raw));
+        w.gc_fence = Some(fence);
+        w
+    }
+
+    /// TiKV `test_prewrite_check_gc_fence`: a version whose GC fence is at or below the
+    /// prewrite's start ts was deleted by GC as far as existence checks go; a fence of 0 (no
+    /// newer version) keeps it.
+    #[test]
+    fn existence_checks_respect_gc_fences() {
+        let mut store = MvccStore::default();
+        put_write(&mut store, "k1", 30, fenced(10, "v1", 40));
+        put_write(&mut store, "k2", 30, fenced(11, "v2", 0));
+        put_write(&mut store, "k3", 30, fenced(12, "v3", 40));
+        put_write(&mut store, "k3", 38, Write::new(WriteType::Lock, 37, None));
+        put_write(&mut store, "k3", 43, Write::new(WriteType::Lock, 42, None));
+        put_write(&mut store, "k4", 30, fenced(13, "v4", 0));
+        put_write(&mut store, "k4", 38, Write::new(WriteType::Lock, 37, None));
+        put_write(&mut store, "k4", 43, Write::new(WriteType::Lock, 42, None));
+        put_write(&mut store, "k5", 20, fenced(14, "v5", 30));
+        put_write(&mut store, "k5", 30, fenced(21, "v5x", 40));
+        put_write(&mut store, "k6", 20, fenced(15, "v6", 30));
+        put_write(&mut store, "k6", 30, fenced(22, "v6x", 0));
+        put_write(&mut store, "k7", 30, fenced(16, "v7", 40));
+        put_write(&mut store, "k7", 38, Write::new(WriteType::Lock, 37, None));
+        let cases = [
+            ("k1", true),
+            ("k2", false),
+            ("k3", true),
+            ("k4", false),
+            ("k5", true),
+            ("k6", false),
+            ("k7", true),
+        ];
+        for (k, absent) in cases {
+            for op in [Op::CheckNotExists, Op::Insert] {
+                let out = {
+                    let mut txn = Txn::new(&store, 50);
+                    prewrite(&mut txn, &props("k1", 50), &mutation(op, k, b"value"))
+                };
+                assert_eq!(out.is_ok(), absent, "{k} {op:?}: {out:?}");
+                if !absent {
+                    assert!(matches!(out, Err(MvccError::AlreadyExist { .. })));
+                }
+            }
+        }
+    }
+
+    /// TiKV `test_resend_prewrite_non_pessimistic_lock`: a retried pessimistic prewrite of a
+    /// key that had no pessimistic lock checks for newer writes (after its for_update_ts); a
+    /// first attempt does not.
+    #[test]
+    fn retried_skip_check_prewrite_meets_its_own_commit() {
+        let mut store = MvccStore::default();
+        pessimistic_lock(&mut store, "k1", 10, 10);
+        let mut p = pprops("k1", 10, 10);
+        p.kind = CommitKind::Async { max_commit_ts: 0 };
+        p.secondaries = vec![key("k2").raw];
+        run(&mut store, 10, |txn| {
+            prewrite(
+                txn,
+                &p,
+                &pmutation("k1", PessimisticAction::DoPessimisticCheck),
+            )?;
+            prewrite(
+                txn,
+                &p,
+                &pmutation("k2", PessimisticAction::SkipPessimisticCheck),
+            )
+        })
+        .unwrap();
+        commit_at(&mut store, "k1", 10, 20);
+        commit_at(&mut store, "k2", 10, 20);
+        let mut retry = pprops("k1", 10, 10);
+        retry.is_retry_request = true;
+        let retried = |store: &mut MvccStore, p: &PrewriteProps| {
+            run(store, p.start_ts, |txn| {
+                prewrite(
+                    txn,
+                    p,
+                    &pmutation("k2", PessimisticAction::SkipPessimisticCheck),
+                )
+            })
+        };
+        assert!(matches!(
+            retried(&mut store, &retry),
+            Err(MvccError::PessimisticLockNotFound {
+                reason: "NonLockKeyConflict",
+                ..
+            })
+        ));
+        assert!(store.lock(&key("k2").enc).is_none());
+        // Another transaction's retry conflicts the same way.
+        let mut other = pprops("k1", 11, 11);
+        other.is_retry_request = true;
+        assert!(retried(&mut store, &other).is_err());
+        // A first attempt is not checked and locks the key.
+        let first = pprops("k1", 12, 12);
+        retried(&mut store, &first).unwrap();
+        assert_eq!(store.lock(&key("k2").enc).unwrap().ts, 12);
+        // The check is against for_update_ts: a retry whose for_update_ts is past every write
+        // passes.
+        let mut late = pprops("k1", 13, 55);
+        late.is_retry_request = true;
+        store.locks.clear();
+        retried(&mut store, &late).unwrap();
+    }
+
+    /// TiKV `test_async_commit_prewrite_min_commit_ts`: a CheckNotExists of an async-commit
+    /// prewrite contributes `max(min_commit_ts, start_ts + 1)` without consulting max_ts;
+    /// written keys take `max(max_ts, start_ts, for_update_ts) + 1` and the lock's own.
+    #[test]
+    fn async_commit_min_commit_ts_sources() {
+        let mut store = MvccStore::default();
+        let mut p = props("k0", 10);
+        p.kind = CommitKind::Async { max_commit_ts: 50 };
+        p.max_ts = 41;
+        p.min_commit_ts = 11;
+        let out = run(&mut store, 10, |txn| {
+            prewrite(txn, &p, &mutation(Op::CheckNotExists, "k0", b""))
+        })
+        .unwrap();
+        assert_eq!(out, Prewritten::Locked { min_commit_ts: 11 });
+        assert!(store.locks.is_empty());
+        let out = run(&mut store, 10, |txn| {
+            prewrite(txn, &p, &mutation(Op::Put, "k1", b"v"))
+        })
+        .unwrap();
+        assert_eq!(out, Prewritten::Locked { min_commit_ts: 42 });
+        // The request's min_commit_ts wins when it is larger.
+        p.min_commit_ts = 45;
+        let out = run(&mut store, 10, |txn| {
+            prewrite(txn, &p, &mutation(Op::Put, "k2", b"v"))
+        })
+        .unwrap();
+        assert_eq!(out, Prewritten::Locked { min_commit_ts: 45 });
+        // A pessimistic transaction's for_update_ts counts too.
+        let mut pp = pprops("k3", 10, 60);
+        pp.kind = CommitKind::OnePc { max_commit_ts: 0 };
+        pp.max_ts = 41;
+        pessimistic_lock(&mut store, "k3", 10, 60);
+        let out = run(&mut store, 10, |txn| {
+            prewrite(
+                txn,
+                &pp,
+                &pmutation("k3", PessimisticAction::DoPessimisticCheck),
+            )
+        })
+        .unwrap();
+        assert!(matches!(
+            out,
+            Prewritten::OnePc {
+                min_commit_ts: 61,
+                ..
+            }
+        ));
     }
 }
