@@ -21,6 +21,10 @@ pub mod locate;
 pub mod oracle;
 pub mod pd;
 pub mod request;
+// The request model; the region request sender is its first user.
+#[cfg_attr(not(test), allow(dead_code))]
+mod rpc;
+pub mod transport;
 
 pub use config::{Config, Security};
 pub use error::{Error, Result};

@@ -113,7 +113,6 @@ async fn keyspaces_load_by_name_and_must_be_enabled() {
                 ks2.id,
             )),
             state: keyspacepb::KeyspaceState::Disabled as i32,
-            ..Default::default()
         })
         .await
         .unwrap()
