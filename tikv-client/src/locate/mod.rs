@@ -1,3 +1,73 @@
-//! The region cache and the store cache.
+//! The region cache and the store cache: which region holds a key, where its leader is, and
+//! how to reach that leader's store.
 //!
-//! (Module docs to be completed by the region cache's author.)
+//! # What it owns
+//!
+//! - [`RegionCache`] (`region_cache.rs`): lookups by key, by end key, by region id and by range
+//!   ([`KeyLocation`]); batch location of many ranges with PD's `BatchScanRegions`; grouping
+//!   keys by region; the reactions the request sender reports (`NotLeader` → leader switch,
+//!   `EpochNotMatch` → the new regions, send failures → next peer and failed stores, bucket
+//!   updates, invalidation with a reason); the region TTL with jitter; the idle-region GC,
+//!   optional preload and periodic full refresh in a background task.
+//! - The region index (`index.rs`): regions ordered by start key, read without locks from an
+//!   immutable snapshot. See its docs for the layout and why.
+//! - One cached region (`region.rs`): [`RegionVerId`], peers with their stores, the presumed
+//!   leader, buckets, TTL and lazy-reload flags, all mutable state in atomics.
+//! - The store cache (`store.rs`): each store's address, labels, engine ([`StoreType`]) and
+//!   state, resolved from PD on first use, refreshed periodically; tombstone and removed stores
+//!   invalidate their regions, and a store whose address changed gets the new one and has its
+//!   regions reloaded.
+//! - Batch helpers (`batch.rs`): PD answer gap checks, range trimming, and the merge of cached
+//!   and loaded regions.
+//!
+//! # Who calls it
+//!
+//! The request sender (`crate::request`, to come) locates keys, takes the leader's
+//! `RpcTarget` for each attempt and reports region errors back; the
+//! raw and transactional clients group keys and ranges by region. The cache reaches PD only
+//! through `RegionSource` (`crate::pd`), implemented by the PD client (and by the
+//! keyspace codec wrapping it, so keys here are in whatever form that source speaks).
+//!
+//! # What it ports
+//!
+//! client-go `internal/locate/region_cache.go`, `internal/locate/store_cache.go` and
+//! `internal/locate/sorted_btree.go`. Replica selection (`replica_selector.go`), the store
+//! liveness probe and slow-score health are not here yet. Differences from client-go:
+//!
+//! - reads are lock-free (client-go takes a global read lock per lookup);
+//! - concurrent misses on the same key share one PD call (client-go makes one each);
+//! - inserting a newer region also evicts an older one that starts before it and overlaps it
+//!   (client-go leaves it answering for part of its range);
+//! - a region replacing another inherits leader position and buckets only from an older view
+//!   of itself, never from a different region;
+//! - a store whose address changed has its regions reloaded (client-go only updates the
+//!   address), and the periodic store refresh uses one `GetAllStores` per
+//!   `stores_refresh_interval` instead of one `GetStore` per store;
+//! - `locate_end_key` of the empty key (+inf) finds the last region (client-go returns the
+//!   first);
+//! - PD answers that are unusable (no region, a gap, no leader) are retried a few times with a
+//!   short backoff inside the cache (about 300 ms in all), then reported as a retryable
+//!   [`Error::Region`](crate::Error::Region); PD transport errors are the PD client's to retry.
+
+mod batch;
+mod index;
+mod location;
+mod prefix;
+mod region;
+pub(crate) mod region_cache;
+mod store;
+
+#[cfg(test)]
+mod tests;
+
+pub use location::{Bucket, Buckets, KeyLocation};
+pub use region::RegionVerId;
+pub use region_cache::{BatchLocateOptions, RegionCache};
+pub use store::{StoreInfo, StoreState, StoreType};
+
+#[allow(unused_imports)]
+pub(crate) use region::{CachedRegion, InvalidReason};
+#[allow(unused_imports)]
+pub(crate) use region_cache::RpcTarget;
+#[allow(unused_imports)]
+pub(crate) use store::{Store, StoreCache};

@@ -83,7 +83,7 @@ pub enum BackoffKind {
     RegionNotInitialized,
     /// The peer is a witness: 1 s .. 10 s, equal jitter.
     IsWitness,
-    /// A short lock wait: base from [`BackoffVars::lock_fast_base`] (10 ms) .. 3 s, equal jitter.
+    /// A short lock wait: base from [`BackoffVars::lock_fast_base_ms`] (10 ms) .. 3 s, equal jitter.
     TxnLockFast,
 }
 

@@ -1,0 +1,247 @@
+//! Region cache lookups per second with 100k cached regions, on one thread and on two.
+//!
+//! The cache is filled through `RegionCache::new_for_benchmark` (not API: a cache built from a
+//! list of split keys, without PD), so the number is the lookup alone: index search, TTL check
+//! and building the `KeyLocation` (two key handles and the buckets, reference counts only).
+//!
+//! Keys look like TiDB row keys (`t` + table id + `_r` + handle); regions are 1000 handles wide.
+//! Four key distributions:
+//!
+//! - `uniform`: any of the 100k regions, equally likely. Most lookups miss the CPU caches:
+//!   this is the memory-latency-bound worst case;
+//! - `spread1k`: 1000 regions (1%) spread evenly over the key space get every lookup;
+//! - `hot1k`: 1000 neighbouring regions (a hot table) get every lookup: close to the CPU cost
+//!   of a lookup, with the index and regions in the CPU caches;
+//! - `sequential`: keys in order, about 8 per region, as when grouping sorted keys.
+//!
+//! Each lookup is timed as `locate_key(..).await` polled once (a hit completes immediately),
+//! and as the synchronous `try_locate_key`. Two threads run the same loop on their own key
+//! lists at once; "speedup" is their combined rate over one thread's.
+//!
+//! The machine may be shared: each result line reports how busy the rest of the machine was
+//! during the run (from `/proc/stat` minus this process's own CPU time); results taken while
+//! it was above a few percent are not comparable.
+//!
+//! Usage: `region_cache [--regions 100000] [--lookups 2000000] [--rounds 3]
+//! [--only uniform|spread1k|hot1k|sequential]`
+
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use tikv_client::Key;
+use tikv_client::locate::RegionCache;
+
+use tikv_benchmarks::BoxError;
+
+const HANDLES_PER_REGION: u64 = 1000;
+
+#[derive(Debug)]
+struct Args {
+    regions: u64,
+    lookups: usize,
+    rounds: usize,
+    only: Option<String>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        regions: 100_000,
+        lookups: 2_000_000,
+        rounds: 3,
+        only: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let num = || value.parse::<u64>().map_err(|e| format!("{flag}: {e}"));
+        match flag.as_str() {
+            "--regions" => args.regions = num()?.max(2),
+            "--lookups" => args.lookups = num()?.max(1000) as usize,
+            "--rounds" => args.rounds = num()?.max(1) as usize,
+            "--only" => args.only = Some(value.clone()),
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    Ok(args)
+}
+
+/// A TiDB-style row key of table 42.
+fn row_key(handle: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(19);
+    k.push(b't');
+    k.extend_from_slice(&(42u64 | 1 << 63).to_be_bytes());
+    k.extend_from_slice(b"_r");
+    k.extend_from_slice(&handle.to_be_bytes());
+    k
+}
+
+/// Polls a future once; a cache hit is ready at once.
+fn poll_ready<F: Future>(fut: F) -> F::Output {
+    let mut cx = Context::from_waker(Waker::noop());
+    match pin!(fut).as_mut().poll(&mut cx) {
+        Poll::Ready(out) => out,
+        Poll::Pending => panic!("a cached lookup went to PD"),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Api {
+    LocateKey,
+    TryLocateKey,
+}
+
+fn run(cache: &RegionCache, keys: &[Vec<u8>], api: Api) {
+    match api {
+        Api::LocateKey => {
+            for k in keys {
+                let loc = poll_ready(cache.locate_key(k));
+                black_box(loc.ok());
+            }
+        }
+        Api::TryLocateKey => {
+            for k in keys {
+                black_box(cache.try_locate_key(k));
+            }
+        }
+    }
+}
+
+/// Busy and total jiffies of the whole machine, and this process's CPU jiffies.
+fn cpu_sample() -> Option<(u64, u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let idle = cpu.get(3)? + cpu.get(4).unwrap_or(&0);
+    let total: u64 = cpu.iter().take(8).sum();
+    let own = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = own.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((total - idle, total, utime + stime))
+}
+
+/// Share of the machine's CPU used by other processes between two samples, in percent.
+fn others_busy(before: Option<(u64, u64, u64)>, after: Option<(u64, u64, u64)>) -> String {
+    match (before, after) {
+        (Some((b0, t0, o0)), Some((b1, t1, o1))) if t1 > t0 => {
+            let others = (b1 - b0).saturating_sub(o1 - o0);
+            format!("{:.0}%", 100.0 * others as f64 / (t1 - t0) as f64)
+        }
+        _ => "n/a".to_owned(),
+    }
+}
+
+/// ns per lookup on one thread, aggregate ns per lookup on two threads, and the load of the
+/// rest of the machine during the two-thread run.
+fn measure(cache: &RegionCache, a: &[Vec<u8>], b: &[Vec<u8>], api: Api) -> (f64, f64, String) {
+    run(cache, &a[..a.len().min(200_000)], api); // warm up
+    let start = Instant::now();
+    run(cache, a, api);
+    let one = start.elapsed().as_nanos() as f64 / a.len() as f64;
+    let before = cpu_sample();
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        s.spawn(|| run(cache, a, api));
+        s.spawn(|| run(cache, b, api));
+    });
+    let two = start.elapsed().as_nanos() as f64 / (a.len() + b.len()) as f64;
+    (one, two, others_busy(before, cpu_sample()))
+}
+
+fn main() -> Result<(), BoxError> {
+    let args = parse_args()?;
+    let split_keys: Vec<Key> = (1..args.regions)
+        .map(|i| Key::from(row_key(i * HANDLES_PER_REGION)))
+        .collect();
+    let started = Instant::now();
+    let cache = RegionCache::new_for_benchmark(split_keys);
+    eprintln!(
+        "built a cache of {} regions in {:.2?}",
+        cache.region_count(),
+        started.elapsed()
+    );
+    let handles = args.regions * HANDLES_PER_REGION;
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let gen_keys = |rng: &mut Rng, dist: &str| -> Vec<Vec<u8>> {
+        match dist {
+            "uniform" => (0..args.lookups)
+                .map(|_| row_key(rng.below(handles)))
+                .collect(),
+            "hot1k" | "spread1k" => {
+                let hot_regions = 1000.min(args.regions);
+                // hot1k: 1000 neighbouring regions (a hot table); spread1k: 1000 regions spread
+                // evenly over the key space, each in its own part of the index.
+                let stride = if dist == "hot1k" {
+                    1
+                } else {
+                    args.regions / hot_regions
+                };
+                (0..args.lookups)
+                    .map(|_| {
+                        let region = rng.below(hot_regions) * stride;
+                        row_key(region * HANDLES_PER_REGION + rng.below(HANDLES_PER_REGION))
+                    })
+                    .collect()
+            }
+            _ => {
+                let step = (handles / args.lookups as u64).max(1);
+                let offset = rng.below(handles);
+                (0..args.lookups as u64)
+                    .map(|i| row_key((offset + i * step) % handles))
+                    .collect()
+            }
+        }
+    };
+    println!(
+        "{:<11} {:<15} {:>10} {:>14} {:>8} {:>12}",
+        "keys", "call", "1 thread", "2 threads", "speedup", "others busy"
+    );
+    for round in 0..args.rounds {
+        for dist in ["uniform", "spread1k", "hot1k", "sequential"] {
+            if args.only.as_deref().is_some_and(|o| o != dist) {
+                continue;
+            }
+            let a = gen_keys(&mut rng, dist);
+            let b = gen_keys(&mut rng, dist);
+            for (api, name) in [
+                (Api::LocateKey, "locate_key"),
+                (Api::TryLocateKey, "try_locate_key"),
+            ] {
+                let (one, two, busy) = measure(&cache, &a, &b, api);
+                println!(
+                    "{:<11} {:<15} {:>7.1} ns {:>8.1} ns/op {:>7.2}x {:>12}",
+                    dist,
+                    name,
+                    one,
+                    two,
+                    one / two,
+                    busy
+                );
+            }
+        }
+        if round + 1 < args.rounds {
+            println!();
+        }
+    }
+    Ok(())
+}
+
+/// A small xorshift generator: deterministic keys without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}

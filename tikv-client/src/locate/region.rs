@@ -1,0 +1,603 @@
+//! One cached region: its identity ([`RegionVerId`]), key range, peers with their stores, the
+//! current leader, buckets, and the atomics that make it expire, reload or switch leader without
+//! taking a lock.
+//!
+//! Ports the `Region`/`regionStore` half of client-go `internal/locate/region_cache.go`
+//! (`newRegion`, `checkRegionCacheTTL`, `invalidate`, sync flags, `switchWorkLeaderToPeer`,
+//! `switchNextTiKVPeer`). client-go swaps a whole `regionStore` by compare-and-swap whenever the
+//! leader changes; here each mutable field is its own atomic, and the immutable parts (peers,
+//! stores) never change after construction.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use tikv_proto::metapb;
+
+use super::location::Buckets;
+use super::prefix::{Lcp, key_prefix};
+use super::store::{Store, StoreType};
+use crate::Key;
+
+/// A region at one epoch: its id plus the two halves of its epoch.
+///
+/// The epoch's `conf_ver` grows on membership changes and `version` on splits and merges, so two
+/// `RegionVerId`s with the same id tell which view of the region is newer. Requests carry it so
+/// that TiKV can reject them (`EpochNotMatch`) once the region has changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct RegionVerId {
+    id: u64,
+    conf_ver: u64,
+    version: u64,
+}
+
+impl RegionVerId {
+    /// A region id with its epoch (client-go `NewRegionVerID`).
+    pub const fn new(id: u64, conf_ver: u64, version: u64) -> RegionVerId {
+        RegionVerId {
+            id,
+            conf_ver,
+            version,
+        }
+    }
+
+    /// The region id.
+    pub const fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The epoch's configuration version (membership changes).
+    pub const fn conf_ver(&self) -> u64 {
+        self.conf_ver
+    }
+
+    /// The epoch's version (splits and merges).
+    pub const fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub(crate) fn from_meta(meta: &metapb::Region) -> RegionVerId {
+        let epoch = meta.region_epoch.unwrap_or_default();
+        RegionVerId::new(meta.id, epoch.conf_ver, epoch.version)
+    }
+
+    /// The epoch, for a request's context.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn epoch(&self) -> metapb::RegionEpoch {
+        metapb::RegionEpoch {
+            conf_ver: self.conf_ver,
+            version: self.version,
+        }
+    }
+}
+
+impl fmt::Display for RegionVerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "region {} (conf_ver {}, version {})",
+            self.id, self.conf_ver, self.version
+        )
+    }
+}
+
+/// Why a cached region was invalidated (client-go `InvalidReason`). The cache reacts to some
+/// reasons: a region dropped for `NoLeader` is reloaded with the next peer as the presumed leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub(crate) enum InvalidReason {
+    /// Still valid.
+    Ok = 0,
+    /// TiKV reported no leader.
+    NoLeader = 1,
+    /// The store has no peer of the region.
+    RegionNotFound = 2,
+    /// The region's epoch changed.
+    EpochNotMatch = 3,
+    /// The store is gone from PD, or the peer could not be found on it.
+    StoreNotFound = 4,
+    /// Anything else: a send failure, a store that failed for another region, a split seen
+    /// elsewhere.
+    Other = 5,
+}
+
+impl InvalidReason {
+    fn from_u8(value: u8) -> InvalidReason {
+        match value {
+            0 => InvalidReason::Ok,
+            1 => InvalidReason::NoLeader,
+            2 => InvalidReason::RegionNotFound,
+            3 => InvalidReason::EpochNotMatch,
+            4 => InvalidReason::StoreNotFound,
+            _ => InvalidReason::Other,
+        }
+    }
+}
+
+/// Lazy-reload flags (client-go `syncFlags`).
+pub(crate) mod flags {
+    /// Reload the region from PD on its next lookup (set after a send failure that asked for it).
+    pub(crate) const NEED_RELOAD_ON_ACCESS: u32 = 1;
+    /// Let the region expire at its TTL even if it keeps being used (it has down peers or a
+    /// failed store, so PD's view should be fetched again eventually).
+    pub(crate) const NEED_EXPIRE_AFTER_TTL: u32 = 1 << 1;
+    /// The replica selector wants a reload once the background GC has seen the region.
+    pub(crate) const NEED_DELAYED_RELOAD_PENDING: u32 = 1 << 2;
+    /// The GC has seen a pending region: reload it on its next lookup.
+    pub(crate) const NEED_DELAYED_RELOAD_READY: u32 = 1 << 3;
+    /// The flags that make a lookup go to PD instead of answering from the cache.
+    pub(crate) const RELOAD_ON_LOOKUP: u32 = NEED_RELOAD_ON_ACCESS | NEED_DELAYED_RELOAD_READY;
+}
+
+/// How long a region stays cached without use: `ttl` plus a random share of `jitter`, in
+/// milliseconds of the cache's clock.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TtlPolicy {
+    pub(crate) ttl_ms: u64,
+    pub(crate) jitter_ms: u64,
+}
+
+impl TtlPolicy {
+    pub(crate) fn next_deadline(&self, now_ms: u64) -> u64 {
+        let jitter = if self.jitter_ms > 0 {
+            fastrand::u64(..self.jitter_ms)
+        } else {
+            0
+        };
+        now_ms.saturating_add(self.ttl_ms).saturating_add(jitter)
+    }
+}
+
+/// A region in the cache.
+///
+/// Everything but the leader position, the TTL, the flags, the invalid reason and the buckets is
+/// fixed at construction; a new view of the region from PD is a new `CachedRegion` that replaces
+/// this one in the index.
+pub(crate) struct CachedRegion {
+    ver_id: RegionVerId,
+    start_key: Key,
+    end_key: Key,
+    /// The common prefix of the start and end keys: every key of the region has it.
+    bounds_lcp: Lcp,
+    /// The 16 bytes of the end key after `bounds_lcp`.
+    end_prefix: u128,
+    /// The peers requests may go to: PD's peers minus those on tombstone stores, down peers and
+    /// witnesses that are not the leader.
+    peers: Box<[metapb::Peer]>,
+    /// The store of each peer, same order as `peers`.
+    stores: Box<[Arc<Store>]>,
+    /// Each store's failure epoch when this region was built (or its leader last switched to
+    /// it). A store whose epoch moved on has failed since, so this view of the region is stale.
+    store_epochs: Box<[AtomicU32]>,
+    /// Indexes into `peers` of the TiKV peers, and of the TiFlash peers.
+    tikv_peers: Box<[usize]>,
+    #[cfg_attr(not(test), allow(dead_code))]
+    tiflash_peers: Box<[usize]>,
+    /// Index into `tikv_peers` of the peer believed to be the leader.
+    work_tikv_idx: AtomicUsize,
+    /// Index into `tiflash_peers` of the TiFlash peer in use.
+    work_tiflash_idx: AtomicUsize,
+    buckets: ArcSwapOption<Buckets>,
+    #[cfg_attr(not(test), allow(dead_code))]
+    down_peers: Box<[metapb::Peer]>,
+    #[cfg_attr(not(test), allow(dead_code))]
+    pending_peers: Box<[metapb::Peer]>,
+    /// Expiry in milliseconds of the cache's clock; 0 once invalidated.
+    ttl_deadline: AtomicU64,
+    sync_flags: AtomicU32,
+    invalid_reason: AtomicU8,
+}
+
+impl fmt::Debug for CachedRegion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachedRegion")
+            .field("ver_id", &self.ver_id)
+            .field("start_key", &self.start_key)
+            .field("end_key", &self.end_key)
+            .field("peers", &self.peers)
+            .field("leader_idx", &self.work_tikv_idx.load(Ordering::Relaxed))
+            .field("invalid_reason", &self.invalid_reason())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One peer a region keeps after filtering, with its store: what `CachedRegion::new` is built
+/// from.
+pub(crate) struct RegionPeer {
+    pub(crate) peer: metapb::Peer,
+    pub(crate) store: Arc<Store>,
+}
+
+/// The parts of a PD answer that a `CachedRegion` keeps besides its peers.
+pub(crate) struct RegionParts {
+    pub(crate) ver_id: RegionVerId,
+    pub(crate) start_key: Bytes,
+    pub(crate) end_key: Bytes,
+    /// Index into the peers of the leader, if PD named one that survived filtering.
+    pub(crate) leader: Option<usize>,
+    pub(crate) buckets: Option<Arc<Buckets>>,
+    pub(crate) down_peers: Vec<metapb::Peer>,
+    pub(crate) pending_peers: Vec<metapb::Peer>,
+}
+
+impl CachedRegion {
+    /// Builds a region; `peers` must not be empty (the caller reports "no available peers").
+    pub(crate) fn new(
+        parts: RegionParts,
+        peers: Vec<RegionPeer>,
+        ttl_deadline: u64,
+    ) -> CachedRegion {
+        // One allocation for both keys, detached from the PD response buffer that the decoded
+        // `Bytes` point into: a cached key must not keep a whole gRPC message alive. Slicing
+        // makes the buffer shared once here, so that lookups only bump a reference count.
+        let (start_key, end_key) = {
+            let mut buf = Vec::with_capacity(parts.start_key.len() + parts.end_key.len());
+            buf.extend_from_slice(&parts.start_key);
+            buf.extend_from_slice(&parts.end_key);
+            let buf = Bytes::from(buf);
+            let split = parts.start_key.len();
+            (Key::from(buf.slice(..split)), Key::from(buf.slice(split..)))
+        };
+        let mut tikv_peers = Vec::with_capacity(peers.len());
+        let mut tiflash_peers = Vec::new();
+        let mut leader_access_idx = 0;
+        let mut peer_metas = Vec::with_capacity(peers.len());
+        let mut stores = Vec::with_capacity(peers.len());
+        let mut store_epochs = Vec::with_capacity(peers.len());
+        for (i, p) in peers.into_iter().enumerate() {
+            match p.store.store_type() {
+                StoreType::TiKv => {
+                    if parts.leader == Some(i) {
+                        leader_access_idx = tikv_peers.len();
+                    }
+                    tikv_peers.push(i);
+                }
+                StoreType::TiFlash | StoreType::TiFlashCompute => tiflash_peers.push(i),
+            }
+            store_epochs.push(AtomicU32::new(p.store.epoch()));
+            peer_metas.push(p.peer);
+            stores.push(p.store);
+        }
+        let sync_flags = if parts.down_peers.is_empty() {
+            0
+        } else {
+            flags::NEED_EXPIRE_AFTER_TTL
+        };
+        let bounds_lcp = Lcp::of(start_key.as_bytes(), end_key.as_bytes());
+        CachedRegion {
+            ver_id: parts.ver_id,
+            end_prefix: key_prefix(&end_key.as_bytes()[bounds_lcp.len..]),
+            bounds_lcp,
+            start_key,
+            end_key,
+            peers: peer_metas.into_boxed_slice(),
+            stores: stores.into_boxed_slice(),
+            store_epochs: store_epochs.into_boxed_slice(),
+            tikv_peers: tikv_peers.into_boxed_slice(),
+            tiflash_peers: tiflash_peers.into_boxed_slice(),
+            work_tikv_idx: AtomicUsize::new(leader_access_idx),
+            work_tiflash_idx: AtomicUsize::new(0),
+            buckets: ArcSwapOption::new(parts.buckets),
+            down_peers: parts.down_peers.into_boxed_slice(),
+            pending_peers: parts.pending_peers.into_boxed_slice(),
+            ttl_deadline: AtomicU64::new(ttl_deadline),
+            sync_flags: AtomicU32::new(sync_flags),
+            invalid_reason: AtomicU8::new(InvalidReason::Ok as u8),
+        }
+    }
+
+    pub(crate) fn ver_id(&self) -> RegionVerId {
+        self.ver_id
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.ver_id.id
+    }
+
+    pub(crate) fn start_key(&self) -> &Key {
+        &self.start_key
+    }
+
+    pub(crate) fn end_key(&self) -> &Key {
+        &self.end_key
+    }
+
+    /// Whether `start <= key < end` (an empty end is unbounded).
+    #[inline]
+    pub(crate) fn contains(&self, key: &[u8]) -> bool {
+        self.start_key.as_bytes() <= key && self.below_end(key)
+    }
+
+    /// Whether `key < end`, for a `key` at or after the start (the index found it there).
+    ///
+    /// Keys of the region share the prefix common to its start and end, so the comparison
+    /// starts after it: comparing the first 16 bytes would tie for keys like TiDB's, whose
+    /// first 15 bytes are the same across a table.
+    #[inline]
+    pub(crate) fn below_end(&self, key: &[u8]) -> bool {
+        if self.end_key.is_empty() {
+            return true;
+        }
+        match self.bounds_lcp.locate(key, || self.end_key.as_bytes()) {
+            // Below the shared prefix is below the start; the caller rules that out.
+            std::cmp::Ordering::Less => true,
+            std::cmp::Ordering::Greater => false,
+            std::cmp::Ordering::Equal => {
+                let p = key_prefix(&key[self.bounds_lcp.len..]);
+                match p.cmp(&self.end_prefix) {
+                    std::cmp::Ordering::Less => true,
+                    std::cmp::Ordering::Greater => false,
+                    std::cmp::Ordering::Equal => key < self.end_key.as_bytes(),
+                }
+            }
+        }
+    }
+
+    /// Whether `start < key <= end`, where an empty `key` is the point at +inf that only a
+    /// region with an unbounded end contains (client-go `ContainsByEnd`).
+    pub(crate) fn contains_by_end(&self, key: &[u8]) -> bool {
+        contains_by_end(self.start_key.as_bytes(), self.end_key.as_bytes(), key)
+    }
+
+    pub(crate) fn peers(&self) -> &[metapb::Peer] {
+        &self.peers
+    }
+
+    pub(crate) fn stores(&self) -> &[Arc<Store>] {
+        &self.stores
+    }
+
+    pub(crate) fn tikv_peer_indexes(&self) -> &[usize] {
+        &self.tikv_peers
+    }
+
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn tiflash_peer_indexes(&self) -> &[usize] {
+        &self.tiflash_peers
+    }
+
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn down_peers(&self) -> &[metapb::Peer] {
+        &self.down_peers
+    }
+
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn pending_peers(&self) -> &[metapb::Peer] {
+        &self.pending_peers
+    }
+
+    pub(crate) fn buckets(&self) -> Option<Arc<Buckets>> {
+        self.buckets.load_full()
+    }
+
+    pub(crate) fn set_buckets(&self, buckets: Option<Arc<Buckets>>) {
+        self.buckets.store(buckets);
+    }
+
+    pub(crate) fn bucket_version(&self) -> u64 {
+        self.buckets.load().as_ref().map_or(0, |b| b.version())
+    }
+
+    /// The access index (into the TiKV peers) of the presumed leader.
+    pub(crate) fn leader_access_idx(&self) -> usize {
+        self.work_tikv_idx.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_leader_access_idx(&self, idx: usize) {
+        if idx < self.tikv_peers.len() {
+            self.work_tikv_idx.store(idx, Ordering::Release);
+        }
+    }
+
+    pub(crate) fn tiflash_access_idx(&self) -> usize {
+        self.work_tiflash_idx.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_tiflash_access_idx(&self, idx: usize) {
+        self.work_tiflash_idx.store(idx, Ordering::Release);
+    }
+
+    /// The index into `peers()` of the TiKV peer at `access_idx`.
+    pub(crate) fn tikv_peer_index(&self, access_idx: usize) -> Option<usize> {
+        self.tikv_peers.get(access_idx).copied()
+    }
+
+    /// The presumed leader: its index into `peers()`, or `None` when the region has no TiKV peer.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn leader_peer_index(&self) -> Option<usize> {
+        self.tikv_peer_index(self.leader_access_idx())
+    }
+
+    /// The presumed leader peer (client-go `GetLeaderPeerID`/`GetLeaderStoreID`).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn leader_peer(&self) -> Option<&metapb::Peer> {
+        self.leader_peer_index().map(|i| &self.peers[i])
+    }
+
+    /// The store of the presumed leader.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn leader_store(&self) -> Option<&Arc<Store>> {
+        self.leader_peer_index().map(|i| &self.stores[i])
+    }
+
+    /// The failure epoch of a peer's store when this region last trusted it.
+    pub(crate) fn store_epoch_at(&self, peer_idx: usize) -> u32 {
+        self.store_epochs
+            .get(peer_idx)
+            .map_or(0, |e| e.load(Ordering::Acquire))
+    }
+
+    /// Whether the store of a peer has failed since this view of the region was built.
+    pub(crate) fn is_store_stale(&self, peer_idx: usize) -> bool {
+        match self.stores.get(peer_idx) {
+            Some(store) => store.epoch() != self.store_epoch_at(peer_idx),
+            None => true,
+        }
+    }
+
+    /// Whether any store of the region failed since this view was built.
+    pub(crate) fn has_stale_store(&self) -> bool {
+        (0..self.stores.len()).any(|i| self.is_store_stale(i))
+    }
+
+    /// Makes the peer on `store_id` the presumed leader (client-go `switchWorkLeaderToPeer`).
+    /// Returns false when the region has no TiKV peer on that store, in which case this view of
+    /// the region is out of date.
+    pub(crate) fn switch_leader_to_store(&self, store_id: u64) -> bool {
+        let Some(peer_idx) = self.peers.iter().position(|p| p.store_id == store_id) else {
+            return false;
+        };
+        let Some(access_idx) = self.tikv_peers.iter().position(|&i| i == peer_idx) else {
+            return false;
+        };
+        if self.work_tikv_idx.load(Ordering::Acquire) != access_idx {
+            // Trust the store again: the new leader answered, so its earlier failure is over.
+            self.store_epochs[peer_idx].store(self.stores[peer_idx].epoch(), Ordering::Release);
+            self.work_tikv_idx.store(access_idx, Ordering::Release);
+        }
+        true
+    }
+
+    /// Moves the presumed leader to the next TiKV peer if it is still `current` (client-go
+    /// `switchNextTiKVPeer`): concurrent failures on the same peer advance it once.
+    pub(crate) fn switch_to_next_tikv_peer(&self, current: usize) {
+        let n = self.tikv_peers.len();
+        if n == 0 {
+            return;
+        }
+        let _ = self.work_tikv_idx.compare_exchange(
+            current,
+            (current + 1) % n,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
+    /// Moves the TiFlash peer in use to the one after `current`.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn switch_to_next_tiflash_peer(&self, current: usize) {
+        let n = self.tiflash_peers.len();
+        if n > 0 {
+            self.work_tiflash_idx
+                .store((current + 1) % n, Ordering::Release);
+        }
+    }
+
+    /// The first peer that can be elected leader (not a learner), for a region learned from a
+    /// TiFlash store's `EpochNotMatch` (client-go `findElectableStoreID`).
+    pub(crate) fn electable_store_id(&self) -> Option<u64> {
+        self.peers
+            .iter()
+            .find(|p| p.role != metapb::PeerRole::Learner as i32)
+            .map(|p| p.store_id)
+    }
+
+    pub(crate) fn sync_flags(&self) -> u32 {
+        self.sync_flags.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn has_flags(&self, flags: u32) -> bool {
+        self.sync_flags.load(Ordering::Acquire) & flags != 0
+    }
+
+    pub(crate) fn set_flags(&self, flags: u32) {
+        self.sync_flags.fetch_or(flags, Ordering::AcqRel);
+    }
+
+    /// Clears `flags` and returns those of them that were set.
+    pub(crate) fn take_flags(&self, flags: u32) -> u32 {
+        if self.sync_flags.load(Ordering::Acquire) & flags == 0 {
+            return 0;
+        }
+        self.sync_flags.fetch_and(!flags, Ordering::AcqRel) & flags
+    }
+
+    pub(crate) fn invalid_reason(&self) -> InvalidReason {
+        InvalidReason::from_u8(self.invalid_reason.load(Ordering::Acquire))
+    }
+
+    /// Marks the region invalid: lookups stop answering from it and reload it from PD. The first
+    /// reason sticks (client-go `invalidate`).
+    pub(crate) fn invalidate(&self, reason: InvalidReason) {
+        if self
+            .invalid_reason
+            .compare_exchange(
+                InvalidReason::Ok as u8,
+                reason as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+        {
+            self.ttl_deadline.store(0, Ordering::Release);
+        }
+    }
+
+    /// Whether the TTL passed, without extending it.
+    pub(crate) fn is_ttl_expired(&self, now_ms: u64) -> bool {
+        now_ms >= self.ttl_deadline.load(Ordering::Acquire)
+    }
+
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn ttl_deadline(&self) -> u64 {
+        self.ttl_deadline.load(Ordering::Acquire)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_ttl_deadline(&self, deadline: u64) {
+        self.ttl_deadline.store(deadline, Ordering::Release);
+    }
+
+    /// Returns false if the region's TTL passed; otherwise extends it, since the region is being
+    /// used (client-go `checkRegionCacheTTL`).
+    ///
+    /// The extension is written only when the deadline comes within `ttl` of now, so a region
+    /// in constant use is written about once per jitter period, not on every lookup. A region
+    /// flagged `NEED_EXPIRE_AFTER_TTL` is never extended.
+    #[inline]
+    pub(crate) fn check_ttl(&self, now_ms: u64, policy: &TtlPolicy) -> bool {
+        let mut deadline = self.ttl_deadline.load(Ordering::Acquire);
+        loop {
+            if now_ms >= deadline {
+                return false;
+            }
+            // `>=`: right after a load without jitter the deadline is exactly now + ttl, and
+            // rewriting it on every lookup until the clock moves would be pure contention.
+            if deadline >= now_ms.saturating_add(policy.ttl_ms)
+                || self.has_flags(flags::NEED_EXPIRE_AFTER_TTL)
+            {
+                return true;
+            }
+            let next = policy.next_deadline(now_ms);
+            match self.ttl_deadline.compare_exchange_weak(
+                deadline,
+                next,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(current) => deadline = current,
+            }
+        }
+    }
+
+    /// Whether lookups may answer from this region (client-go `isValid`).
+    pub(crate) fn is_valid(&self, now_ms: u64, policy: &TtlPolicy) -> bool {
+        !self.has_flags(flags::NEED_RELOAD_ON_ACCESS) && self.check_ttl(now_ms, policy)
+    }
+}
+
+/// `start < key <= end`, with an empty `key` standing for +inf (client-go `ContainsByEnd`).
+pub(crate) fn contains_by_end(start: &[u8], end: &[u8], key: &[u8]) -> bool {
+    if key.is_empty() {
+        return end.is_empty();
+    }
+    start < key && (end.is_empty() || key <= end)
+}
+
+/// `start <= key < end`, an empty end being unbounded (client-go `contains`).
+pub(crate) fn contains(start: &[u8], end: &[u8], key: &[u8]) -> bool {
+    start <= key && (end.is_empty() || key < end)
+}
