@@ -70,7 +70,8 @@ pub enum Phase {
 pub struct Matcher {
     /// The server.
     pub service: Option<Service>,
-    /// The store that received the request.
+    /// The store that handles the request: the one the client sent it to, or for a forwarded
+    /// request (`tikv-forwarded-host`) the store it was forwarded to.
     pub store_id: Option<u64>,
     /// The gRPC method name, e.g. `RawGet`, `KvPrewrite`, `GetRegion`, `Tso`.
     pub command: Option<String>,
@@ -83,6 +84,11 @@ pub struct Matcher {
     pub start_ts: Option<u64>,
     /// Only BatchCommands sub-requests (`true`) or only unary calls (`false`).
     pub batched: Option<bool>,
+    /// Only requests another store forwarded on the client's behalf (`true`), or only requests
+    /// the client sent straight to the store that handles them (`false`).
+    pub forwarded: Option<bool>,
+    /// Only requests forwarded by this store (the one the client sent them to).
+    pub via_store: Option<u64>,
 }
 
 impl Matcher {
@@ -107,7 +113,9 @@ impl Matcher {
         self
     }
 
-    /// Only requests received by this store (never PD requests).
+    /// Only requests this store handles (never PD requests): those sent to it, and those
+    /// another store forwarded to it. Combine with [`Matcher::forwarded`] or [`Matcher::via`]
+    /// to tell them apart.
     pub fn store(mut self, store_id: u64) -> Self {
         self.store_id = Some(store_id);
         self
@@ -156,6 +164,22 @@ impl Matcher {
         self
     }
 
+    /// Only forwarded requests (`true`) or only direct ones (`false`). A partition between the
+    /// client and store T, with T still reachable from the other stores, is
+    /// `Matcher::tikv().store(T).forwarded(false)` with a gRPC UNAVAILABLE status, fired
+    /// [`Times::Always`]: the client's own requests to T fail, those forwarded to T succeed.
+    pub fn forwarded(mut self, forwarded: bool) -> Self {
+        self.forwarded = Some(forwarded);
+        self
+    }
+
+    /// Only requests forwarded by this store, i.e. sent by the client to `store_id` with
+    /// `tikv-forwarded-host` naming another store ([`Matcher::store`] names that other store).
+    pub fn via(mut self, store_id: u64) -> Self {
+        self.via_store = Some(store_id);
+        self
+    }
+
     /// Whether every field that is set matches the request. A field the request does not have
     /// (a store id for a PD request, a start ts for a raw request) does not match a set field.
     pub(crate) fn matches(&self, info: &RequestInfo<'_>) -> bool {
@@ -170,6 +194,10 @@ impl Matcher {
             })
             && self.start_ts.is_none_or(|ts| info.start_ts == Some(ts))
             && self.batched.is_none_or(|b| b == info.batched)
+            && self
+                .forwarded
+                .is_none_or(|f| f == info.forwarded_via.is_some())
+            && self.via_store.is_none_or(|v| info.forwarded_via == Some(v))
     }
 }
 
@@ -429,6 +457,8 @@ pub(crate) struct RequestInfo<'a> {
     pub(crate) keys: &'a [Bytes],
     pub(crate) start_ts: Option<u64>,
     pub(crate) batched: bool,
+    /// For a request forwarded to `store_id`: the store the client sent it to.
+    pub(crate) forwarded_via: Option<u64>,
 }
 
 /// SplitMix64: a tiny generator with good statistical quality, enough for fault sampling and
@@ -864,6 +894,7 @@ mod tests {
             keys,
             start_ts: None,
             batched: false,
+            forwarded_via: None,
         }
     }
 
@@ -1000,10 +1031,16 @@ mod tests {
             keys: &[],
             start_ts: None,
             batched: false,
+            forwarded_via: None,
         };
         let txn = RequestInfo {
             start_ts: Some(400),
             batched: true,
+            ..base
+        };
+        // `base` as forwarded to store 1 by store 3.
+        let fwd = RequestInfo {
+            forwarded_via: Some(3),
             ..base
         };
         let cases: Vec<(Matcher, Vec<(&RequestInfo<'_>, bool)>)> = vec![
@@ -1045,6 +1082,22 @@ mod tests {
                 Matcher::any().batched(false),
                 vec![(&base, true), (&txn, false)],
             ),
+            // The handling store matches direct and forwarded requests alike.
+            (Matcher::any().store(1), vec![(&fwd, true)]),
+            (Matcher::any().store(3), vec![(&fwd, false)]),
+            (
+                Matcher::any().forwarded(true),
+                vec![(&base, false), (&fwd, true), (&pd, false)],
+            ),
+            (
+                Matcher::any().forwarded(false),
+                vec![(&base, true), (&fwd, false), (&pd, true)],
+            ),
+            (
+                Matcher::tikv().store(1).via(3),
+                vec![(&base, false), (&fwd, true)],
+            ),
+            (Matcher::any().via(2), vec![(&fwd, false), (&pd, false)]),
             // Fields combine with AND.
             (
                 Matcher::tikv()
@@ -1519,6 +1572,8 @@ mod tests {
                 key_range: None,
                 start_ts: Some(77),
                 batched: None,
+                forwarded: None,
+                via_store: None,
             }
         );
         let default = FaultRule::new(Matcher::any(), Action::Drop);

@@ -27,7 +27,11 @@
 //! - [`cluster`](crate::MockCluster) state: regions with epochs, stores, keyspaces, TSO, raw
 //!   data, all behind one lock so every request is atomic and linearizable;
 //! - the PD service (`pdpb.PD`, `keyspacepb.Keyspace`) and the PD HTTP API subset clients use;
-//! - a `tikvpb.Tikv` service per store (unary and BatchCommands) plus gRPC health;
+//! - a `tikvpb.Tikv` service per store (unary and BatchCommands) plus gRPC health, gzip
+//!   accepted and offered by every store and PD;
+//! - request forwarding: a request carrying `tikv-forwarded-host` is handled as the named store
+//!   would handle it, as TiKV's proxy does ([`MockCluster::forwarded_count`],
+//!   [`Matcher::forwarded`] and [`Matcher::via`] for partitions between client and store);
 //! - region validation in TiKV's order (store, region, peer, leader, epoch, key range);
 //! - per-store transaction status caches (fed by commits and BroadcastTxnStatus), the new
 //!   leader's max_ts sync (`MaxTimestampNotSynced`, deferrable with

@@ -22,6 +22,7 @@ use crate::clock::{Clock, ManualClock, SystemClock};
 use crate::cluster::{ClusterState, DEFAULT_KEYSPACE_ID};
 use crate::codec::encode_bytes;
 use crate::fault::{FaultEngine, FaultId, FaultRule};
+use crate::tikv::StoreLinks;
 use crate::{ApiVersion, MockError, Shared};
 
 /// The cluster id the mock reports unless told otherwise (PD's ids are large random numbers).
@@ -218,8 +219,10 @@ impl MockClusterBuilder {
             lock_waits: Default::default(),
             crashes,
         });
+        let links = Arc::new(StoreLinks::default());
         let servers = Arc::new(Servers {
             tasks: Mutex::new(HashMap::new()),
+            links: links.clone(),
         });
         // Stops the servers of stores that panicked. It must not keep the servers alive: the
         // last cluster handle dropping them is what shuts the cluster down.
@@ -242,7 +245,8 @@ impl MockClusterBuilder {
         }
         let store_ids: Vec<u64> = shared.lock().stores.keys().copied().collect();
         for (store_id, listener) in store_ids.into_iter().zip(store_listeners) {
-            let (routes, health) = crate::tikv::routes_with_health(shared.clone(), store_id);
+            let (routes, health) =
+                crate::tikv::routes_with_health(shared.clone(), store_id, links.clone());
             servers.spawn(ServerKey::Store(store_id), listener, routes, Some(health));
         }
         Ok(MockCluster {
@@ -334,6 +338,9 @@ async fn reap(tasks: impl IntoIterator<Item = JoinHandle<()>>) {
 #[derive(Debug)]
 struct Servers {
     tasks: Mutex<HashMap<ServerKey, RunningServer>>,
+    /// Which stores' servers run, for stores that forward requests to them; kept in step with
+    /// `tasks` by `spawn` and the stop paths.
+    links: Arc<StoreLinks>,
 }
 
 impl Servers {
@@ -388,6 +395,9 @@ impl Servers {
                 .await;
         });
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        if let ServerKey::Store(store_id) = key {
+            self.links.set_running(store_id, true);
+        }
         if let Some(old) = tasks.insert(
             key,
             RunningServer {
@@ -419,6 +429,10 @@ impl Servers {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&key)?;
+        if let ServerKey::Store(store_id) = key {
+            // Before the connections go, so forwarded traffic breaks along with direct traffic.
+            self.links.set_running(store_id, false);
+        }
         let addr = server.addr;
         reap(server.kill()).await;
         Some(addr)
@@ -432,7 +446,12 @@ impl Servers {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .drain()
-            .map(|(_, s)| s)
+            .map(|(key, s)| {
+                if let ServerKey::Store(store_id) = key {
+                    self.links.set_running(store_id, false);
+                }
+                s
+            })
             .collect();
         all.into_iter().flat_map(RunningServer::kill).collect()
     }
@@ -594,7 +613,11 @@ impl MockCluster {
             .parse()
             .map_err(|e| MockError::Io(format!("bad store address {addr}: {e}")))?;
         let listener = bind(addr).await?;
-        let (routes, health) = crate::tikv::routes_with_health(self.shared.clone(), store_id);
+        let (routes, health) = crate::tikv::routes_with_health(
+            self.shared.clone(),
+            store_id,
+            self.servers.links.clone(),
+        );
         self.servers
             .spawn(ServerKey::Store(store_id), listener, routes, Some(health));
         if let Some(store) = self.shared.lock().stores.get_mut(&store_id) {
@@ -604,8 +627,10 @@ impl MockCluster {
     }
 
     /// Sets what a running store's gRPC health service reports (`""`): SERVING or NOT_SERVING.
-    /// The store keeps serving KV requests; clients that probe liveness see it as unhealthy. A
-    /// restarted store reports SERVING again.
+    /// The store keeps serving KV requests, direct and forwarded; clients that probe liveness
+    /// (`grpc.health.v1.Health/Check`) see it as unhealthy. A restarted store reports SERVING
+    /// again. To also fail the client's own requests while other stores still reach the store,
+    /// add a rule matching `Matcher::tikv().store(id).forwarded(false)`.
     pub async fn set_store_serving(&self, store_id: u64, serving: bool) -> Result<(), MockError> {
         let reporter = self
             .servers
@@ -742,7 +767,9 @@ impl MockCluster {
     }
 
     /// Requests received by a store for a command (gRPC method name such as `RawGet`, counted
-    /// for unary calls and for BatchCommands sub-requests alike).
+    /// for unary calls and for BatchCommands sub-requests alike). A forwarded request counts for
+    /// the store that handled it, not the one that forwarded it (see
+    /// [`forwarded_count`](Self::forwarded_count)).
     pub fn rpc_count(&self, store_id: u64, command: &str) -> u64 {
         let state = self.shared.lock();
         state
@@ -763,9 +790,23 @@ impl MockCluster {
             .collect()
     }
 
-    /// Forgets every request count.
+    /// Forgets every request count, forwarded-request counts included.
     pub fn reset_rpc_counts(&self) {
         self.shared.lock().rpc_counts.clear();
+        self.servers.links.reset_counts();
+    }
+
+    /// Requests that `via_store` received with `tikv-forwarded-host` naming `to_store`'s address
+    /// and forwarded to it: unary calls and BatchCommands sub-requests, counted whether or not
+    /// `to_store` was running. Those `to_store` handled are also in its
+    /// [`rpc_count`](Self::rpc_count); `via_store`'s counts do not include them.
+    pub fn forwarded_count(&self, via_store: u64, to_store: u64) -> u64 {
+        self.servers.links.forwarded_count(via_store, to_store)
+    }
+
+    /// Every forwarded-request count, by (receiving store, target store).
+    pub fn forwarded_counts(&self) -> BTreeMap<(u64, u64), u64> {
+        self.servers.links.forwarded_counts()
     }
 
     /// Installs a fault rule; it applies to requests that arrive from now on.

@@ -34,6 +34,7 @@ use bytes::Bytes;
 use tikv_proto::keyspacepb::keyspace_server::KeyspaceServer;
 use tikv_proto::pdpb::{self, pd_server::PdServer};
 use tonic::Status;
+use tonic::codec::CompressionEncoding;
 use tonic::service::Routes;
 
 use crate::Shared;
@@ -103,8 +104,15 @@ struct OperatorRecord {
 
 /// The gRPC services and HTTP routes served on the address of PD member `member`.
 pub(crate) fn routes(shared: Arc<Shared>, member: usize) -> Routes {
-    let pd = PdServer::new(service::PdService::new(shared.clone(), member));
-    let keyspace = KeyspaceServer::new(keyspace::KeyspaceService::new(shared.clone(), member));
+    // Gzip requests are accepted and answers compressed for clients that accept it. PD's own
+    // grpc-go server decompresses gzip only when the codec is linked in; being lenient here
+    // lets clients that compress every channel use the mock.
+    let pd = PdServer::new(service::PdService::new(shared.clone(), member))
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip);
+    let keyspace = KeyspaceServer::new(keyspace::KeyspaceService::new(shared.clone(), member))
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip);
     // The reporter starts with "" SERVING, which is all clients probe; it is not kept because
     // the mock's PD never reports itself unhealthy (a stopped PD refuses connections instead).
     let (_reporter, health) = tonic_health::server::health_reporter();
@@ -227,6 +235,7 @@ async fn fault(
         keys,
         start_ts: None,
         batched: false,
+        forwarded_via: None,
     };
     match shared.faults.check(&info, phase) {
         None | Some(Action::RegionError(_) | Action::KeyError(_)) => Ok(()),

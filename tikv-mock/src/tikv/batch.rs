@@ -16,6 +16,10 @@
 //! unprompted; a cluster-id mismatch (or a status injected by a fault) fails the whole stream;
 //! a dropped response is simply never sent. `Empty` and command-less sub-requests have no gRPC
 //! method, so they are neither counted nor seen by fault rules.
+//!
+//! A stream opened with `tikv-forwarded-host` is served by a dispatcher acting as the target
+//! store (see `forward.rs`): every sub-request is the target's, and the stream ends with
+//! CANCELLED when it fails or the target stops, as a stream bridged by TiKV's proxy does.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -28,7 +32,7 @@ use tikv_proto::tikvpb::{
     BatchCommandsEmptyResponse, BatchCommandsRequest, BatchCommandsResponse,
     batch_commands_request, batch_commands_response,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
@@ -56,16 +60,18 @@ enum Done {
     Fail(Status),
 }
 
-/// Serves one BatchCommands call.
+/// Serves one BatchCommands call. `forwarded` is set for a stream forwarded to the
+/// dispatcher's store: whether that store's server is running.
 pub(crate) fn serve(
     dispatcher: Arc<Dispatcher>,
     requests: Streaming<BatchCommandsRequest>,
+    forwarded: Option<watch::Receiver<bool>>,
 ) -> BatchStream {
     let (out_tx, out_rx) = mpsc::channel(OUT_BUFFER);
     // Unbounded so that finishing a request never waits on the client's reading.
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     tokio::spawn(read_requests(dispatcher.clone(), requests, done_tx));
-    tokio::spawn(write_responses(dispatcher, done_rx, out_tx));
+    tokio::spawn(write_responses(dispatcher, done_rx, out_tx, forwarded));
     ReceiverStream::new(out_rx)
 }
 
@@ -172,9 +178,27 @@ async fn write_responses(
     dispatcher: Arc<Dispatcher>,
     mut done: mpsc::UnboundedReceiver<Done>,
     out: mpsc::Sender<Result<BatchCommandsResponse, Status>>,
+    mut forwarded: Option<watch::Receiver<bool>>,
 ) {
+    let is_forwarded = forwarded.is_some();
     let mut last_feedback: Option<tokio::time::Instant> = None;
-    while let Some(first) = done.recv().await {
+    loop {
+        let first = tokio::select! {
+            // First: once the target is gone, nothing more comes back from it.
+            biased;
+            () = target_stopped(&mut forwarded) => {
+                let status = Status::cancelled(format!(
+                    "tikv-mock: forwarded store {} stopped",
+                    dispatcher.store_id
+                ));
+                let _ = out.send(Err(status)).await;
+                return;
+            }
+            item = done.recv() => match item {
+                Some(item) => item,
+                None => return,
+            },
+        };
         let mut batch = BatchCommandsResponse::default();
         let mut next = Some(first);
         while let Some(item) = next.take() {
@@ -184,7 +208,16 @@ async fn write_responses(
                     batch.responses.push(response);
                 }
                 // As in TiKV, the failing batch is replaced by the error, which ends the stream.
+                // TiKV's proxy drops the client's call instead of relaying the target's error.
                 Done::Fail(status) => {
+                    let status = if is_forwarded {
+                        Status::cancelled(format!(
+                            "tikv-mock: forwarded stream failed: {}",
+                            status.message()
+                        ))
+                    } else {
+                        status
+                    };
                     let _ = out.send(Err(status)).await;
                     return;
                 }
@@ -197,6 +230,14 @@ async fn write_responses(
         if out.send(Ok(batch)).await.is_err() {
             return;
         }
+    }
+}
+
+/// Resolves when the target of a forwarded stream stops; never for a direct stream.
+async fn target_stopped(forwarded: &mut Option<watch::Receiver<bool>>) {
+    match forwarded {
+        Some(running) => super::forward::stopped(running).await,
+        None => std::future::pending().await,
     }
 }
 

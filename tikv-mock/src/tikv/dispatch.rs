@@ -5,7 +5,9 @@
 //! counts the request, runs the fault rules of the `Before` phase, checks the cluster id, then
 //! executes it with the cluster state locked (validation and the command's own checks happen in
 //! the command's handler, in TiKV's order), and finally runs the `AfterApply` rules, which see a
-//! request that was applied and may still lose or alter its answer.
+//! request that was applied and may still lose or alter its answer. A dispatcher for requests
+//! forwarded to another store (`forward.rs`) acts as that store, and first counts the request as
+//! forwarded and fails it as unreachable if the store's server is down.
 //!
 //! Follows TiKV `src/server/service/kv.rs` (`handle_request!`, `reject_if_cluster_id_mismatch!`,
 //! `handle_batch_commands_request`): which commands check the cluster id, what a rejected one
@@ -21,6 +23,7 @@ use tikv_proto::{coprocessor, errorpb, kvrpcpb};
 use tonic::Status;
 
 use super::admin;
+use super::forward::{self, StoreLinks};
 use crate::Shared;
 use crate::cluster::ClusterState;
 use crate::fault::{self, Action, Phase, RequestInfo, Service};
@@ -294,6 +297,30 @@ impl Request {
         }
     }
 
+    /// Whether TiKV's unary handler of the request honours `tikv-forwarded-host` (every
+    /// sub-request of a forwarded BatchCommands stream is forwarded regardless).
+    pub(crate) fn forwardable(&self) -> bool {
+        match self {
+            Request::Cmd(cmd) => !matches!(
+                cmd,
+                Cmd::Gc(_)
+                    | Cmd::Import(_)
+                    | Cmd::PrepareFlashbackToVersion(_)
+                    | Cmd::FlashbackToVersion(_)
+                    | Cmd::RawCoprocessor(_)
+                    | Cmd::GetHealthFeedback(_)
+                    | Cmd::Empty(_)
+            ),
+            Request::UnsafeDestroyRange(_) | Request::GetStoreSafeTs(_) => false,
+            Request::RawGetKeyTtl(_)
+            | Request::RawCompareAndSwap(_)
+            | Request::RawChecksum(_)
+            | Request::SplitRegion(_)
+            | Request::MvccGetByKey(_)
+            | Request::MvccGetByStartTs(_) => true,
+        }
+    }
+
     /// Whether TiKV rejects the request when its context names another cluster. SplitRegion,
     /// UnsafeDestroyRange and GetStoreSafeTS are served without the check.
     fn checks_cluster_id(&self) -> bool {
@@ -448,20 +475,72 @@ impl Response {
 
 // ----- the dispatcher ---------------------------------------------------------------------------
 
-/// Dispatches the requests one store receives.
+/// Dispatches the requests one store handles: those it receives, or those another store
+/// forwards to it.
 #[derive(Debug)]
 pub(crate) struct Dispatcher {
     pub(crate) shared: Arc<Shared>,
+    /// The store that handles the requests.
     pub(crate) store_id: u64,
+    /// For requests forwarded to `store_id`: the store that received them from the client.
+    pub(crate) via: Option<u64>,
+    pub(crate) links: Arc<StoreLinks>,
 }
 
 impl Dispatcher {
-    pub(crate) fn new(shared: Arc<Shared>, store_id: u64) -> Self {
-        Dispatcher { shared, store_id }
+    pub(crate) fn new(shared: Arc<Shared>, store_id: u64, links: Arc<StoreLinks>) -> Self {
+        Dispatcher {
+            shared,
+            store_id,
+            via: None,
+            links,
+        }
+    }
+
+    /// A dispatcher for the requests this store forwards to `to`.
+    pub(crate) fn forwarding_to(&self, to: u64) -> Self {
+        Dispatcher {
+            shared: self.shared.clone(),
+            store_id: to,
+            via: Some(self.store_id),
+            links: self.links.clone(),
+        }
+    }
+
+    /// The answer to a unary call forwarded to an address nothing serves: the receiver's
+    /// cluster-id check (TiKV runs it before forwarding), then CANCELLED.
+    pub(crate) fn unreachable(&self, req: &Request, host: &str) -> Status {
+        let request_cluster_id = req
+            .context()
+            .filter(|_| req.checks_cluster_id())
+            .map_or(0, |c| c.cluster_id);
+        if request_cluster_id != 0 && request_cluster_id != self.shared.lock().cluster_id {
+            return cluster_id_mismatch(request_cluster_id, 0, false);
+        }
+        forward::unreachable(host)
     }
 
     /// Runs one request through counting, faults, the cluster-id check and execution.
     pub(crate) async fn dispatch(&self, req: Request, batched: bool) -> Outcome {
+        if let Some(via) = self.via {
+            self.links.count(via, self.store_id);
+            if !self.links.is_running(self.store_id) {
+                let host = self
+                    .shared
+                    .lock()
+                    .stores
+                    .get(&self.store_id)
+                    .map(|s| s.meta.address.clone())
+                    .unwrap_or_default();
+                // A batched request's stream is bridged without the receiver's checks.
+                let status = if batched {
+                    forward::unreachable(&host)
+                } else {
+                    self.unreachable(&req, &host)
+                };
+                return Outcome::Fail(status);
+            }
+        }
         let name = req.name();
         let region_id = req.context().map(|c| c.region_id);
         let request_cluster_id = req
@@ -488,6 +567,7 @@ impl Dispatcher {
             keys: &keys,
             start_ts: req.start_ts(),
             batched,
+            forwarded_via: self.via,
         };
 
         if let Some(action) = self.shared.faults.check(&info, Phase::Before) {
@@ -499,15 +579,7 @@ impl Dispatcher {
         }
 
         if request_cluster_id != 0 && request_cluster_id != cluster_id {
-            let message = if batched {
-                format!(
-                    "cluster of request={request_cluster_id} does not match TiKV cluster \
-                     id={cluster_id}"
-                )
-            } else {
-                "the cluster id of the request does not match the TiKV cluster".to_owned()
-            };
-            return Outcome::Fail(Status::invalid_argument(message));
+            return Outcome::Fail(cluster_id_mismatch(request_cluster_id, cluster_id, batched));
         }
 
         let is_gc = matches!(req, Request::Cmd(Cmd::Gc(_)));
@@ -595,6 +667,18 @@ impl Dispatcher {
     pub(crate) fn health_feedback(&self) -> kvrpcpb::HealthFeedback {
         admin::health_feedback(&mut self.shared.lock(), self.store_id)
     }
+}
+
+/// TiKV's rejection of a request from another cluster; the batch path words it differently.
+fn cluster_id_mismatch(request_cluster_id: u64, cluster_id: u64, batched: bool) -> Status {
+    let message = if batched {
+        format!(
+            "cluster of request={request_cluster_id} does not match TiKV cluster id={cluster_id}"
+        )
+    } else {
+        "the cluster id of the request does not match the TiKV cluster".to_owned()
+    };
+    Status::invalid_argument(message)
 }
 
 fn not_served(name: &str) -> Status {

@@ -5,14 +5,21 @@
 //! the same [`Dispatcher`](dispatch::Dispatcher) that BatchCommands sub-requests take
 //! (`dispatch.rs`), and converts the answer back; BatchCommands lives in `batch.rs`;
 //! SplitRegion, UnsafeDestroyRange, GetStoreSafeTS and health feedback in `admin.rs`; raw KV in
-//! `crate::raw`. Methods the mock does not serve answer UNIMPLEMENTED, after being counted.
+//! `crate::raw`; requests forwarded to another store (`tikv-forwarded-host`) in `forward.rs`.
+//! Methods the mock does not serve answer UNIMPLEMENTED, after being counted.
 //!
 //! Follows TiKV `src/server/service/kv.rs` and `src/server/server.rs` (no message size limits:
-//! TiKV sets none, so oversized writes reach raftstore and fail as RaftEntryTooLarge).
+//! TiKV sets none, so oversized writes reach raftstore and fail as RaftEntryTooLarge; gzip
+//! requests are accepted, as TiKV's gRPC core decompresses them whatever its configuration, and
+//! responses are gzip-compressed for clients that accept it, as with TiKV's
+//! `server.grpc-compression-type = "gzip"`).
 
 mod admin;
 mod batch;
 mod dispatch;
+mod forward;
+
+pub(crate) use forward::StoreLinks;
 
 use std::sync::Arc;
 
@@ -21,24 +28,35 @@ use tikv_proto::tikvpb::batch_commands_response::response::Cmd as RespCmd;
 use tikv_proto::tikvpb::tikv_server::{Tikv, TikvServer};
 use tikv_proto::{coprocessor, kvrpcpb, tikvpb};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::codec::CompressionEncoding;
+use tonic::metadata::MetadataMap;
 use tonic::service::Routes;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 use tonic_health::server::HealthReporter;
 
 use crate::Shared;
 use dispatch::{Dispatcher, Outcome, Request, Response};
+use forward::Route;
 
 /// The store's services and the reporter of its health service, whose overall status (`""`)
 /// starts SERVING. A stopped store is simply not listening; a caller that wants a running store
 /// to report NOT_SERVING keeps the reporter and calls
 /// `set_service_status("", ServingStatus::NotServing)`.
-pub(crate) fn routes_with_health(shared: Arc<Shared>, store_id: u64) -> (Routes, HealthReporter) {
+///
+/// `links` is shared by every store of the cluster: forwarding looks up the target's server there.
+pub(crate) fn routes_with_health(
+    shared: Arc<Shared>,
+    store_id: u64,
+    links: Arc<StoreLinks>,
+) -> (Routes, HealthReporter) {
     let (reporter, health) = tonic_health::server::health_reporter();
     let tikv = TikvServer::new(TikvService {
-        dispatcher: Arc::new(Dispatcher::new(shared, store_id)),
+        dispatcher: Arc::new(Dispatcher::new(shared, store_id, links)),
     })
     .max_decoding_message_size(usize::MAX)
-    .max_encoding_message_size(usize::MAX);
+    .max_encoding_message_size(usize::MAX)
+    .accept_compressed(CompressionEncoding::Gzip)
+    .send_compressed(CompressionEncoding::Gzip);
     (Routes::new(tikv).add_service(health), reporter)
 }
 
@@ -49,19 +67,34 @@ struct TikvService {
 }
 
 impl TikvService {
-    /// Dispatches a unary call and unwraps the answer of the expected type.
+    /// Routes a unary call (to this store, or to the store it is forwarded to), dispatches it and
+    /// unwraps the answer of the expected type.
     async fn call<T>(
         &self,
+        metadata: &MetadataMap,
         request: Request,
         unwrap: impl FnOnce(Response) -> Option<T>,
     ) -> Result<GrpcResponse<T>, Status> {
-        match self.dispatcher.dispatch(request, false).await {
-            Outcome::Reply(response) => unwrap(response)
-                .map(GrpcResponse::new)
-                .ok_or_else(|| Status::internal("tikv-mock produced a response of another type")),
-            Outcome::Fail(status) => Err(status),
-            // The client's deadline (or its giving up) ends the call.
-            Outcome::NoReply => std::future::pending().await,
+        let d = &self.dispatcher;
+        let route = if request.forwardable() {
+            d.links.route(&d.shared, d.store_id, metadata)
+        } else {
+            Route::Local
+        };
+        match route {
+            Route::Local => answer(d, request, unwrap).await,
+            Route::Unknown(host) => Err(d.unreachable(&request, &host)),
+            Route::Forward {
+                to, mut running, ..
+            } => {
+                let target = d.forwarding_to(to);
+                tokio::select! {
+                    // First, so that a target already stopped answers as unreachable.
+                    biased;
+                    result = answer(&target, request, unwrap) => result,
+                    () = forward::stopped(&mut running) => Err(forward::target_lost(to)),
+                }
+            }
         }
     }
 
@@ -74,6 +107,22 @@ impl TikvService {
         Err(Status::unimplemented(format!(
             "tikv-mock does not serve {method}"
         )))
+    }
+}
+
+/// Dispatches a unary call on `dispatcher` and unwraps the answer of the expected type.
+async fn answer<T>(
+    dispatcher: &Dispatcher,
+    request: Request,
+    unwrap: impl FnOnce(Response) -> Option<T>,
+) -> Result<GrpcResponse<T>, Status> {
+    match dispatcher.dispatch(request, false).await {
+        Outcome::Reply(response) => unwrap(response)
+            .map(GrpcResponse::new)
+            .ok_or_else(|| Status::internal("tikv-mock produced a response of another type")),
+        Outcome::Fail(status) => Err(status),
+        // The client's deadline (or its giving up) ends the call.
+        Outcome::NoReply => std::future::pending().await,
     }
 }
 
@@ -93,7 +142,8 @@ macro_rules! tikv_service {
                     &self,
                     request: GrpcRequest<$cq>,
                 ) -> Result<GrpcResponse<$cp>, Status> {
-                    self.call(Request::Cmd(Cmd::$cv(request.into_inner())), |r| match r {
+                    let (metadata, _, request) = request.into_parts();
+                    self.call(&metadata, Request::Cmd(Cmd::$cv(request)), |r| match r {
                         Response::Cmd(RespCmd::$cv(r)) => Some(r),
                         _ => None,
                     })
@@ -105,7 +155,8 @@ macro_rules! tikv_service {
                     &self,
                     request: GrpcRequest<$rq>,
                 ) -> Result<GrpcResponse<$rp>, Status> {
-                    self.call(Request::$rv(request.into_inner()), |r| match r {
+                    let (metadata, _, request) = request.into_parts();
+                    self.call(&metadata, Request::$rv(request), |r| match r {
                         Response::$rv(r) => Some(r),
                         _ => None,
                     })
@@ -205,10 +256,19 @@ tikv_service! {
         &self,
         request: GrpcRequest<tonic::Streaming<tikvpb::BatchCommandsRequest>>,
     ) -> Result<GrpcResponse<Self::BatchCommandsStream>, Status> {
-        Ok(GrpcResponse::new(batch::serve(
-            self.dispatcher.clone(),
-            request.into_inner(),
-        )))
+        let d = &self.dispatcher;
+        let (metadata, _, requests) = request.into_parts();
+        let stream = match d.links.route(&d.shared, d.store_id, &metadata) {
+            Route::Local => batch::serve(d.clone(), requests, None),
+            Route::Unknown(host) => return Err(forward::unreachable(&host)),
+            Route::Forward { to, running, host } => {
+                if !*running.borrow() {
+                    return Err(forward::unreachable(&host));
+                }
+                batch::serve(Arc::new(d.forwarding_to(to)), requests, Some(running))
+            }
+        };
+        Ok(GrpcResponse::new(stream))
     }
 
     async fn read_index(
