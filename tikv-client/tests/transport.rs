@@ -408,12 +408,13 @@ mod transport {
         };
         env.wait_for_count("RawGet", 1).await;
 
-        // The mock ignores the forwarding header, so forwarded streams reach it like direct ones.
+        // A forwarded stream naming the receiving store itself: the mock serves it locally, as
+        // TiKV does, while the client keeps it as a stream of its own.
         env.cluster.add_fault(FaultRule::new(
             Matcher::tikv().command("RawGet").key("boom").batched(true),
             Action::status(tonic::Code::Internal, "stream broken"),
         ));
-        let forwarded = opts().with_forwarded_host("127.0.0.1:1");
+        let forwarded = opts().with_forwarded_host(env.store.address().to_owned());
         let broken = env
             .store
             .send(raw_get(&env.ctx, b"boom"), forwarded.clone())

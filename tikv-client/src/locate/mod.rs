@@ -50,6 +50,7 @@
 //!   [`Error::Region`](crate::Error::Region); PD transport errors are the PD client's to retry.
 
 mod batch;
+mod health;
 mod index;
 mod location;
 mod prefix;
@@ -66,8 +67,10 @@ pub use region_cache::{BatchLocateOptions, RegionCache};
 pub use store::{StoreInfo, StoreState, StoreType};
 
 #[allow(unused_imports)]
+pub(crate) use health::{LivenessState, StoreHealth};
+pub(crate) use region::flags as region_flags;
+#[allow(unused_imports)]
 pub(crate) use region::{CachedRegion, InvalidReason};
 #[allow(unused_imports)]
 pub(crate) use region_cache::RpcTarget;
-#[allow(unused_imports)]
-pub(crate) use store::{Store, StoreCache};
+pub(crate) use store::{ResolveState, Store, StoreCache};

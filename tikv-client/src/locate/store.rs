@@ -9,8 +9,9 @@
 //!
 //! Ports client-go `internal/locate/store_cache.go`: `Store`, the resolve states
 //! (`unresolved`, `resolved`, `needCheck`, `tombstone`), `initResolve`, `reResolve`,
-//! `markStoreNeedCheck`, and the periodic `storeCacheUpdater`. The liveness probe and slow-score
-//! health (checklist I6, I7) are not here yet.
+//! `markStoreNeedCheck`, and the periodic `storeCacheUpdater`. Each store carries its
+//! [`StoreHealth`] (liveness, slowness, load, tokens); the probes that update it are the
+//! request sender's.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -20,6 +21,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use tikv_proto::metapb;
 use tokio::sync::Notify;
 
+use super::health::StoreHealth;
 use crate::pd::RegionSource;
 use crate::{Error, Result};
 
@@ -164,6 +166,8 @@ pub(crate) struct Store {
     epoch: AtomicU32,
     /// Serializes PD lookups of this store, so that concurrent first uses make one `GetStore`.
     resolve_lock: tokio::sync::Mutex<()>,
+    /// Liveness, slowness, load and in-flight tokens, as the request sender saw them.
+    health: StoreHealth,
 }
 
 impl fmt::Debug for Store {
@@ -185,11 +189,17 @@ impl Store {
             resolve_state: AtomicU8::new(ResolveState::Unresolved as u8),
             epoch: AtomicU32::new(0),
             resolve_lock: tokio::sync::Mutex::new(()),
+            health: StoreHealth::default(),
         }
     }
 
     pub(crate) fn id(&self) -> u64 {
         self.id
+    }
+
+    /// What the request sender has learned about the store's health.
+    pub(crate) fn health(&self) -> &StoreHealth {
+        &self.health
     }
 
     pub(crate) fn meta(&self) -> Arc<StoreMeta> {

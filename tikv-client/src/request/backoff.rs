@@ -291,6 +291,9 @@ pub struct Backoffer {
     excluded_sleep_ms: u64,
     deadline: Option<Instant>,
     noop: bool,
+    /// Accounts every sleep but does not wait (tests that assert on the accounting against a
+    /// live mock cluster, where paused time would also fire the transport's timeouts).
+    skip_sleep: bool,
     vars: BackoffVars,
     kinds: [KindState; BackoffKind::COUNT],
     /// Kinds in the order they were used, for [`Backoffer::kinds_used`].
@@ -325,11 +328,19 @@ impl Backoffer {
             excluded_sleep_ms: 0,
             deadline: None,
             noop: false,
+            skip_sleep: false,
             vars,
             kinds: [KindState::default(); BackoffKind::COUNT],
             history: Vec::new(),
             rng: fastrand::Rng::new(),
         }
+    }
+
+    /// The same backoffer, accounting sleeps without waiting them out.
+    #[cfg(test)]
+    pub(crate) fn without_sleeps(mut self) -> Self {
+        self.skip_sleep = true;
+        self
     }
 
     /// A backoffer that never sleeps: every report returns the error at once.
@@ -488,6 +499,9 @@ impl Backoffer {
     }
 
     async fn sleep(&self, ms: u64) -> Result<()> {
+        if self.skip_sleep {
+            return Ok(());
+        }
         let wake = Instant::now() + Duration::from_millis(ms);
         match self.deadline {
             Some(deadline) if deadline < wake => {

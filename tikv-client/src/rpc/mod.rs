@@ -51,7 +51,7 @@ pub(crate) enum Access {
 }
 
 /// A TiKV command addressed to one region.
-pub(crate) trait KvRequest: Send + Sync + 'static {
+pub(crate) trait KvRequest: Clone + Send + Sync + 'static {
     /// The typed answer.
     type Response: KvResponse;
     /// TiKV's gRPC method name (`KvGet`, `RawPut`, ...): for logs, metrics and the mock's counts.
@@ -70,6 +70,13 @@ pub(crate) trait KvRequest: Send + Sync + 'static {
 
     /// Unwraps the transport's answer; an answer of another kind is an internal error.
     fn response_from(wire: WireResponse) -> Result<Self::Response>;
+
+    /// The snapshot timestamp a read reads at, for the commands whose timestamp the oracle
+    /// validates before sending (client-go `validateReadTS`): KvGet, KvScan, KvBatchGet,
+    /// KvScanLock and KvBufferBatchGet.
+    fn read_ts(&self) -> Option<u64> {
+        None
+    }
 
     /// Points the request at one peer of one region version: the only part of the context the
     /// sender changes between attempts.
@@ -100,11 +107,16 @@ fn mismatch(expected: &'static str, got: &WireResponse) -> Error {
 
 /// Implements [`KvRequest`] for commands that travel in BatchCommands.
 macro_rules! batch_requests {
-    ($($req:ident => $resp:ident, $variant:ident, $name:literal, $access:ident;)*) => {$(
+    ($($req:ident => $resp:ident, $variant:ident, $name:literal, $access:ident
+        $(, read_ts = $ts:ident)?;)*) => {$(
         impl KvRequest for kvrpcpb::$req {
             type Response = kvrpcpb::$resp;
             const NAME: &'static str = $name;
             const ACCESS: Access = Access::$access;
+
+            $(fn read_ts(&self) -> Option<u64> {
+                Some(self.$ts)
+            })?
 
             fn context_mut(&mut self) -> &mut kvrpcpb::Context {
                 self.context.get_or_insert_with(Default::default)
@@ -180,11 +192,12 @@ macro_rules! unary_requests {
 }
 
 batch_requests! {
-    GetRequest => GetResponse, Get, "KvGet", Read;
-    ScanRequest => ScanResponse, Scan, "KvScan", Read;
-    BatchGetRequest => BatchGetResponse, BatchGet, "KvBatchGet", Read;
-    ScanLockRequest => ScanLockResponse, ScanLock, "KvScanLock", Read;
-    BufferBatchGetRequest => BufferBatchGetResponse, BufferBatchGet, "KvBufferBatchGet", Read;
+    GetRequest => GetResponse, Get, "KvGet", Read, read_ts = version;
+    ScanRequest => ScanResponse, Scan, "KvScan", Read, read_ts = version;
+    BatchGetRequest => BatchGetResponse, BatchGet, "KvBatchGet", Read, read_ts = version;
+    ScanLockRequest => ScanLockResponse, ScanLock, "KvScanLock", Read, read_ts = max_version;
+    BufferBatchGetRequest => BufferBatchGetResponse, BufferBatchGet, "KvBufferBatchGet", Read,
+        read_ts = version;
     PrewriteRequest => PrewriteResponse, Prewrite, "KvPrewrite", Write;
     CommitRequest => CommitResponse, Commit, "KvCommit", Write;
     CleanupRequest => CleanupResponse, Cleanup, "KvCleanup", Write;

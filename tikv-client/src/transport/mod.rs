@@ -306,6 +306,12 @@ impl StoreClient {
         }
     }
 
+    /// The slow score of the newest health feedback, without taking a lock (`None` before the
+    /// store sent any).
+    pub fn slow_score(&self) -> Option<i64> {
+        self.store.slow_score()
+    }
+
     /// The store's last reported transport-layer load (0 until it reports one).
     pub fn transport_layer_load(&self) -> u64 {
         self.store.load()

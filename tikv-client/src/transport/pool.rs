@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,9 @@ pub(crate) struct StoreShared {
     /// `Some(error)` once the pool is closed: what pending and new requests fail with.
     pub(crate) closed: watch::Sender<Option<Error>>,
     health: Mutex<Option<HealthFeedback>>,
+    /// The slow score of `health`, readable without the lock on every answer (`i64::MIN`
+    /// before the first feedback).
+    slow_score: AtomicI64,
     load: AtomicU64,
     batch_unsupported: AtomicBool,
     batch_messages: AtomicU64,
@@ -58,6 +61,8 @@ impl StoreShared {
         {
             return;
         }
+        self.slow_score
+            .store(i64::from(feedback.slow_score), Ordering::Relaxed);
         *health = Some(HealthFeedback {
             store_id: feedback.store_id,
             feedback_seq_no: feedback.feedback_seq_no,
@@ -95,6 +100,13 @@ impl StoreShared {
 
     pub(crate) fn task_ended(&self) {
         self.live_tasks.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn slow_score(&self) -> Option<i64> {
+        match self.slow_score.load(Ordering::Relaxed) {
+            i64::MIN => None,
+            score => Some(score),
+        }
     }
 
     pub(crate) fn health_feedback(&self) -> Option<HealthFeedback> {
@@ -184,6 +196,7 @@ impl StorePool {
             config: config.clone(),
             closed: watch::Sender::new(None),
             health: Mutex::new(None),
+            slow_score: AtomicI64::new(i64::MIN),
             load: AtomicU64::new(0),
             batch_unsupported: AtomicBool::new(false),
             batch_messages: AtomicU64::new(0),

@@ -1,0 +1,605 @@
+//! Choosing the replica (and, when forwarding, the proxy) each attempt of a request goes to,
+//! and learning from what each attempt answered.
+//!
+//! One [`ReplicaSelector`] lives for one request to one region version. It copies the region's
+//! TiKV peers into [`Replica`]s that count their own attempts and remember what went wrong on
+//! them (not leader, server busy, ...), so that a retry never walks in a circle: every replica
+//! is tried a bounded number of times, after which the region is invalidated and the caller
+//! relocates.
+//!
+//! Who calls it: the retry loop in `sender.rs`, once per attempt ([`ReplicaSelector::next`])
+//! and on each failure (`on_*`). It reads and updates the shared [`CachedRegion`] (presumed
+//! leader, validity) and the stores' health (`locate::StoreHealth`).
+//!
+//! Ports the leader and proxy paths of client-go `internal/locate/replica_selector.go`
+//! (`replicaSelector.next`, `nextForReplicaReadLeader`, `ReplicaSelectLeaderStrategy`,
+//! `ReplicaSelectMixedStrategy` as the leader path's fallback, `ReplicaSelectLeaderWithProxyStrategy`,
+//! `onNotLeader`, `onRegionNotFound`, `onServerIsBusy`, `onSendFailure`, `onSendSuccess`) and
+//! the replica bookkeeping of `region_request.go` (`replica`, `buildRPCContext`,
+//! `invalidateReplicaStore`, `updateLeader`, the pending backoffs). Follower, learner, mixed and
+//! stale reads (checklist H1, H2) and the busy-threshold redirection join here later; today
+//! every request is a leader request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tikv_proto::metapb;
+
+use crate::Error;
+use crate::locate::{
+    CachedRegion, InvalidReason, LivenessState, RegionCache, RegionVerId, ResolveState, Store,
+    StoreCache, region_flags,
+};
+use crate::request::BackoffKind;
+
+/// How many times one replica may be tried by one request (client-go `maxReplicaAttempt`).
+pub(crate) const MAX_REPLICA_ATTEMPTS: u32 = 10;
+/// How long attempts on one replica may take in total before it counts as exhausted (client-go
+/// `maxReplicaAttemptTime`): a replica that times out is not retried ten times over.
+pub(crate) const MAX_REPLICA_ATTEMPT_TIME: Duration = Duration::from_secs(50);
+/// ServerIsBusy answers without a wait estimate from the presumed leader after which the
+/// selector suspects that the leader moved and probes a follower (client-go
+/// `leaderBusyProbeThreshold`, the workaround for tikv/client-go#2028).
+const LEADER_BUSY_PROBE_THRESHOLD: u32 = 2;
+
+/// What went wrong on a replica earlier in this request.
+mod flag {
+    /// It answered NotLeader.
+    pub(super) const NOT_LEADER: u8 = 1 << 0;
+    /// It answered ServerIsBusy.
+    pub(super) const SERVER_IS_BUSY: u8 = 1 << 1;
+    /// It is the presumed leader but keeps refusing with ServerIsBusy: probe a follower.
+    pub(super) const SUSPECT_NOT_LEADER: u8 = 1 << 2;
+}
+
+/// One TiKV peer of the region, as this request sees it.
+#[derive(Debug)]
+pub(crate) struct Replica {
+    /// Index into the region's peers.
+    pub(crate) peer_idx: usize,
+    pub(crate) peer: metapb::Peer,
+    pub(crate) store: Arc<Store>,
+    /// The store's failure epoch when the region last trusted it.
+    epoch: u32,
+    attempts: u32,
+    attempted_time: Duration,
+    flags: u8,
+}
+
+impl Replica {
+    fn is_epoch_stale(&self) -> bool {
+        self.epoch != self.store.epoch()
+    }
+
+    fn is_exhausted(&self, max_attempts: u32, max_time: Duration) -> bool {
+        self.attempts >= max_attempts || (!max_time.is_zero() && self.attempted_time >= max_time)
+    }
+
+    fn has(&self, f: u8) -> bool {
+        self.flags & f != 0
+    }
+
+    /// The replica was named leader by TiKV: give it one more chance even if exhausted (each
+    /// follower is still tried once, so this cannot loop).
+    fn on_update_leader(&mut self) {
+        if self.is_exhausted(MAX_REPLICA_ATTEMPTS, MAX_REPLICA_ATTEMPT_TIME) {
+            self.attempts = MAX_REPLICA_ATTEMPTS - 1;
+            self.attempted_time = Duration::ZERO;
+        }
+        self.flags &= !(flag::NOT_LEADER | flag::SUSPECT_NOT_LEADER);
+    }
+
+    /// Whether the presumed leader may take the next attempt (client-go `isLeaderCandidate`).
+    fn is_leader_candidate(&self) -> bool {
+        self.store.health().liveness() == LivenessState::Reachable
+            && !self.is_exhausted(MAX_REPLICA_ATTEMPTS, MAX_REPLICA_ATTEMPT_TIME)
+            && !self.has(flag::NOT_LEADER)
+            && !self.is_epoch_stale()
+    }
+}
+
+/// Where one attempt goes: the target replica, and the replica that forwards to it.
+#[derive(Debug, Clone)]
+pub(crate) struct Route {
+    pub(crate) region: RegionVerId,
+    /// Index of the target among the selector's replicas.
+    pub(crate) target: usize,
+    pub(crate) peer: metapb::Peer,
+    pub(crate) store: Arc<Store>,
+    pub(crate) addr: Arc<str>,
+    /// The proxy's replica index and address, when the request is forwarded.
+    pub(crate) proxy: Option<(usize, Arc<Store>, Arc<str>)>,
+}
+
+impl Route {
+    /// The store the request is physically sent to: the proxy's when forwarding.
+    pub(crate) fn send_store(&self) -> &Arc<Store> {
+        self.proxy.as_ref().map_or(&self.store, |(_, s, _)| s)
+    }
+
+    /// The address the request is physically sent to.
+    pub(crate) fn send_addr(&self) -> &Arc<str> {
+        self.proxy.as_ref().map_or(&self.addr, |(_, _, a)| a)
+    }
+}
+
+/// A backoff postponed by a fast retry on another replica (client-go `pendingBackoffs`): taken
+/// when the request comes back to that store, or when no replica is left.
+#[derive(Debug)]
+struct PendingBackoff {
+    store_id: u64,
+    kind: BackoffKind,
+    error: Error,
+}
+
+/// Picks replicas for one request to one region.
+#[derive(Debug)]
+pub(crate) struct ReplicaSelector {
+    region: Arc<CachedRegion>,
+    replicas: Vec<Replica>,
+    /// Send through a follower when the leader's store is unreachable.
+    enable_forwarding: bool,
+    /// The request may only be served by the leader (never retried on a follower).
+    leader_only: bool,
+    target: Option<usize>,
+    proxy: Option<usize>,
+    attempts: u32,
+    /// Set by RegionNotFound from a follower: the region was invalidated for everyone else,
+    /// but this request may still try the leader once.
+    invalidated_for_retry: bool,
+    leader_busy_count: u32,
+    leader_busy_peer: u64,
+    leader_busy_probed: bool,
+    pending: Vec<PendingBackoff>,
+}
+
+impl ReplicaSelector {
+    /// A selector over the cached region `region`, or `None` when the cache no longer holds a
+    /// valid region at that version (the caller relocates).
+    pub(crate) fn new(
+        cache: &RegionCache,
+        region: RegionVerId,
+        enable_forwarding: bool,
+        leader_only: bool,
+    ) -> Option<ReplicaSelector> {
+        let cached = cache.cached_region(region)?;
+        if !cache.is_region_valid(&cached) {
+            return None;
+        }
+        let replicas = cached
+            .tikv_peer_indexes()
+            .iter()
+            .map(|&peer_idx| Replica {
+                peer_idx,
+                peer: cached.peers()[peer_idx],
+                store: cached.stores()[peer_idx].clone(),
+                epoch: cached.store_epoch_at(peer_idx),
+                attempts: 0,
+                attempted_time: Duration::ZERO,
+                flags: 0,
+            })
+            .collect();
+        Some(ReplicaSelector {
+            region: cached,
+            replicas,
+            enable_forwarding,
+            leader_only,
+            target: None,
+            proxy: None,
+            attempts: 0,
+            invalidated_for_retry: false,
+            leader_busy_count: 0,
+            leader_busy_peer: 0,
+            leader_busy_probed: false,
+            pending: Vec::new(),
+        })
+    }
+
+    /// The cached region this selector works on.
+    pub(crate) fn region(&self) -> &Arc<CachedRegion> {
+        &self.region
+    }
+
+    /// The index into the region's peers of replica `i`.
+    pub(crate) fn peer_idx(&self, i: usize) -> usize {
+        self.replicas.get(i).map_or(0, |r| r.peer_idx)
+    }
+
+    fn leader_idx(&self) -> usize {
+        self.region.leader_access_idx()
+    }
+
+    fn leader_peer_id(&self) -> u64 {
+        self.region.leader_peer().map_or(0, |p| p.id)
+    }
+
+    /// Picks the next replica (client-go `replicaSelector.next` + `buildRPCContext`). `None`
+    /// means no replica is left for this region version: it has been invalidated where that
+    /// is the right reaction, and the caller relocates the key.
+    pub(crate) async fn next(&mut self, cache: &RegionCache) -> crate::Result<Option<Route>> {
+        if self.invalidated_for_retry {
+            self.invalidated_for_retry = false;
+        } else if !cache.is_region_valid(&self.region) {
+            return Ok(None);
+        }
+        self.attempts += 1;
+        self.target = None;
+        self.proxy = None;
+        self.pick_for_leader(cache.store_cache());
+        let Some(target) = self.target else {
+            return Ok(None);
+        };
+        self.build_route(cache, target, self.proxy).await
+    }
+
+    /// The leader path (client-go `nextForReplicaReadLeader`): the leader when it is a
+    /// candidate (through a proxy when its store is unreachable and forwarding is on),
+    /// otherwise the best-scoring follower, which will answer NotLeader with a hint.
+    fn pick_for_leader(&mut self, stores: &StoreCache) {
+        if self.enable_forwarding {
+            match self.pick_leader_with_proxy(stores) {
+                ProxyPick::Direct => {}
+                ProxyPick::Proxied(target, proxy) => {
+                    self.target = Some(target);
+                    self.proxy = Some(proxy);
+                    return;
+                }
+                ProxyPick::Nothing => return,
+            }
+        }
+        let leader_idx = self.leader_idx();
+        if let Some(leader) = self.replicas.get(leader_idx)
+            && leader.is_leader_candidate()
+            && !leader.has(flag::SUSPECT_NOT_LEADER)
+        {
+            self.target = Some(leader_idx);
+            return;
+        }
+        self.target = self.pick_mixed(leader_idx);
+    }
+
+    /// Scores every candidate and takes the best, at random among equals (client-go
+    /// `ReplicaSelectMixedStrategy.next` with leader-read settings). When none is left, the
+    /// region is invalidated.
+    fn pick_mixed(&mut self, leader_idx: usize) -> Option<usize> {
+        // Score bits, most significant first: not slow, normal peer, not attempted. (Label
+        // matching and leader preference are for replica reads and always hold or never apply
+        // here.)
+        const NOT_ATTEMPTED: u8 = 1;
+        const NORMAL_PEER: u8 = 1 << 1;
+        const NOT_SLOW: u8 = 1 << 2;
+        let mut best: Option<u8> = None;
+        let mut best_idxs: Vec<usize> = Vec::with_capacity(self.replicas.len());
+        let mut reload = false;
+        for (i, r) in self.replicas.iter().enumerate() {
+            let is_leader = i == leader_idx;
+            let stale = r.is_epoch_stale();
+            let liveness = r.store.health().liveness();
+            if stale
+                && (is_leader
+                    || (liveness == LivenessState::Reachable
+                        && r.store.resolve_state() == ResolveState::Resolved))
+            {
+                reload = true;
+            }
+            if stale || liveness == LivenessState::Unreachable || r.is_exhausted(1, Duration::ZERO)
+            {
+                continue;
+            }
+            if self.leader_only && !is_leader {
+                continue;
+            }
+            let mut score = 0u8;
+            if !is_leader {
+                score |= NORMAL_PEER;
+            }
+            if !r.store.health().is_slow() {
+                score |= NOT_SLOW;
+            }
+            if r.attempts == 0 {
+                score |= NOT_ATTEMPTED;
+            }
+            match best {
+                Some(b) if score < b => {}
+                Some(b) if score == b => best_idxs.push(i),
+                _ => {
+                    best = Some(score);
+                    best_idxs.clear();
+                    best_idxs.push(i);
+                }
+            }
+        }
+        if reload {
+            self.region
+                .set_flags(region_flags::NEED_DELAYED_RELOAD_PENDING);
+        }
+        match best_idxs.len() {
+            0 => {}
+            1 => return Some(best_idxs[0]),
+            n => return Some(best_idxs[fastrand::usize(..n)]),
+        }
+        // The leader was skipped only on suspicion; with nothing else to probe, use it again.
+        if let Some(leader) = self.replicas.get_mut(leader_idx)
+            && leader.has(flag::SUSPECT_NOT_LEADER)
+        {
+            leader.flags &= !flag::SUSPECT_NOT_LEADER;
+            if leader.is_leader_candidate() {
+                return Some(leader_idx);
+            }
+        }
+        self.region.invalidate(InvalidReason::Other);
+        None
+    }
+
+    /// client-go `ReplicaSelectLeaderWithProxyStrategy`.
+    fn pick_leader_with_proxy(&mut self, stores: &StoreCache) -> ProxyPick {
+        let leader_idx = self.leader_idx();
+        let Some(leader) = self.replicas.get(leader_idx) else {
+            return ProxyPick::Direct;
+        };
+        if leader.store.health().liveness() == LivenessState::Reachable
+            || leader.has(flag::NOT_LEADER)
+        {
+            return ProxyPick::Direct;
+        }
+        let candidate = |i: usize, r: &Replica| {
+            i != leader_idx
+                && !r.is_exhausted(1, Duration::ZERO)
+                && r.store.health().liveness() == LivenessState::Reachable
+                && !r.is_epoch_stale()
+        };
+        if let Some(i) = self
+            .replicas
+            .iter()
+            .enumerate()
+            .position(|(i, r)| candidate(i, r))
+        {
+            return ProxyPick::Proxied(leader_idx, i);
+        }
+        // Every follower failed as a proxy: the leader's store is treated as failed, and the
+        // region reloads on its next use.
+        invalidate_replica_store(stores, &leader.store, leader.epoch);
+        self.region.set_flags(region_flags::NEED_RELOAD_ON_ACCESS);
+        ProxyPick::Nothing
+    }
+
+    async fn build_route(
+        &mut self,
+        cache: &RegionCache,
+        target: usize,
+        proxy: Option<usize>,
+    ) -> crate::Result<Option<Route>> {
+        let stale = self.replicas[target].is_epoch_stale()
+            || proxy.is_some_and(|p| self.replicas[p].is_epoch_stale());
+        if stale {
+            self.region.invalidate(InvalidReason::Other);
+            return Ok(None);
+        }
+        let stores = cache.store_cache();
+        let Some(addr) = stores
+            .resolve(&self.replicas[target].store)
+            .await?
+            .filter(|a| !a.is_empty())
+        else {
+            return Ok(None);
+        };
+        let proxy = match proxy {
+            None => None,
+            Some(p) => {
+                let Some(paddr) = stores
+                    .resolve(&self.replicas[p].store)
+                    .await?
+                    .filter(|a| !a.is_empty())
+                else {
+                    return Ok(None);
+                };
+                self.replicas[p].attempts += 1;
+                Some((p, self.replicas[p].store.clone(), paddr))
+            }
+        };
+        let t = &mut self.replicas[target];
+        t.attempts += 1;
+        Ok(Some(Route {
+            region: self.region.ver_id(),
+            target,
+            peer: t.peer,
+            store: t.store.clone(),
+            addr,
+            proxy,
+        }))
+    }
+
+    /// Adds the time an attempt took to its replica's account.
+    pub(crate) fn record_attempt_time(&mut self, took: Duration) {
+        if let Some(t) = self.target.and_then(|t| self.replicas.get_mut(t)) {
+            t.attempted_time += took;
+        }
+    }
+
+    /// TiKV answered NotLeader (client-go `onNotLeader`). Returns whether to retry at once;
+    /// with no leader named the caller backs off first.
+    pub(crate) fn on_not_leader(&mut self, leader: Option<&metapb::Peer>) {
+        if let Some(t) = self.target.and_then(|t| self.replicas.get_mut(t)) {
+            t.flags |= flag::NOT_LEADER;
+        }
+        if let Some(leader) = leader {
+            self.update_leader(leader);
+        }
+    }
+
+    /// Points the region at the peer TiKV named leader (client-go `updateLeader`). A leader the
+    /// cached region does not know means the cached region is out of date: it is invalidated.
+    fn update_leader(&mut self, leader: &metapb::Peer) {
+        let Some(i) = self
+            .replicas
+            .iter()
+            .position(|r| r.peer.id == leader.id && r.peer.store_id == leader.store_id)
+        else {
+            self.region.invalidate(InvalidReason::StoreNotFound);
+            return;
+        };
+        // Sending to an unreachable leader only times out; wait for the next election instead.
+        if self.replicas[i].store.health().liveness() != LivenessState::Reachable {
+            return;
+        }
+        self.replicas[i].on_update_leader();
+        if !self.region.switch_leader_to_store(leader.store_id) {
+            self.region.invalidate(InvalidReason::StoreNotFound);
+        }
+    }
+
+    /// TiKV answered RegionNotFound (client-go `onRegionNotFound`). The region is invalidated
+    /// for everyone; this request may still try the leader once if it has not yet. Returns
+    /// whether to retry.
+    pub(crate) fn on_region_not_found(&mut self) -> bool {
+        let leader_idx = self.leader_idx();
+        let leader_untried = self
+            .replicas
+            .get(leader_idx)
+            .is_some_and(|l| !l.is_exhausted(1, Duration::ZERO));
+        self.region.invalidate(InvalidReason::RegionNotFound);
+        if leader_untried {
+            self.invalidated_for_retry = true;
+        }
+        leader_untried
+    }
+
+    /// TiKV answered ServerIsBusy (client-go `onServerIsBusy`). Returns the backoff to take
+    /// before the retry, or `None` when another replica can be tried at once (the backoff is
+    /// then kept pending for the busy store).
+    pub(crate) fn on_server_is_busy(
+        &mut self,
+        route: &Route,
+        estimated_wait_ms: u32,
+        error: Error,
+    ) -> Option<(BackoffKind, Error)> {
+        let store = route.send_store();
+        if estimated_wait_ms != 0 {
+            store.health().update_estimated_wait(estimated_wait_ms);
+        } else {
+            store.health().mark_slow();
+            let leader_peer = self.leader_peer_id();
+            if let Some(t) = self.target.and_then(|t| self.replicas.get_mut(t))
+                && t.peer.id == leader_peer
+                && !self.leader_only
+                && !self.leader_busy_probed
+            {
+                if self.leader_busy_peer != leader_peer {
+                    self.leader_busy_peer = leader_peer;
+                    self.leader_busy_count = 0;
+                }
+                self.leader_busy_count += 1;
+                if self.leader_busy_count >= LEADER_BUSY_PROBE_THRESHOLD {
+                    t.flags |= flag::SUSPECT_NOT_LEADER;
+                    self.leader_busy_probed = true;
+                }
+            }
+        }
+        if self.can_fast_retry() {
+            self.pending.retain(|p| p.store_id != store.id());
+            self.pending.push(PendingBackoff {
+                store_id: store.id(),
+                kind: BackoffKind::TikvServerBusy,
+                error,
+            });
+            if let Some(t) = self.target.and_then(|t| self.replicas.get_mut(t)) {
+                t.flags |= flag::SERVER_IS_BUSY;
+            }
+            return None;
+        }
+        Some((BackoffKind::TikvServerBusy, error))
+    }
+
+    /// Whether a busy answer may go straight to another replica: only when the leader, which a
+    /// leader request must otherwise wait for, is out of the running.
+    fn can_fast_retry(&self) -> bool {
+        match self.replicas.get(self.leader_idx()) {
+            Some(leader) => !leader.is_leader_candidate() || leader.has(flag::SERVER_IS_BUSY),
+            None => true,
+        }
+    }
+
+    /// The backoff postponed for `store_id`, taken now that the request returns there
+    /// (client-go `backoffOnRetry`).
+    pub(crate) fn take_pending_backoff(&mut self, store_id: u64) -> Option<(BackoffKind, Error)> {
+        let i = self.pending.iter().position(|p| p.store_id == store_id)?;
+        let p = self.pending.swap_remove(i);
+        Some((p.kind, p.error))
+    }
+
+    /// The largest postponed backoff, taken when no replica is left (client-go
+    /// `backoffOnNoCandidate`).
+    pub(crate) fn take_largest_pending_backoff(&mut self) -> Option<(BackoffKind, Error)> {
+        let i = (0..self.pending.len()).max_by_key(|&i| self.pending[i].kind.schedule().base_ms)?;
+        let p = self.pending.swap_remove(i);
+        Some((p.kind, p.error))
+    }
+
+    /// A send failed and a liveness probe of the store it went to found `liveness` (client-go
+    /// `onSendFailure`). Returns true when the failed store should be treated as failed: its
+    /// epoch moves on, so every region on it reloads.
+    pub(crate) fn on_send_failure(
+        &mut self,
+        stores: &StoreCache,
+        route: &Route,
+        liveness: LivenessState,
+    ) -> bool {
+        let failed = route.proxy.as_ref().map_or(route.target, |(p, _, _)| *p);
+        let leader_peer = self.leader_peer_id();
+        if route.proxy.is_none()
+            && route.peer.id == leader_peer
+            && liveness == LivenessState::Unreachable
+            && self.replicas.len() > 1
+            && self.enable_forwarding
+        {
+            // The next attempt goes to the leader through a follower.
+            return false;
+        }
+        if liveness != LivenessState::Reachable {
+            let r = &self.replicas[failed];
+            return invalidate_replica_store(stores, &r.store, r.epoch);
+        }
+        false
+    }
+
+    /// The attempt succeeded (client-go `onSendSuccess`): a follower that served a leader
+    /// request is the leader now.
+    pub(crate) fn on_send_success(&mut self, route: &Route) {
+        if route.peer.id != self.leader_peer_id() {
+            self.region.switch_leader_to_store(route.peer.store_id);
+        }
+    }
+
+    /// Drops the region from the cache (client-go `invalidateRegion`).
+    pub(crate) fn invalidate_region(&self) {
+        self.region.invalidate(InvalidReason::Other);
+    }
+}
+
+enum ProxyPick {
+    /// Send to the leader itself.
+    Direct,
+    /// Send to replica `.0` through replica `.1`.
+    Proxied(usize, usize),
+    /// No proxy left; the leader's store was marked failed.
+    Nothing,
+}
+
+/// Moves a store's failure epoch on from `seen` (client-go `invalidateReplicaStore`): every
+/// region that trusted the store at that epoch reloads before its next use. Returns whether
+/// this call moved it (concurrent failures move it once). The store is also re-resolved with PD
+/// soon, in case it moved.
+fn invalidate_replica_store(stores: &StoreCache, store: &Store, seen: u32) -> bool {
+    if store.bump_epoch_from(seen) {
+        tracing::info!(
+            store = store.id(),
+            addr = %store.address(),
+            "store failed; regions on it will be reloaded"
+        );
+        stores.mark_need_check(store);
+        store.health().mark_slow();
+        true
+    } else {
+        false
+    }
+}

@@ -1,0 +1,584 @@
+//! The region request sender: sends one request to one region version and retries it, on
+//! other replicas when that helps, until it gets an answer without a region error, a region
+//! error that the caller must handle by locating the keys again, or a final error.
+//!
+//! Who calls it: `dispatch.rs` (send by key, fan-out over regions), which the raw and
+//! transactional clients use. It uses the region cache (`locate/`) to learn and correct where
+//! regions live, the transport to send, and the [`Backoffer`] to bound every retry.
+//!
+//! Ports client-go `internal/locate/region_request.go`: `SendReqCtx`/`sendReqState.next`
+//! (the loop), `onSendFail`, `onRegionError` (one reaction per `errorpb.Error` field, in
+//! errorpb's order), `validateReadTS`, the store token limit (`getStoreToken`), and from
+//! `store_cache.go` the liveness probe (`requestLiveness`) and the health-check loop
+//! (`startHealthCheckLoop`) of a store found unreachable.
+//!
+//! Differences from client-go, on purpose:
+//! - `UndeterminedResult` is returned as a typed undetermined error instead of a response
+//!   carrying the region error, so no caller can mistake it for "retry the write".
+//! - Each attempt clones the request (the transport consumes it); every key and value is a
+//!   `Bytes`, so a clone copies pointers, not data.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use tikv_proto::errorpb;
+
+use crate::config::Config;
+use crate::error::RegionErrorKind;
+use crate::locate::{
+    InvalidReason, LivenessState, RegionCache, RegionVerId, RpcTarget, Store, StoreType,
+};
+use crate::oracle::{Oracle, Timestamp};
+use crate::request::selector::{ReplicaSelector, Route};
+use crate::request::{BackoffKind, Backoffer};
+use crate::rpc::{KvRequest, KvResponse, Wire, WireResponse};
+use crate::transport::{Liveness, SendOptions, Transport};
+use crate::{Error, Result};
+
+/// TiKV's message for a `max_ts` update it refused (client-go `isInvalidMaxTsUpdate`).
+const INVALID_MAX_TS_UPDATE: &str = "invalid max_ts update";
+/// How often the health loop probes an unreachable store (client-go's loop period).
+const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the health loop asks PD whether the store still exists (client-go
+/// `storeReResolveInterval`).
+const STORE_RE_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Per-call settings of a send.
+#[derive(Debug, Clone)]
+pub(crate) struct CallOptions {
+    /// The longest one attempt may wait for its answer (client-go `ReadTimeoutShort` and
+    /// friends); the backoffer's deadline shortens it further.
+    pub(crate) timeout: Duration,
+    /// Priority under the transport's concurrency limit.
+    pub(crate) priority: u64,
+    /// Never try a follower (for requests only the leader may serve even to answer NotLeader).
+    pub(crate) leader_only: bool,
+}
+
+impl CallOptions {
+    pub(crate) fn new(timeout: Duration) -> CallOptions {
+        CallOptions {
+            timeout,
+            priority: 0,
+            leader_only: false,
+        }
+    }
+}
+
+/// A successful answer and where it came from.
+#[derive(Debug)]
+pub(crate) struct Reply<T> {
+    pub(crate) resp: T,
+    /// The region version that answered.
+    pub(crate) region: RegionVerId,
+    /// The store that answered.
+    pub(crate) store_id: u64,
+    /// How many times the request was sent (1 when the first attempt answered).
+    pub(crate) attempts: u32,
+    /// Whether some attempt failed in the transport: a write may then have been applied by
+    /// an attempt whose answer was lost (client-go `rpcError`, which the committer turns into
+    /// an undetermined result).
+    pub(crate) had_rpc_error: bool,
+}
+
+/// What one region answered, in the end.
+#[derive(Debug)]
+pub(crate) enum RegionOutcome<T> {
+    /// The region answered without a region error.
+    Done(Reply<T>),
+    /// The region could not serve the request as addressed (split, merge, moved, invalid in
+    /// the cache): locate the keys again and resend. The cache has already been corrected. The
+    /// error tells the caller whether to back off first
+    /// ([`region_error_needs_backoff`](crate::request::backoff::region_error_needs_backoff)).
+    Relocate(Box<errorpb::Error>),
+}
+
+/// What to do after a region error.
+enum Reaction {
+    /// Send again to the same region version (the selector picks the replica).
+    Retry,
+    /// Give the error back for relocation.
+    Relocate,
+}
+
+/// The sender's shared state: one per cluster, used by every client built on it.
+pub(crate) struct SenderCore {
+    pub(crate) cache: Arc<RegionCache>,
+    pub(crate) transport: Transport,
+    enable_forwarding: bool,
+    liveness_timeout: Duration,
+    store_limit: u64,
+    cluster_id: u64,
+    read_ts_validator: Option<Arc<dyn Oracle>>,
+    closed: AtomicBool,
+    /// Handle to ourselves for the health loops, which must not keep the sender alive.
+    me: Weak<SenderCore>,
+}
+
+impl std::fmt::Debug for SenderCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SenderCore")
+            .field("cache", &self.cache)
+            .field("enable_forwarding", &self.enable_forwarding)
+            .field("store_limit", &self.store_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`SenderCore`].
+#[derive(Debug)]
+pub(crate) struct SenderParts {
+    pub(crate) cache: Arc<RegionCache>,
+    pub(crate) transport: Transport,
+    /// The cluster id stamped on every request (0: not stamped).
+    pub(crate) cluster_id: u64,
+    /// Validates read timestamps before reads are sent; `None` skips the check.
+    pub(crate) read_ts_validator: Option<Arc<dyn Oracle>>,
+}
+
+impl SenderCore {
+    pub(crate) fn new(parts: SenderParts, config: &Config) -> Arc<SenderCore> {
+        Arc::new_cyclic(|me| SenderCore {
+            cache: parts.cache,
+            transport: parts.transport,
+            enable_forwarding: config.enable_forwarding,
+            liveness_timeout: config.tikv_client.store_liveness_timeout,
+            store_limit: config.tikv_client.store_limit,
+            cluster_id: parts.cluster_id,
+            read_ts_validator: parts.read_ts_validator,
+            closed: AtomicBool::new(false),
+            me: me.clone(),
+        })
+    }
+
+    /// Stops sending: later sends fail with [`Error::Closed`] and health loops end.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Checks a read's timestamp with the oracle (client-go `validateReadTS`): reading above
+    /// the newest timestamp PD has handed out could miss writes committed later below it.
+    async fn validate_read_ts<R: KvRequest>(&self, req: &R) -> Result<()> {
+        let (Some(validator), Some(ts)) = (&self.read_ts_validator, req.read_ts()) else {
+            return Ok(());
+        };
+        let stale = req.context().is_some_and(|c| c.stale_read);
+        validator
+            .validate_read_ts(Timestamp::from_version(ts), stale)
+            .await
+    }
+
+    /// Sends `req` to region `region`, retrying as the answers direct, within `bo`'s budget.
+    pub(crate) async fn send_to_region<R: KvRequest>(
+        &self,
+        bo: &mut Backoffer,
+        req: &R,
+        region: RegionVerId,
+        opts: &CallOptions,
+    ) -> Result<RegionOutcome<R::Response>> {
+        self.validate_read_ts(req).await?;
+        let Some(mut selector) = ReplicaSelector::new(
+            &self.cache,
+            region,
+            self.enable_forwarding,
+            opts.leader_only,
+        ) else {
+            return Ok(RegionOutcome::Relocate(Box::new(no_replica_error())));
+        };
+        let mut attempts = 0u32;
+        let mut had_rpc_error = false;
+        loop {
+            if self.is_closed() {
+                return Err(Error::Closed);
+            }
+            let Some(route) = selector.next(&self.cache).await? else {
+                if let Some((kind, err)) = selector.take_largest_pending_backoff() {
+                    bo.backoff(kind, err).await?;
+                }
+                return Ok(RegionOutcome::Relocate(Box::new(no_replica_error())));
+            };
+            if let Some((kind, err)) = selector.take_pending_backoff(route.send_store().id()) {
+                bo.backoff(kind, err).await?;
+            }
+            let result = self.send_once(req, &route, attempts, opts, bo).await;
+            attempts += 1;
+            let (wire, took) = match result {
+                Ok(answer) => answer,
+                Err(Attempt::Fatal(err)) => return Err(err),
+                Err(Attempt::Failed(err, took)) => {
+                    selector.record_attempt_time(took);
+                    had_rpc_error = true;
+                    self.on_send_fail(bo, &mut selector, &route, err).await?;
+                    continue;
+                }
+            };
+            selector.record_attempt_time(took);
+            let mut resp = R::response_from(wire)?;
+            let Some(region_err) = resp.take_region_error() else {
+                selector.on_send_success(&route);
+                return Ok(RegionOutcome::Done(Reply {
+                    resp,
+                    region: route.region,
+                    store_id: route.store.id(),
+                    attempts,
+                    had_rpc_error,
+                }));
+            };
+            match self
+                .on_region_error(bo, &mut selector, &route, &region_err)
+                .await?
+            {
+                Reaction::Retry => continue,
+                Reaction::Relocate => return Ok(RegionOutcome::Relocate(Box::new(region_err))),
+            }
+        }
+    }
+
+    /// One attempt: addresses a copy of the request to `route` and sends it.
+    async fn send_once<R: KvRequest>(
+        &self,
+        req: &R,
+        route: &Route,
+        attempts: u32,
+        opts: &CallOptions,
+        bo: &Backoffer,
+    ) -> std::result::Result<(WireResponse, Duration), Attempt> {
+        let mut timeout = opts.timeout;
+        if let Some(deadline) = bo.deadline() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(Attempt::Fatal(Error::Timeout {
+                    operation: format!("{} to region {}", R::NAME, route.region),
+                    after: opts.timeout,
+                }));
+            }
+            timeout = timeout.min(left);
+        }
+        let send_store = route.send_store();
+        let _token = match self.store_limit {
+            0 => None,
+            limit => Some(StoreToken::acquire(send_store, limit).ok_or(Attempt::Fatal(
+                Error::StoreTokenLimit {
+                    store_id: send_store.id(),
+                },
+            ))?),
+        };
+        let mut attempt = req.clone();
+        attempt.set_route(route.region.id(), Some(route.region.epoch()), route.peer);
+        {
+            let ctx = attempt.context_mut();
+            ctx.is_retry_request = attempts > 0;
+            if ctx.max_execution_duration_ms == 0 {
+                // TiKV gives up on work whose answer nobody waits for any more.
+                ctx.max_execution_duration_ms =
+                    u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+            }
+            if self.cluster_id != 0 {
+                ctx.cluster_id = self.cluster_id;
+            }
+        }
+        let mut send_opts = SendOptions::new(timeout).with_priority(opts.priority);
+        if route.proxy.is_some() {
+            send_opts = send_opts.with_forwarded_host(route.addr.clone());
+        }
+        let client = self
+            .transport
+            .store(route.send_addr())
+            .map_err(Attempt::Fatal)?;
+        let started = Instant::now();
+        let result = match attempt.into_wire() {
+            Wire::Batch(cmd) => client.send(cmd, send_opts).await.map(WireResponse::Batch),
+            Wire::Unary(unary) => client
+                .unary(unary, send_opts)
+                .await
+                .map(|r| WireResponse::Unary(Box::new(r))),
+        };
+        let took = started.elapsed();
+        match result {
+            Ok(wire) => {
+                if let Some(score) = client.slow_score() {
+                    send_store.health().update_tikv_slow_score(score);
+                }
+                Ok((wire, took))
+            }
+            Err(err @ (Error::Closed | Error::Cancelled)) => Err(Attempt::Fatal(err)),
+            Err(err) => Err(Attempt::Failed(err, took)),
+        }
+    }
+
+    /// The transport failed (client-go `onSendFail`): probe the store, let the selector move
+    /// on, and back off before the next attempt.
+    async fn on_send_fail(
+        &self,
+        bo: &mut Backoffer,
+        selector: &mut ReplicaSelector,
+        route: &Route,
+        err: Error,
+    ) -> Result<()> {
+        tracing::debug!(region = %route.region, addr = %route.send_addr(), %err, "send failed");
+        let liveness = self.check_liveness(route.send_store()).await;
+        selector.on_send_failure(self.cache.store_cache(), route, liveness);
+        bo.backoff(BackoffKind::TikvRpc, err).await
+    }
+
+    /// The reaction to each region error (client-go `onRegionError`), in errorpb's order.
+    async fn on_region_error(
+        &self,
+        bo: &mut Backoffer,
+        selector: &mut ReplicaSelector,
+        route: &Route,
+        err: &errorpb::Error,
+    ) -> Result<Reaction> {
+        let region = route.region;
+        let typed = || Error::from_region_error(Some(region.id()), err.clone());
+        tracing::debug!(%region, store = route.store.id(), error = ?RegionErrorKind::from_proto(err), "region error");
+
+        if err.undetermined_result.is_some() {
+            return Err(typed());
+        }
+        if let Some(not_leader) = &err.not_leader {
+            selector.on_not_leader(not_leader.leader.as_ref());
+            if not_leader.leader.is_none() {
+                // An election is probably under way: give it time.
+                bo.backoff(BackoffKind::RegionScheduling, typed()).await?;
+            }
+            return Ok(Reaction::Retry);
+        }
+        if err.disk_full.is_some() {
+            bo.backoff(BackoffKind::TikvDiskFull, typed())
+                .await
+                .map_err(|_| typed())?;
+            return Ok(Reaction::Retry);
+        }
+        if err.recovery_in_progress.is_some() {
+            self.cache.invalidate_region(region, InvalidReason::Other);
+            bo.backoff(BackoffKind::RegionRecoveryInProgress, typed())
+                .await?;
+            return Ok(Reaction::Relocate);
+        }
+        if err.is_witness.is_some() {
+            self.cache.invalidate_region(region, InvalidReason::Other);
+            bo.backoff(BackoffKind::IsWitness, typed()).await?;
+            return Ok(Reaction::Relocate);
+        }
+        // The workload is expected to stop during a flashback: fail at once.
+        if err.flashback_in_progress.is_some() || err.flashback_not_prepared.is_some() {
+            return Err(typed());
+        }
+        if err.region_not_found.is_some() {
+            return Ok(if selector.on_region_not_found() {
+                Reaction::Retry
+            } else {
+                Reaction::Relocate
+            });
+        }
+        if err.key_not_in_region.is_some() {
+            tracing::warn!(%region, "TiKV reports KeyNotInRegion");
+            self.cache.invalidate_region(region, InvalidReason::Other);
+            return Ok(Reaction::Relocate);
+        }
+        if let Some(e) = &err.epoch_not_match {
+            let target = RpcTarget {
+                region: selector.region().clone(),
+                peer: route.peer,
+                peer_idx: selector_peer_idx(selector, route),
+                access_idx: route.target,
+                store: route.store.clone(),
+                addr: route.addr.clone(),
+            };
+            if self
+                .cache
+                .on_region_epoch_not_match(&target, &e.current_regions)
+                .await?
+            {
+                return Ok(Reaction::Retry);
+            }
+            selector.invalidate_region();
+            return Ok(Reaction::Relocate);
+        }
+        if let Some(e) = &err.bucket_version_not_match {
+            self.cache
+                .on_bucket_version_not_match(region, e.version, &e.keys);
+            return Ok(Reaction::Relocate);
+        }
+        if let Some(busy) = &err.server_is_busy {
+            if let Some((kind, e)) =
+                selector.on_server_is_busy(route, busy.estimated_wait_ms, typed())
+            {
+                bo.backoff(kind, e).await?;
+            }
+            return Ok(Reaction::Retry);
+        }
+        if err.stale_command.is_some() {
+            // The new leader should be elected soon; the selector tries the next peer.
+            return Ok(Reaction::Retry);
+        }
+        if err.store_not_match.is_some() {
+            self.cache.store_cache().mark_need_check(&route.store);
+            self.cache.invalidate_region(region, InvalidReason::Other);
+            // The address may resolve elsewhere now (a moved pod keeps its name).
+            self.transport.close_store(route.send_addr());
+            return Ok(Reaction::Relocate);
+        }
+        if err.raft_entry_too_large.is_some() {
+            return Err(typed());
+        }
+        if err.max_timestamp_not_synced.is_some() {
+            bo.backoff(BackoffKind::MaxTsNotSynced, typed()).await?;
+            return Ok(Reaction::Retry);
+        }
+        if err.region_not_initialized.is_some() {
+            bo.backoff(BackoffKind::RegionNotInitialized, typed())
+                .await?;
+            return Ok(Reaction::Retry);
+        }
+        if err.read_index_not_ready.is_some() || err.proposal_in_merging_mode.is_some() {
+            // Split or merge in progress: the region serves again when it ends.
+            bo.backoff(BackoffKind::RegionScheduling, typed()).await?;
+            return Ok(Reaction::Retry);
+        }
+        if err.data_is_not_ready.is_some() {
+            // A stale read's replica is behind; the next attempt reads normally.
+            return Ok(Reaction::Retry);
+        }
+        if err.mismatch_peer_id.is_some() {
+            selector.invalidate_region();
+            return Ok(Reaction::Relocate);
+        }
+        if err.message.contains(INVALID_MAX_TS_UPDATE) {
+            return Err(typed());
+        }
+        // Unknown to this client: the selector tries the next replica; each is tried a bounded
+        // number of times, then the region is invalidated and relocated.
+        tracing::debug!(%region, error = ?err, "unrecognised region error; trying another replica");
+        Ok(Reaction::Retry)
+    }
+
+    /// Probes a store after a failure (client-go `requestLivenessAndStartHealthCheckLoopIfNeeded`):
+    /// a store found unreachable is watched by a background loop until it answers again.
+    pub(crate) async fn check_liveness(&self, store: &Arc<Store>) -> LivenessState {
+        let liveness = self.request_liveness(store).await;
+        if liveness == LivenessState::Reachable || store.store_type() != StoreType::TiKv {
+            return liveness;
+        }
+        if store.health().leave_reachable(liveness) {
+            self.start_health_loop(store.clone());
+        }
+        liveness
+    }
+
+    /// One probe of the store with the gRPC health service, shared by concurrent callers
+    /// (client-go `requestLiveness`).
+    async fn request_liveness(&self, store: &Arc<Store>) -> LivenessState {
+        if self.liveness_timeout.is_zero() {
+            return LivenessState::Unreachable;
+        }
+        let addr = store.address();
+        if addr.is_empty() {
+            return LivenessState::Unknown;
+        }
+        let health = store.health();
+        let asked_at = Instant::now();
+        let mut last = health.probe_slot().lock().await;
+        // Someone probed while we waited: their answer is as fresh as ours would be.
+        if let Some((at, state)) = *last
+            && at >= asked_at
+        {
+            return state;
+        }
+        let state = match self.transport.store(&addr) {
+            Ok(client) => match client.check_liveness(self.liveness_timeout).await {
+                Liveness::Reachable => LivenessState::Reachable,
+                Liveness::Unreachable => LivenessState::Unreachable,
+                _ => LivenessState::Unknown,
+            },
+            Err(_) => LivenessState::Unknown,
+        };
+        *last = Some((Instant::now(), state));
+        state
+    }
+
+    /// Watches an unreachable store (client-go `startHealthCheckLoop`): probes it every second,
+    /// asks PD about it every 30 s, and ends when it answers, when PD says it is gone, or when
+    /// the sender closes.
+    fn start_health_loop(&self, store: Arc<Store>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let me = self.me.clone();
+        tracing::info!(store = store.id(), addr = %store.address(), "store unreachable; watching it");
+        runtime.spawn(async move {
+            let mut ticker = tokio::time::interval(HEALTH_CHECK_INTERVAL);
+            ticker.tick().await;
+            let mut last_pd_check = tokio::time::Instant::now();
+            loop {
+                ticker.tick().await;
+                let Some(core) = me.upgrade() else { return };
+                if core.is_closed() || core.cache.is_closed() {
+                    return;
+                }
+                if last_pd_check.elapsed() >= STORE_RE_RESOLVE_INTERVAL {
+                    last_pd_check = tokio::time::Instant::now();
+                    match core.cache.store_cache().re_resolve(&store).await {
+                        Ok(false) => {
+                            tracing::info!(store = store.id(), "store removed; stop watching it");
+                            return;
+                        }
+                        Ok(true) => {}
+                        Err(err) => tracing::warn!(store = store.id(), %err, "re-resolving unreachable store failed"),
+                    }
+                }
+                let state = core.request_liveness(&store).await;
+                store.health().set_liveness(state);
+                if state == LivenessState::Reachable {
+                    tracing::info!(store = store.id(), "store reachable again");
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// A failed attempt: `Fatal` ends the request, `Failed` is a transport failure to handle.
+enum Attempt {
+    Fatal(Error),
+    Failed(Error, Duration),
+}
+
+/// A store-limit token, returned on drop.
+struct StoreToken<'a>(&'a Store);
+
+impl<'a> StoreToken<'a> {
+    fn acquire(store: &'a Store, limit: u64) -> Option<StoreToken<'a>> {
+        store
+            .health()
+            .try_acquire_token(limit)
+            .then_some(StoreToken(store))
+    }
+}
+
+impl Drop for StoreToken<'_> {
+    fn drop(&mut self) {
+        self.0.health().release_token();
+    }
+}
+
+fn selector_peer_idx(selector: &ReplicaSelector, route: &Route) -> usize {
+    selector.peer_idx(route.target)
+}
+
+/// The error given back when the cache has no usable replica of the region (client-go's
+/// pseudo EpochNotMatch): the caller relocates after a backoff, as for any EpochNotMatch
+/// without the current regions.
+fn no_replica_error() -> errorpb::Error {
+    errorpb::Error {
+        message: "no replica of the region is available in the cache".into(),
+        epoch_not_match: Some(errorpb::EpochNotMatch::default()),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,683 @@
+//! The sender against `tikv-mock` over gRPC: every region error injected with a fault rule,
+//! each asserting where the retries went, which backoffs were taken and the outcome; leader
+//! changes, splits, a stopped store, the store limit, read-ts validation and the fan-out.
+//!
+//! Backoffers here account their sleeps without waiting (`without_sleeps`): paused tokio time
+//! cannot be used against a live gRPC server (idle waits for the network would fire every
+//! timeout), and the accounting is what the assertions read.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tikv_mock::{Action, FaultRule, HangHandle, Matcher, MockCluster, RegionErrorSpec, Times};
+use tikv_proto::kvrpcpb;
+
+use crate::error::RegionErrorKind;
+use crate::locate::{LivenessState, RegionCache};
+use crate::oracle::{Oracle, PdOracle, PdOracleOptions};
+use crate::pd::{PdClient, RegionSource};
+use crate::request::dispatch::{BatchLimit, FanOutLimit, LocateBy, ShardOutcome};
+use crate::request::sender::{CallOptions, RegionOutcome, Reply, SenderCore, SenderParts};
+use crate::request::{BackoffKind, Backoffer};
+use crate::transport::Transport;
+use crate::{Config, Error, Result};
+
+struct Fixture {
+    mock: MockCluster,
+    core: Arc<SenderCore>,
+}
+
+async fn fixture_with(split: &[&str], tweak: impl FnOnce(&mut Config)) -> Fixture {
+    let mock = MockCluster::builder()
+        .stores(3)
+        .split_keys(split.iter().map(|k| k.as_bytes()))
+        .start()
+        .await
+        .unwrap();
+    let mut config = Config::default();
+    tweak(&mut config);
+    let pd = Arc::new(
+        PdClient::connect(mock.pd_endpoints(), &config)
+            .await
+            .unwrap(),
+    );
+    let cache = Arc::new(RegionCache::new(
+        pd.clone() as Arc<dyn RegionSource>,
+        &config,
+    ));
+    let core = SenderCore::new(
+        SenderParts {
+            cache,
+            transport: Transport::new(&config).unwrap(),
+            cluster_id: mock.cluster_id(),
+            read_ts_validator: None,
+        },
+        &config,
+    );
+    Fixture { mock, core }
+}
+
+async fn fixture(split: &[&str]) -> Fixture {
+    fixture_with(split, |_| {}).await
+}
+
+fn bo() -> Backoffer {
+    Backoffer::new(Duration::from_secs(20)).without_sleeps()
+}
+
+fn opts() -> CallOptions {
+    CallOptions::new(Duration::from_secs(5))
+}
+
+impl Fixture {
+    async fn put(&self, key: &str, value: &str) {
+        let req = kvrpcpb::RawPutRequest {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+            ..Default::default()
+        };
+        let (reply, _) = self
+            .core
+            .send_by_key(&mut bo(), key.as_bytes(), LocateBy::Key, &opts(), |_| {
+                Ok(req.clone())
+            })
+            .await
+            .unwrap();
+        assert!(reply.resp.error.is_empty());
+    }
+
+    async fn get_with(
+        &self,
+        bo: &mut Backoffer,
+        key: &str,
+    ) -> Result<Reply<kvrpcpb::RawGetResponse>> {
+        let req = kvrpcpb::RawGetRequest {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            ..Default::default()
+        };
+        self.core
+            .send_by_key(bo, key.as_bytes(), LocateBy::Key, &opts(), |_| {
+                Ok(req.clone())
+            })
+            .await
+            .map(|(reply, _)| reply)
+    }
+
+    fn leader_store(&self, key: &str) -> u64 {
+        let (_, leader) = self.mock.region_for_raw_key(key.as_bytes()).unwrap();
+        leader.unwrap().store_id
+    }
+
+    fn region_id(&self, key: &str) -> u64 {
+        self.mock.region_for_raw_key(key.as_bytes()).unwrap().0.id
+    }
+
+    fn raw_gets(&self) -> u64 {
+        self.mock
+            .store_ids()
+            .into_iter()
+            .map(|s| self.mock.rpc_count(s, "RawGet"))
+            .sum()
+    }
+
+    fn fail_once(&self, key: &str, spec: RegionErrorSpec) {
+        self.mock.add_fault(
+            FaultRule::new(
+                Matcher::tikv().command("RawGet").key(key),
+                Action::region_error(spec),
+            )
+            .times(Times::Once),
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_plain_request_takes_one_attempt() {
+    let f = fixture(&["m"]).await;
+    f.put("k", "v").await;
+    let mut bo = bo();
+    let reply = f.get_with(&mut bo, "k").await.unwrap();
+    assert_eq!(reply.resp.value.as_ref(), b"v");
+    assert_eq!(reply.attempts, 1);
+    assert!(!reply.had_rpc_error);
+    assert_eq!(reply.store_id, f.leader_store("k"));
+    assert_eq!(bo.total_times(), 0);
+}
+
+/// Errors after which the same region is retried and the request succeeds: the backoff each
+/// takes, and how many RawGet RPCs the whole request costs.
+#[tokio::test]
+async fn retried_region_errors_take_their_backoff_and_succeed() {
+    let f = fixture(&["m"]).await;
+    f.put("k", "v").await;
+    let cases: Vec<(RegionErrorSpec, Option<BackoffKind>, u64)> = vec![
+        (RegionErrorSpec::StaleCommand, None, 2),
+        (
+            RegionErrorSpec::MaxTimestampNotSynced,
+            Some(BackoffKind::MaxTsNotSynced),
+            2,
+        ),
+        (
+            RegionErrorSpec::ReadIndexNotReady,
+            Some(BackoffKind::RegionScheduling),
+            2,
+        ),
+        (
+            RegionErrorSpec::ProposalInMergingMode,
+            Some(BackoffKind::RegionScheduling),
+            2,
+        ),
+        (
+            RegionErrorSpec::RegionNotInitialized,
+            Some(BackoffKind::RegionNotInitialized),
+            2,
+        ),
+        (RegionErrorSpec::DataIsNotReady, None, 2),
+        (
+            RegionErrorSpec::DiskFull,
+            Some(BackoffKind::TikvDiskFull),
+            2,
+        ),
+        (
+            RegionErrorSpec::ServerIsBusy {
+                reason: "scheduler is busy".into(),
+                estimated_wait_ms: 0,
+            },
+            Some(BackoffKind::TikvServerBusy),
+            2,
+        ),
+        // No leader known: back off, try a follower (which names the leader), then the leader.
+        (
+            RegionErrorSpec::NotLeaderNoLeader,
+            Some(BackoffKind::RegionScheduling),
+            3,
+        ),
+        // Relocations: the region is dropped from the cache and located again.
+        (
+            RegionErrorSpec::RegionNotFound,
+            Some(BackoffKind::RegionMiss),
+            2,
+        ),
+        (
+            RegionErrorSpec::KeyNotInRegion,
+            Some(BackoffKind::RegionMiss),
+            2,
+        ),
+        (
+            RegionErrorSpec::RecoveryInProgress,
+            Some(BackoffKind::RegionRecoveryInProgress),
+            2,
+        ),
+        (RegionErrorSpec::IsWitness, Some(BackoffKind::IsWitness), 2),
+        (
+            RegionErrorSpec::MismatchPeerId,
+            Some(BackoffKind::RegionMiss),
+            2,
+        ),
+        (
+            RegionErrorSpec::BucketVersionNotMatch,
+            Some(BackoffKind::RegionMiss),
+            2,
+        ),
+        (
+            RegionErrorSpec::StoreNotMatch,
+            Some(BackoffKind::RegionMiss),
+            2,
+        ),
+        // An EpochNotMatch with the current regions relocates at once, without a backoff.
+        (RegionErrorSpec::EpochNotMatch, None, 2),
+    ];
+    for (spec, backoff, rpcs) in cases {
+        let name = format!("{spec:?}");
+        f.mock.reset_rpc_counts();
+        f.fail_once("k", spec);
+        let mut bo = bo();
+        let reply = f
+            .get_with(&mut bo, "k")
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(reply.resp.value.as_ref(), b"v", "{name}");
+        assert_eq!(f.raw_gets(), rpcs, "{name}: RawGet RPCs");
+        match backoff {
+            Some(kind) => assert!(
+                bo.times_of(kind) >= 1,
+                "{name}: expected a {kind:?} backoff, took {:?}",
+                bo.kinds_used()
+            ),
+            None => assert_eq!(bo.total_times(), 0, "{name}: {:?}", bo.kinds_used()),
+        }
+        assert_eq!(
+            reply.store_id,
+            f.leader_store("k"),
+            "{name}: answered by the leader"
+        );
+    }
+}
+
+#[tokio::test]
+async fn final_region_errors_are_typed_and_not_retried() {
+    let f = fixture(&[]).await;
+    f.put("k", "v").await;
+    let cases = [
+        (RegionErrorSpec::RaftEntryTooLarge, "RaftEntryTooLarge"),
+        (RegionErrorSpec::FlashbackInProgress, "FlashbackInProgress"),
+        (
+            RegionErrorSpec::FlashbackNotPrepared,
+            "FlashbackNotPrepared",
+        ),
+        (RegionErrorSpec::UndeterminedResult, "UndeterminedResult"),
+    ];
+    for (spec, name) in cases {
+        f.mock.reset_rpc_counts();
+        f.fail_once("k", spec);
+        let err = f.get_with(&mut bo(), "k").await.unwrap_err();
+        let Error::Region(region) = &err else {
+            panic!("{name}: expected a region error, got {err}");
+        };
+        assert_eq!(region.region_id, Some(f.region_id("k")), "{name}");
+        assert_eq!(f.raw_gets(), 1, "{name}: sent once");
+        match (&region.kind, name) {
+            (RegionErrorKind::RaftEntryTooLarge { entry_size }, _) => assert!(*entry_size > 0),
+            (RegionErrorKind::UndeterminedResult, _) => assert!(err.is_undetermined()),
+            (RegionErrorKind::FlashbackInProgress, _)
+            | (RegionErrorKind::FlashbackNotPrepared, _) => assert!(!err.is_retryable()),
+            (other, _) => panic!("{name}: unexpected kind {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_region_error_is_retried_on_the_leader() {
+    let f = fixture(&[]).await;
+    f.put("k", "v").await;
+    f.mock.reset_rpc_counts();
+    f.fail_once(
+        "k",
+        RegionErrorSpec::Raw(tikv_proto::errorpb::Error {
+            message: "something new".into(),
+            ..Default::default()
+        }),
+    );
+    let mut bo = bo();
+    let reply = f.get_with(&mut bo, "k").await.unwrap();
+    assert_eq!(reply.attempts, 2);
+    assert_eq!(f.raw_gets(), 2);
+    assert_eq!(bo.total_times(), 0);
+}
+
+#[tokio::test]
+async fn not_leader_with_a_hint_goes_straight_to_the_new_leader() {
+    let f = fixture(&[]).await;
+    f.put("k", "v").await;
+    let old = f.leader_store("k");
+    let new = f.mock.store_ids().into_iter().find(|&s| s != old).unwrap();
+    f.mock.transfer_leader(f.region_id("k"), new).unwrap();
+    f.mock.reset_rpc_counts();
+    let mut bo = bo();
+    let reply = f.get_with(&mut bo, "k").await.unwrap();
+    assert_eq!(reply.store_id, new);
+    assert_eq!(reply.attempts, 2);
+    assert_eq!(
+        bo.total_times(),
+        0,
+        "a named leader is tried without a backoff"
+    );
+    assert_eq!(f.mock.rpc_count(old, "RawGet"), 1);
+    assert_eq!(f.mock.rpc_count(new, "RawGet"), 1);
+    // The cache learned the leader: the next request goes there directly.
+    let reply = f.get_with(&mut bo, "k").await.unwrap();
+    assert_eq!(reply.attempts, 1);
+    assert_eq!(f.mock.rpc_count(new, "RawGet"), 2);
+}
+
+#[tokio::test]
+async fn a_split_relocates_without_backoff() {
+    let f = fixture(&[]).await;
+    f.put("a", "1").await;
+    f.put("z", "2").await;
+    let before = f.region_id("z");
+    f.mock.split_raw(["m"]).unwrap();
+    assert_ne!(f.region_id("a"), f.region_id("z"));
+    let mut bo = bo();
+    let reply = f.get_with(&mut bo, "z").await.unwrap();
+    assert_eq!(reply.resp.value.as_ref(), b"2");
+    assert_eq!(bo.times_of(BackoffKind::RegionMiss), 0);
+    let reply_a = f.get_with(&mut bo, "a").await.unwrap();
+    assert_eq!(reply_a.resp.value.as_ref(), b"1");
+    assert!(reply.region.id() == f.region_id("z") && reply_a.region.id() == f.region_id("a"));
+    let _ = before;
+}
+
+#[tokio::test]
+async fn server_busy_with_an_estimate_records_the_store_load() {
+    let f = fixture(&[]).await;
+    f.put("k", "v").await;
+    f.fail_once(
+        "k",
+        RegionErrorSpec::ServerIsBusy {
+            reason: "estimated wait time exceeds threshold".into(),
+            estimated_wait_ms: 30_000,
+        },
+    );
+    let mut bo = bo();
+    f.get_with(&mut bo, "k").await.unwrap();
+    let store = f.core.cache.store_cache().get(f.leader_store("k")).unwrap();
+    assert!(store.health().estimated_wait() > Duration::from_secs(20));
+    assert_eq!(bo.times_of(BackoffKind::TikvServerBusy), 1);
+}
+
+#[tokio::test]
+async fn a_stopped_leader_store_fails_over_to_the_new_leader_and_is_watched_until_back() {
+    let f = fixture(&[]).await;
+    f.put("k", "v").await;
+    let old = f.leader_store("k");
+    let new = f.mock.store_ids().into_iter().find(|&s| s != old).unwrap();
+    f.mock.stop_store(old).await.unwrap();
+    f.mock.transfer_leader(f.region_id("k"), new).unwrap();
+    let mut bo = bo();
+    let reply = f.get_with(&mut bo, "k").await.unwrap();
+    assert_eq!(reply.resp.value.as_ref(), b"v");
+    assert_eq!(reply.store_id, new);
+    assert!(reply.had_rpc_error);
+    assert!(bo.times_of(BackoffKind::TikvRpc) >= 1);
+    let store = f.core.cache.store_cache().get(old).unwrap();
+    assert_eq!(store.health().liveness(), LivenessState::Unreachable);
+
+    // The health loop notices the store is back.
+    f.mock.start_store(old).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while store.health().liveness() != LivenessState::Reachable {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "store never seen back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn requests_in_flight_on_a_broken_stream_are_retried_elsewhere() {
+    let f = fixture(&[]).await;
+    f.put("k", "v").await;
+    let old = f.leader_store("k");
+    let new = f.mock.store_ids().into_iter().find(|&s| s != old).unwrap();
+    let hang = HangHandle::new();
+    f.mock.add_fault(
+        FaultRule::new(
+            Matcher::tikv().store(old).command("RawGet"),
+            Action::hang(&hang),
+        )
+        .times(Times::Always),
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let core = f.core.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = kvrpcpb::RawGetRequest {
+                key: Bytes::from_static(b"k"),
+                ..Default::default()
+            };
+            core.send_by_key(&mut bo(), b"k", LocateBy::Key, &opts(), |_| Ok(req.clone()))
+                .await
+                .map(|(r, _)| (r.resp.value, r.store_id))
+        }));
+    }
+    // Every request is parked on the old leader before the store goes down.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while f.mock.rpc_count(old, "RawGet") < 16 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    f.mock.transfer_leader(f.region_id("k"), new).unwrap();
+    f.mock.stop_store(old).await.unwrap();
+    hang.release();
+    for t in tasks {
+        let (value, store) = t.await.unwrap().unwrap();
+        assert_eq!(value.as_ref(), b"v");
+        assert_eq!(store, new);
+    }
+}
+
+#[tokio::test]
+async fn the_store_limit_refuses_requests_over_it() {
+    let f = fixture_with(&[], |c| c.tikv_client.store_limit = 1).await;
+    f.put("k", "v").await;
+    let hang = HangHandle::new();
+    let id = f.mock.add_fault(
+        FaultRule::new(Matcher::tikv().command("RawGet"), Action::hang(&hang)).times(Times::Once),
+    );
+    let core = f.core.clone();
+    let first = tokio::spawn(async move {
+        let req = kvrpcpb::RawGetRequest {
+            key: Bytes::from_static(b"k"),
+            ..Default::default()
+        };
+        core.send_by_key(&mut bo(), b"k", LocateBy::Key, &opts(), |_| Ok(req.clone()))
+            .await
+            .map(|(r, _)| r.resp.value)
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while f.raw_gets() < 1 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let err = f.get_with(&mut bo(), "k").await.unwrap_err();
+    assert!(
+        matches!(err, Error::StoreTokenLimit { store_id } if store_id == f.leader_store("k")),
+        "{err}"
+    );
+    hang.release();
+    f.mock.remove_fault(id);
+    assert_eq!(first.await.unwrap().unwrap().as_ref(), b"v");
+    // The token came back.
+    f.get_with(&mut bo(), "k").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_read_above_the_oracle_is_refused_before_sending() {
+    // The oracle must be the cluster's own: timestamps from elsewhere would trip the mock's
+    // (TiKV's) max-ts guard.
+    let f = fixture(&[]).await;
+    let pd = PdClient::connect(f.mock.pd_endpoints(), &Config::default())
+        .await
+        .unwrap();
+    let oracle: Arc<dyn Oracle> = Arc::new(
+        PdOracle::new(&pd, PdOracleOptions::default())
+            .await
+            .unwrap(),
+    );
+    let core = SenderCore::new(
+        SenderParts {
+            cache: f.core.cache.clone(),
+            transport: f.core.transport.clone(),
+            cluster_id: f.mock.cluster_id(),
+            read_ts_validator: Some(oracle.clone()),
+        },
+        &Config::default(),
+    );
+    let now = oracle.get_timestamp().await.unwrap();
+    let req = kvrpcpb::GetRequest {
+        key: Bytes::from_static(b"k"),
+        version: now.version() + (3_600_000 << 18),
+        ..Default::default()
+    };
+    let err = core
+        .send_by_key(&mut bo(), b"k", LocateBy::Key, &opts(), |_| Ok(req.clone()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::FutureTsRead { .. }), "{err}");
+    let gets: u64 = f
+        .mock
+        .store_ids()
+        .into_iter()
+        .map(|s| f.mock.rpc_count(s, "KvGet"))
+        .sum();
+    assert_eq!(gets, 0);
+    // A read at a timestamp the oracle has handed out goes through.
+    let ok = kvrpcpb::GetRequest {
+        key: Bytes::from_static(b"k"),
+        version: now.version(),
+        ..Default::default()
+    };
+    let (reply, _) = core
+        .send_by_key(&mut bo(), b"k", LocateBy::Key, &opts(), |_| Ok(ok.clone()))
+        .await
+        .unwrap();
+    assert!(reply.resp.not_found);
+}
+
+/// Sends a RawBatchGet per shard; relocations hand the keys back.
+async fn batch_get(
+    f: &Fixture,
+    keys: Vec<Bytes>,
+    limit: &FanOutLimit,
+    batch: BatchLimit,
+) -> Result<(Vec<kvrpcpb::KvPair>, usize)> {
+    let core = &f.core;
+    let mut bo = bo();
+    let shards = std::sync::atomic::AtomicUsize::new(0);
+    let answers = core
+        .fan_out(
+            &mut bo,
+            limit,
+            keys,
+            |k| k.as_ref(),
+            |k| k.len(),
+            batch,
+            |location, keys, mut bo| {
+                let shards = &shards;
+                async move {
+                    shards.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let req = kvrpcpb::RawBatchGetRequest {
+                        keys: keys.clone(),
+                        ..Default::default()
+                    };
+                    match core
+                        .send_to_region(&mut bo, &req, location.region(), &opts())
+                        .await?
+                    {
+                        RegionOutcome::Done(reply) => Ok(ShardOutcome::Done(reply.resp.pairs)),
+                        RegionOutcome::Relocate(error) => {
+                            Ok(ShardOutcome::Relocate { items: keys, error })
+                        }
+                    }
+                }
+            },
+        )
+        .await?;
+    let mut pairs: Vec<_> = answers.into_iter().flatten().collect();
+    pairs.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok((pairs, shards.into_inner()))
+}
+
+#[tokio::test]
+async fn fan_out_relocates_only_the_shard_that_moved() {
+    let f = fixture(&["h", "p"]).await;
+    let keys: Vec<String> = (b'a'..=b'z').map(|c| (c as char).to_string()).collect();
+    for k in &keys {
+        f.put(k, &format!("v{k}")).await;
+    }
+    let keys: Vec<Bytes> = keys.iter().map(|k| Bytes::from(k.clone())).collect();
+    let limit = FanOutLimit::new(4);
+    let (pairs, shards) = batch_get(&f, keys.clone(), &limit, BatchLimit::UNLIMITED)
+        .await
+        .unwrap();
+    assert_eq!(pairs.len(), 26);
+    assert_eq!(shards, 3);
+    assert_eq!(limit.available(), 4, "permits returned");
+
+    // The middle region splits: only its keys are sent again.
+    f.mock.split_raw(["l"]).unwrap();
+    f.mock.reset_rpc_counts();
+    let (pairs, shards) = batch_get(&f, keys.clone(), &limit, BatchLimit::UNLIMITED)
+        .await
+        .unwrap();
+    assert_eq!(pairs.len(), 26);
+    assert!(pairs.iter().all(|p| p.value.as_ref() == format!("v{}", String::from_utf8_lossy(&p.key)).as_bytes()));
+    // 3 shards first, then the two halves of the split region.
+    assert_eq!(shards, 5);
+
+    // Cut by count: 26 keys in 4 regions, at most 3 keys per request.
+    let (pairs, shards) = batch_get(
+        &f,
+        keys,
+        &limit,
+        BatchLimit {
+            max_items: 3,
+            max_bytes: usize::MAX,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(pairs.len(), 26);
+    assert!(shards >= 9);
+}
+
+#[tokio::test]
+async fn a_region_error_that_outlasts_the_budget_ends_the_request() {
+    let f = fixture(&[]).await;
+    f.put("k", "v").await;
+    f.mock.add_fault(
+        FaultRule::new(
+            Matcher::tikv().command("RawGet"),
+            Action::region_error(RegionErrorSpec::MaxTimestampNotSynced),
+        )
+        .times(Times::Always),
+    );
+    let mut bo = Backoffer::new(Duration::from_millis(200)).without_sleeps();
+    let err = f.get_with(&mut bo, "k").await.unwrap_err();
+    assert!(matches!(err, Error::BackoffExhausted { .. }), "{err}");
+    assert!(err.is_retryable());
+}
+
+#[tokio::test]
+async fn an_unreachable_leader_is_reached_through_a_follower_when_forwarding_is_on() {
+    let f = fixture_with(&[], |c| c.enable_forwarding = true).await;
+    f.put("k", "v").await;
+    let leader = f.leader_store("k");
+    // The client is cut off from the leader's store; the other stores still reach it.
+    f.mock.add_fault(
+        FaultRule::new(
+            Matcher::tikv().store(leader).forwarded(false),
+            Action::status(tonic::Code::Unavailable, "partitioned"),
+        )
+        .times(Times::Always),
+    );
+    f.mock.set_store_serving(leader, false).await.unwrap();
+    f.mock.reset_rpc_counts();
+    let mut bo = bo();
+    let reply = f.get_with(&mut bo, "k").await.unwrap();
+    assert_eq!(reply.resp.value.as_ref(), b"v");
+    assert_eq!(reply.store_id, leader, "served by the leader itself");
+    assert!(reply.had_rpc_error);
+    let forwarded: u64 = f
+        .mock
+        .forwarded_counts()
+        .iter()
+        .filter(|((_, to), _)| *to == leader)
+        .map(|(_, n)| *n)
+        .sum();
+    assert_eq!(forwarded, 1, "{:?}", f.mock.forwarded_counts());
+    let store = f.core.cache.store_cache().get(leader).unwrap();
+    assert_eq!(store.health().liveness(), LivenessState::Unreachable);
+}
+
+#[tokio::test]
+async fn without_forwarding_an_unreachable_leader_is_not_proxied() {
+    let f = fixture(&[]).await;
+    f.put("k", "v").await;
+    let leader = f.leader_store("k");
+    f.mock.add_fault(
+        FaultRule::new(
+            Matcher::tikv().store(leader).forwarded(false),
+            Action::status(tonic::Code::Unavailable, "partitioned"),
+        )
+        .times(Times::Always),
+    );
+    f.mock.set_store_serving(leader, false).await.unwrap();
+    let mut bo = Backoffer::new(Duration::from_millis(500)).without_sleeps();
+    let err = f.get_with(&mut bo, "k").await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert!(f.mock.forwarded_counts().is_empty());
+}
