@@ -1,6 +1,8 @@
 //! End-to-end benchmarks. Each binary under `src/bin/` measures one thing against a `tikv-mock`
 //! running in another process; `docs/benchmarks.md` records the numbers and the commands.
 
+pub mod raw_workload;
+
 use bytes::Bytes;
 use tikv_proto::kvrpcpb;
 use tikv_proto::pdpb::{self, pd_client::PdClient};

@@ -14,19 +14,26 @@
 //!
 //! Proto types from `tikv-proto` stay inside the crate; the public API speaks the types above.
 
+// The API V1/V2 key codec; the raw and transactional clients are its users.
+mod cluster;
+#[cfg_attr(not(test), allow(dead_code))]
+mod codec;
 pub mod config;
 pub mod error;
 pub mod kv;
 pub mod locate;
 pub mod oracle;
 pub mod pd;
+pub mod raw;
 pub mod request;
 // The request model; the region request sender is its first user.
 #[cfg_attr(not(test), allow(dead_code))]
 mod rpc;
 pub mod transport;
 
+pub use cluster::Cluster;
 pub use config::{Config, Security};
 pub use error::{Error, Result};
 pub use kv::{BoundRange, Key, KvPair, Value};
 pub use oracle::Timestamp;
+pub use raw::{ApiVersion, RawClient};

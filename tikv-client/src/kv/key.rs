@@ -44,6 +44,11 @@ impl Key {
         Key(Bytes::copy_from_slice(bytes))
     }
 
+    /// The key's buffer, for callers that keep a cheap clone of it.
+    pub(crate) fn as_bytes_ref(&self) -> &Bytes {
+        &self.0
+    }
+
     /// The key's bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0

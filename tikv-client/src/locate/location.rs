@@ -36,6 +36,22 @@ impl fmt::Debug for KeyLocation {
 }
 
 impl KeyLocation {
+    /// A location from its parts: the cache's fast path builds one from the index alone.
+    #[inline]
+    pub(crate) fn from_parts(
+        region: RegionVerId,
+        start_key: Key,
+        end_key: Key,
+        buckets: Option<Arc<Buckets>>,
+    ) -> KeyLocation {
+        KeyLocation {
+            region,
+            start_key,
+            end_key,
+            buckets,
+        }
+    }
+
     #[inline]
     pub(crate) fn from_region(region: &CachedRegion) -> KeyLocation {
         KeyLocation {

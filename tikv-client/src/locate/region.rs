@@ -9,8 +9,8 @@
 //! stores) never change after construction.
 
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
@@ -150,6 +150,179 @@ impl TtlPolicy {
     }
 }
 
+/// The part of a region's state that every cache hit reads: TTL deadline, lazy-reload flags,
+/// invalid reason, whether it has buckets, and a copy of its id and epoch.
+///
+/// It lives in a dense slab shared by every cache of the process instead of inside the
+/// `CachedRegion` allocation. With 100k regions, the regions and their buffers spread over
+/// tens of megabytes and a hit on a random one took a DRAM miss (about 130-190 ns on this
+/// project's machine); the slab keeps 32 bytes per region packed together (3.2 MB for 100k),
+/// and the index keeps a reference to each region's slot next to its search keys, so a hit
+/// reads the slot without touching the region. Slots are recycled when their region is
+/// dropped; the slab's chunks are never returned to the allocator (like a free list, its size
+/// is the peak number of live regions times 32 bytes).
+#[derive(Debug)]
+#[repr(C, align(32))]
+pub(crate) struct HotState {
+    /// Expiry in milliseconds of the cache's clock; 0 once invalidated.
+    ttl_deadline: AtomicU64,
+    sync_flags: AtomicU32,
+    invalid_reason: AtomicU8,
+    /// Whether the region has buckets: a hit reads the region itself only then.
+    has_buckets: AtomicBool,
+    /// Whether the epoch did not fit `epoch`: a hit then reads the region's own.
+    wide_epoch: AtomicBool,
+    /// The region id and epoch (`conf_ver` high, `version` low), copied here so that a hit
+    /// reads one 32-byte slot for everything but the keys. Fixed while the slot is in use.
+    id: AtomicU64,
+    epoch: AtomicU64,
+}
+/// Slots per chunk of the slab (32 KiB).
+const SLAB_CHUNK: usize = 1024;
+
+struct Slab {
+    free: Vec<&'static HotState>,
+    chunk: &'static [HotState],
+}
+
+static SLAB: Mutex<Slab> = Mutex::new(Slab {
+    free: Vec::new(),
+    chunk: &[],
+});
+
+/// The slot of index entries that hold no region (never written).
+pub(crate) static VACANT_HOT_STATE: HotState = HotState::new();
+
+impl HotState {
+    const fn new() -> HotState {
+        HotState {
+            ttl_deadline: AtomicU64::new(0),
+            sync_flags: AtomicU32::new(0),
+            invalid_reason: AtomicU8::new(InvalidReason::Ok as u8),
+            has_buckets: AtomicBool::new(false),
+            wide_epoch: AtomicBool::new(false),
+            id: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    fn alloc(
+        ver: RegionVerId,
+        ttl_deadline: u64,
+        sync_flags: u32,
+        has_buckets: bool,
+    ) -> &'static HotState {
+        let slot = {
+            let mut slab = SLAB.lock().unwrap_or_else(PoisonError::into_inner);
+            match slab.free.pop() {
+                Some(slot) => slot,
+                None => {
+                    if slab.chunk.is_empty() {
+                        let chunk: Box<[HotState]> =
+                            (0..SLAB_CHUNK).map(|_| HotState::new()).collect();
+                        slab.chunk = Box::leak(chunk);
+                    }
+                    let (slot, rest) = slab.chunk.split_at(1);
+                    slab.chunk = rest;
+                    &slot[0]
+                }
+            }
+        };
+        // The region that owns the slot is published (through the index's `ArcSwap` or an
+        // `Arc`) after these stores, which orders them before any reader's loads.
+        let epoch = match (u32::try_from(ver.conf_ver()), u32::try_from(ver.version())) {
+            (Ok(conf_ver), Ok(version)) => Some(u64::from(conf_ver) << 32 | u64::from(version)),
+            _ => None,
+        };
+        slot.ttl_deadline.store(ttl_deadline, Ordering::Relaxed);
+        slot.sync_flags.store(sync_flags, Ordering::Relaxed);
+        slot.invalid_reason
+            .store(InvalidReason::Ok as u8, Ordering::Relaxed);
+        slot.has_buckets.store(has_buckets, Ordering::Relaxed);
+        slot.wide_epoch.store(epoch.is_none(), Ordering::Relaxed);
+        slot.id.store(ver.id(), Ordering::Relaxed);
+        slot.epoch.store(epoch.unwrap_or(0), Ordering::Relaxed);
+        slot
+    }
+
+    /// The region's id and epoch, or `None` when the epoch does not fit the slot (a version
+    /// or conf version past `u32::MAX`): then ask the region.
+    #[inline]
+    pub(crate) fn ver_id(&self) -> Option<RegionVerId> {
+        if self.wide_epoch.load(Ordering::Relaxed) {
+            return None;
+        }
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        Some(RegionVerId::new(
+            self.id.load(Ordering::Relaxed),
+            epoch >> 32,
+            epoch & u64::from(u32::MAX),
+        ))
+    }
+
+    /// Gives the slot back; its region is being dropped, so nothing reads it any more.
+    fn release(slot: &'static HotState) {
+        if std::ptr::eq(slot, &VACANT_HOT_STATE) {
+            return;
+        }
+        SLAB.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .free
+            .push(slot);
+    }
+
+    #[inline]
+    pub(crate) fn sync_flags(&self) -> u32 {
+        self.sync_flags.load(Ordering::Acquire)
+    }
+
+    #[inline]
+    pub(crate) fn has_buckets(&self) -> bool {
+        self.has_buckets.load(Ordering::Acquire)
+    }
+
+    /// Returns false if the TTL passed; otherwise extends it (see [`CachedRegion::check_ttl`]).
+    #[inline]
+    pub(crate) fn check_ttl(&self, now_ms: u64, policy: &TtlPolicy) -> bool {
+        let mut deadline = self.ttl_deadline.load(Ordering::Acquire);
+        loop {
+            if now_ms >= deadline {
+                return false;
+            }
+            // `>=`: right after a load without jitter the deadline is exactly now + ttl, and
+            // rewriting it on every lookup until the clock moves would be pure contention.
+            if deadline >= now_ms.saturating_add(policy.ttl_ms)
+                || self.sync_flags() & flags::NEED_EXPIRE_AFTER_TTL != 0
+            {
+                return true;
+            }
+            let next = policy.next_deadline(now_ms);
+            match self.ttl_deadline.compare_exchange_weak(
+                deadline,
+                next,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(current) => deadline = current,
+            }
+        }
+    }
+
+    /// What a hit checks (client-go `isValid` minus the reload-on-access flags a hit also
+    /// refuses): not flagged for reload on lookup, and TTL not passed (extended if due).
+    #[inline]
+    pub(crate) fn usable(&self, now_ms: u64, policy: &TtlPolicy) -> bool {
+        self.sync_flags() & flags::RELOAD_ON_LOOKUP == 0 && self.check_ttl(now_ms, policy)
+    }
+}
+
+impl Drop for CachedRegion {
+    fn drop(&mut self) {
+        HotState::release(self.hot);
+    }
+}
+
 /// A region in the cache.
 ///
 /// Everything but the leader position, the TTL, the flags, the invalid reason and the buckets is
@@ -184,10 +357,8 @@ pub(crate) struct CachedRegion {
     down_peers: Box<[metapb::Peer]>,
     #[cfg_attr(not(test), allow(dead_code))]
     pending_peers: Box<[metapb::Peer]>,
-    /// Expiry in milliseconds of the cache's clock; 0 once invalidated.
-    ttl_deadline: AtomicU64,
-    sync_flags: AtomicU32,
-    invalid_reason: AtomicU8,
+    /// TTL, flags and invalid reason: the state every hit reads, kept apart (see [`HotState`]).
+    hot: &'static HotState,
 }
 
 impl fmt::Debug for CachedRegion {
@@ -266,6 +437,7 @@ impl CachedRegion {
             flags::NEED_EXPIRE_AFTER_TTL
         };
         let bounds_lcp = Lcp::of(start_key.as_bytes(), end_key.as_bytes());
+        let has_buckets = parts.buckets.is_some();
         CachedRegion {
             ver_id: parts.ver_id,
             end_prefix: key_prefix(&end_key.as_bytes()[bounds_lcp.len..]),
@@ -282,9 +454,7 @@ impl CachedRegion {
             buckets: ArcSwapOption::new(parts.buckets),
             down_peers: parts.down_peers.into_boxed_slice(),
             pending_peers: parts.pending_peers.into_boxed_slice(),
-            ttl_deadline: AtomicU64::new(ttl_deadline),
-            sync_flags: AtomicU32::new(sync_flags),
-            invalid_reason: AtomicU8::new(InvalidReason::Ok as u8),
+            hot: HotState::alloc(parts.ver_id, ttl_deadline, sync_flags, has_buckets),
         }
     }
 
@@ -373,7 +543,22 @@ impl CachedRegion {
     }
 
     pub(crate) fn set_buckets(&self, buckets: Option<Arc<Buckets>>) {
+        // Set before storing, cleared after: a hit that sees the flag clear may skip the
+        // buckets only when there are none (or they are being replaced right now).
+        if buckets.is_some() {
+            self.hot.has_buckets.store(true, Ordering::Release);
+        }
+        let clear = buckets.is_none();
         self.buckets.store(buckets);
+        if clear {
+            self.hot.has_buckets.store(false, Ordering::Release);
+        }
+    }
+
+    /// The state a lookup reads, in the dense slab.
+    #[inline]
+    pub(crate) fn hot(&self) -> &'static HotState {
+        self.hot
     }
 
     pub(crate) fn bucket_version(&self) -> u64 {
@@ -495,33 +680,34 @@ impl CachedRegion {
     }
 
     pub(crate) fn sync_flags(&self) -> u32 {
-        self.sync_flags.load(Ordering::Acquire)
+        self.hot.sync_flags.load(Ordering::Acquire)
     }
 
     pub(crate) fn has_flags(&self, flags: u32) -> bool {
-        self.sync_flags.load(Ordering::Acquire) & flags != 0
+        self.hot.sync_flags.load(Ordering::Acquire) & flags != 0
     }
 
     pub(crate) fn set_flags(&self, flags: u32) {
-        self.sync_flags.fetch_or(flags, Ordering::AcqRel);
+        self.hot.sync_flags.fetch_or(flags, Ordering::AcqRel);
     }
 
     /// Clears `flags` and returns those of them that were set.
     pub(crate) fn take_flags(&self, flags: u32) -> u32 {
-        if self.sync_flags.load(Ordering::Acquire) & flags == 0 {
+        if self.hot.sync_flags.load(Ordering::Acquire) & flags == 0 {
             return 0;
         }
-        self.sync_flags.fetch_and(!flags, Ordering::AcqRel) & flags
+        self.hot.sync_flags.fetch_and(!flags, Ordering::AcqRel) & flags
     }
 
     pub(crate) fn invalid_reason(&self) -> InvalidReason {
-        InvalidReason::from_u8(self.invalid_reason.load(Ordering::Acquire))
+        InvalidReason::from_u8(self.hot.invalid_reason.load(Ordering::Acquire))
     }
 
     /// Marks the region invalid: lookups stop answering from it and reload it from PD. The first
     /// reason sticks (client-go `invalidate`).
     pub(crate) fn invalidate(&self, reason: InvalidReason) {
         if self
+            .hot
             .invalid_reason
             .compare_exchange(
                 InvalidReason::Ok as u8,
@@ -531,23 +717,23 @@ impl CachedRegion {
             )
             .is_ok()
         {
-            self.ttl_deadline.store(0, Ordering::Release);
+            self.hot.ttl_deadline.store(0, Ordering::Release);
         }
     }
 
     /// Whether the TTL passed, without extending it.
     pub(crate) fn is_ttl_expired(&self, now_ms: u64) -> bool {
-        now_ms >= self.ttl_deadline.load(Ordering::Acquire)
+        now_ms >= self.hot.ttl_deadline.load(Ordering::Acquire)
     }
 
     #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn ttl_deadline(&self) -> u64 {
-        self.ttl_deadline.load(Ordering::Acquire)
+        self.hot.ttl_deadline.load(Ordering::Acquire)
     }
 
     #[cfg(test)]
     pub(crate) fn set_ttl_deadline(&self, deadline: u64) {
-        self.ttl_deadline.store(deadline, Ordering::Release);
+        self.hot.ttl_deadline.store(deadline, Ordering::Release);
     }
 
     /// Returns false if the region's TTL passed; otherwise extends it, since the region is being
@@ -558,29 +744,7 @@ impl CachedRegion {
     /// flagged `NEED_EXPIRE_AFTER_TTL` is never extended.
     #[inline]
     pub(crate) fn check_ttl(&self, now_ms: u64, policy: &TtlPolicy) -> bool {
-        let mut deadline = self.ttl_deadline.load(Ordering::Acquire);
-        loop {
-            if now_ms >= deadline {
-                return false;
-            }
-            // `>=`: right after a load without jitter the deadline is exactly now + ttl, and
-            // rewriting it on every lookup until the clock moves would be pure contention.
-            if deadline >= now_ms.saturating_add(policy.ttl_ms)
-                || self.has_flags(flags::NEED_EXPIRE_AFTER_TTL)
-            {
-                return true;
-            }
-            let next = policy.next_deadline(now_ms);
-            match self.ttl_deadline.compare_exchange_weak(
-                deadline,
-                next,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return true,
-                Err(current) => deadline = current,
-            }
-        }
+        self.hot.check_ttl(now_ms, policy)
     }
 
     /// Whether lookups may answer from this region (client-go `isValid`).

@@ -27,6 +27,7 @@
 //! caches, about 0.5 us for uniformly random keys (two dependent DRAM misses: the region and
 //! its key buffer's reference count), and two threads do 1.8-2.1 times one.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -48,7 +49,7 @@ use super::region::{
 use super::store::{ResolveState, Store, StoreCache, StoreInfo, StoreType};
 use crate::config::Config;
 use crate::error::{RegionError, RegionErrorKind};
-use crate::pd::{BoxFuture, RegionInfo, RegionSource};
+use crate::pd::{BoxFuture, PdClient, RegionInfo, RegionSource};
 use crate::{Error, Key, Result};
 
 /// Regions asked of PD per batch scan (client-go `defaultRegionsPerBatch`).
@@ -128,6 +129,86 @@ impl Clock {
         self.now_ms
             .fetch_max(elapsed, Ordering::Relaxed)
             .max(elapsed)
+    }
+}
+
+/// The published index snapshot: an `ArcSwap` for writers and slow paths, plus a per-thread
+/// copy for the hit path.
+///
+/// Loading from the `ArcSwap` costs a hundred instructions and two atomic read-modify-writes
+/// per lookup (its debt slots). A hit instead reuses the `Arc` its thread loaded last, after one
+/// plain load of `version` shows nothing was published since. A thread keeps its last snapshot
+/// (of the last cache it used) until its next lookup; that holds the snapshot's regions a
+/// little longer, never answers from a replaced one: every store bumps `version`.
+struct IndexCell {
+    current: ArcSwap<RegionIndex>,
+    /// Bumped after every store.
+    version: AtomicU64,
+    /// Tells caches apart in the per-thread copy.
+    id: u64,
+}
+
+static NEXT_INDEX_CELL: AtomicU64 = AtomicU64::new(1);
+
+/// A thread's copy of one cache's snapshot, and the version it was loaded at (or after).
+struct ThreadSnapshot {
+    cell: u64,
+    version: u64,
+    index: Arc<RegionIndex>,
+}
+
+thread_local! {
+    static SNAPSHOT: RefCell<Option<ThreadSnapshot>> = const { RefCell::new(None) };
+}
+
+impl IndexCell {
+    fn new() -> IndexCell {
+        IndexCell {
+            current: ArcSwap::from_pointee(RegionIndex::default()),
+            version: AtomicU64::new(0),
+            id: NEXT_INDEX_CELL.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    fn load(&self) -> arc_swap::Guard<Arc<RegionIndex>> {
+        self.current.load()
+    }
+
+    fn store(&self, index: RegionIndex) {
+        self.current.store(Arc::new(index));
+        // After the store: a reader that sees the new version loads the new snapshot.
+        self.version.fetch_add(1, Ordering::Release);
+    }
+
+    /// Runs `f` on the current snapshot, from this thread's copy when it is still current.
+    #[inline]
+    fn with_current<R>(&self, f: impl FnOnce(&RegionIndex) -> Option<R>) -> Option<R> {
+        // Read before loading a snapshot, so that the copy is never older than its version.
+        let version = self.version.load(Ordering::Acquire);
+        let mut f = Some(f);
+        let answer = SNAPSHOT.try_with(|cell| {
+            let mut copy = cell.try_borrow_mut().ok()?;
+            let fresh = copy
+                .as_ref()
+                .is_some_and(|c| c.cell == self.id && c.version == version);
+            if !fresh {
+                *copy = Some(ThreadSnapshot {
+                    cell: self.id,
+                    version,
+                    index: self.current.load_full(),
+                });
+            }
+            let index = &copy.as_ref()?.index;
+            let f = f.take()?;
+            Some(f(index))
+        });
+        match (answer, f) {
+            (Ok(Some(answer)), _) => answer,
+            // The thread is exiting, or `f` re-entered: use the shared snapshot.
+            (_, Some(f)) => f(&self.load()),
+            // Cannot happen (`f` ran and returned); a miss is always a safe answer.
+            (_, None) => None,
+        }
     }
 }
 
@@ -253,7 +334,7 @@ pub(crate) struct RpcTarget {
 struct Inner {
     source: Arc<dyn RegionSource>,
     stores: StoreCache,
-    index: ArcSwap<RegionIndex>,
+    index: IndexCell,
     /// Serializes writers of `index` and `by_id`; never held across an await.
     write_lock: Mutex<()>,
     by_id: IdMap,
@@ -332,6 +413,36 @@ impl RegionCache {
         RegionCache::build(source, config, runtime)
     }
 
+    /// A cache that asks `pd` on misses, configured by `config` (TTL and jitter, refresh
+    /// intervals, preload).
+    ///
+    /// Keys are in the form PD stores them: the cache does not encode them. With an API V2
+    /// keyspace, pass keys already encoded for the keyspace (a client built for a keyspace does
+    /// this itself).
+    ///
+    /// Call it inside a tokio runtime: the cache then starts its background tasks (store
+    /// refresh, idle-region GC, preload and periodic refresh if configured), which stop when
+    /// the cache is [closed](RegionCache::close) or dropped. Outside a runtime it has no
+    /// background tasks and reads the clock on every lookup; lookups that miss still need a
+    /// runtime to await PD.
+    ///
+    /// ```no_run
+    /// # async fn example() -> tikv_client::Result<()> {
+    /// use tikv_client::Config;
+    /// use tikv_client::locate::RegionCache;
+    /// use tikv_client::pd::PdClient;
+    ///
+    /// let config = Config::default();
+    /// let pd = PdClient::connect(["127.0.0.1:2379"], &config).await?;
+    /// let cache = RegionCache::from_pd(&pd, &config);
+    /// let location = cache.locate_key(b"k1").await?;
+    /// println!("k1 is in region {}", location.region_id());
+    /// # Ok(()) }
+    /// ```
+    pub fn from_pd(pd: &PdClient, config: &Config) -> RegionCache {
+        RegionCache::new(Arc::new(pd.clone()), config)
+    }
+
     /// A cache without background tasks whose clock follows the runtime's (paused) time.
     #[cfg(test)]
     pub(crate) fn new_quiet(source: Arc<dyn RegionSource>, config: &Config) -> RegionCache {
@@ -346,7 +457,7 @@ impl RegionCache {
         let inner = Arc::new(Inner {
             stores: StoreCache::new(source.clone()),
             source,
-            index: ArcSwap::from_pointee(RegionIndex::default()),
+            index: IndexCell::new(),
             write_lock: Mutex::new(()),
             by_id: IdMap::new(),
             flights: Mutex::new(HashMap::new()),
@@ -383,7 +494,7 @@ impl RegionCache {
         let inner = Arc::new(Inner {
             stores: StoreCache::new(Arc::new(NoRegionSource)),
             source: Arc::new(NoRegionSource),
-            index: ArcSwap::from_pointee(RegionIndex::default()),
+            index: IndexCell::new(),
             write_lock: Mutex::new(()),
             by_id: IdMap::new(),
             flights: Mutex::new(HashMap::new()),
@@ -669,6 +780,13 @@ impl RegionCache {
         self.inner.find_region_by_key(key, false).await
     }
 
+    /// Whether lookups may still answer from `region` (client-go `Region.isValid`): not
+    /// invalidated, not flagged for reload, TTL not passed. A valid region's TTL is extended,
+    /// since the caller is using it.
+    pub(crate) fn is_region_valid(&self, region: &CachedRegion) -> bool {
+        region.is_valid(self.inner.clock.now(), &self.inner.ttl)
+    }
+
     /// Where to send a leader request for `region` (client-go `GetTiKVRPCContext` for leader
     /// reads). `Ok(None)` means the cached region is gone or stale and was invalidated: locate
     /// the key again. Resolving the leader's store may ask PD once.
@@ -917,16 +1035,29 @@ fn check_sorted_ranges(ranges: &[(Key, Key)]) -> Result<()> {
 impl Inner {
     // ----- lookups ----------------------------------------------------------------------------
 
-    /// The fast path of `locate_key`: no lock, no allocation, no PD.
+    /// The fast path of `locate_key`: no lock, no allocation, no PD, and no read of the region
+    /// object or its key buffers (see `index.rs` for why that matters).
     #[inline]
     fn cached_location(&self, key: &[u8]) -> Option<KeyLocation> {
         let now = self.clock.now();
-        let index = self.index.load();
-        let region = index.search_by_key(key)?;
-        if region.has_flags(flags::RELOAD_ON_LOOKUP) || !region.check_ttl(now, &self.ttl) {
-            return None;
-        }
-        Some(KeyLocation::from_region(region))
+        self.index.with_current(|index| {
+            let hit = index.lookup(key)?;
+            let hot = hit.hot();
+            if !hot.usable(now, &self.ttl) {
+                return None;
+            }
+            let buckets = if hot.has_buckets() {
+                hit.region().and_then(|r| r.buckets())
+            } else {
+                None
+            };
+            Some(KeyLocation::from_parts(
+                hit.ver_id(),
+                hit.start_key(),
+                hit.end_key(),
+                buckets,
+            ))
+        })
     }
 
     /// The cached region for `key` (or end key) if lookups may answer from it (client-go
@@ -1422,7 +1553,7 @@ impl Inner {
             .iter()
             .map(|r| self.insert_into(&mut index, r, invalidate_old))
             .collect();
-        self.index.store(Arc::new(index));
+        self.index.store(index);
         inserted
     }
 
@@ -1494,7 +1625,7 @@ impl Inner {
         for region in index.iter() {
             self.by_id.insert(region.clone());
         }
-        self.index.store(Arc::new(index));
+        self.index.store(index);
     }
 
     /// Loads every region from PD and makes it the cache's content (client-go
@@ -1561,7 +1692,7 @@ impl Inner {
                 self.by_id.remove(region);
             }
         }
-        self.index.store(Arc::new(index));
+        self.index.store(index);
     }
 }
 

@@ -146,3 +146,28 @@ async fn preload_over_grpc() {
     cache.check_consistency();
     pd.close();
 }
+
+/// The public constructor: a cache over a `PdClient`, answering from PD on a miss and from
+/// memory after (checked with PD stopped).
+#[tokio::test]
+async fn from_pd_locates_through_pd_then_from_cache() {
+    let (mock, pd, config) = start(&["m"]).await;
+    let cache = RegionCache::from_pd(&pd, &config);
+    let regions = mock.regions();
+    let loc = cache.locate_key(b"x").await.unwrap();
+    assert_eq!(loc.region_id(), regions[1].id);
+    assert_eq!(loc.start_key(), &Key::from("m"));
+    assert!(loc.end_key().is_empty());
+    let first = cache.locate_key(b"a").await.unwrap();
+    assert_eq!(first.region_id(), regions[0].id);
+    assert_eq!(first.end_key(), &Key::from("m"));
+    assert_eq!(cache.region_count(), 2);
+    // Hits answer from memory, with the same locations.
+    mock.stop_pd().await;
+    assert_eq!(cache.try_locate_key(b"y"), Some(loc.clone()));
+    assert_eq!(cache.locate_key(b"m").await.unwrap(), loc);
+    assert_eq!(cache.locate_key(b"").await.unwrap(), first);
+    cache.close();
+    assert!(cache.is_closed());
+    pd.close();
+}

@@ -8,6 +8,7 @@ mod background;
 mod cache;
 mod fake;
 mod grpc;
+mod index;
 mod pure;
 mod stores;
 

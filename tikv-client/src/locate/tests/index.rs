@@ -1,0 +1,362 @@
+//! The region index's leaf layout: the fast lookup that reads only the index (prefixes, key
+//! arena, offsets, hot-state slots), checked against a model and at the boundaries where the
+//! shortcuts could go wrong: the empty key, keys equal to a region's start or end, keys that
+//! share more than 8, 16 or 32 bytes, gaps between regions, and the last region of each leaf.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::bare_region;
+use crate::locate::index::{LEAF_CAP, RegionIndex};
+use crate::locate::prefix::{Lcp, key_prefix64};
+use crate::locate::region::{CachedRegion, InvalidReason, TtlPolicy, flags};
+
+/// The model's answer: the region whose `[start, end)` holds `key`.
+fn model_find(model: &BTreeMap<Vec<u8>, (Vec<u8>, u64)>, key: &[u8]) -> Option<u64> {
+    model
+        .range(..=key.to_vec())
+        .next_back()
+        .filter(|(_, (e, _))| e.is_empty() || key < e.as_slice())
+        .map(|(_, (_, id))| *id)
+}
+
+/// Checks `lookup` (and `search_by_key`, which goes through it) against the model for `key`,
+/// including the keys and epoch a hit reports.
+fn check_lookup(index: &RegionIndex, model: &BTreeMap<Vec<u8>, (Vec<u8>, u64)>, key: &[u8]) {
+    let expect = model_find(model, key);
+    let hit = index.lookup(key);
+    assert_eq!(
+        hit.map(|h| h.ver_id().id()),
+        expect,
+        "lookup of {:?}",
+        key.escape_ascii().to_string()
+    );
+    assert_eq!(index.search_by_key(key).map(|r| r.id()), expect);
+    if let Some(hit) = hit {
+        let region = hit.region().expect("a hit has its region");
+        assert_eq!(hit.ver_id(), region.ver_id());
+        assert_eq!(&hit.start_key(), region.start_key());
+        assert_eq!(&hit.end_key(), region.end_key());
+        assert!(std::ptr::eq(hit.hot(), region.hot()));
+    }
+}
+
+/// Boundary probes around every region: its start, its end, one byte below each, and keys
+/// extending them.
+fn boundary_probes(model: &BTreeMap<Vec<u8>, (Vec<u8>, u64)>) -> Vec<Vec<u8>> {
+    let mut probes = vec![Vec::new(), vec![0], vec![0xFF; 40]];
+    for (start, (end, _)) in model {
+        for k in [start, end] {
+            probes.push(k.clone());
+            let mut longer = k.clone();
+            longer.push(0);
+            probes.push(longer);
+            let mut longer = k.clone();
+            longer.push(0xFF);
+            probes.push(longer);
+            if let Some((&last, head)) = k.split_last() {
+                probes.push(head.to_vec());
+                if last > 0 {
+                    let mut below = head.to_vec();
+                    below.push(last - 1);
+                    below.extend_from_slice(&[0xFF; 20]);
+                    probes.push(below);
+                }
+            }
+        }
+    }
+    probes
+}
+
+/// The model: start key -> (end key, region id).
+type Model = BTreeMap<Vec<u8>, (Vec<u8>, u64)>;
+
+/// Builds the model and the index from region bounds (sorted, disjoint), inserting in a
+/// shuffled order so that leaves split at different places.
+fn build(bounds: &[(Vec<u8>, Vec<u8>)], seed: u64) -> (RegionIndex, Model) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut order: Vec<usize> = (0..bounds.len()).collect();
+    rng.shuffle(&mut order);
+    let mut index = RegionIndex::default();
+    let mut model = BTreeMap::new();
+    for i in order {
+        let (s, e) = &bounds[i];
+        index.insert(bare_region(i as u64 + 1, s, e, 1));
+        model.insert(s.clone(), (e.clone(), i as u64 + 1));
+    }
+    index.check_invariants();
+    (index, model)
+}
+
+/// Contiguous regions over keys that share 40 bytes, then differ after 8, 16 or 32 more: the
+/// leaf prefixes (8 bytes after the leaf's common prefix) tie and the arena's full keys decide.
+#[test]
+fn lookup_with_long_shared_prefixes() {
+    let shared = [b'p'; 40];
+    let mut splits: Vec<Vec<u8>> = Vec::new();
+    for extra in [0usize, 8, 9, 16, 17, 32, 33] {
+        for i in 0..40u8 {
+            let mut k = shared.to_vec();
+            k.extend(std::iter::repeat_n(b'm', extra));
+            k.push(i);
+            splits.push(k);
+        }
+    }
+    splits.sort();
+    splits.dedup();
+    let mut bounds = Vec::new();
+    let mut prev = Vec::new();
+    for s in &splits {
+        bounds.push((prev.clone(), s.clone()));
+        prev = s.clone();
+    }
+    bounds.push((prev, Vec::new()));
+    assert!(bounds.len() > 2 * LEAF_CAP, "several leaves");
+    for seed in 0..3 {
+        let (index, model) = build(&bounds, seed);
+        for probe in boundary_probes(&model) {
+            check_lookup(&index, &model, &probe);
+        }
+    }
+}
+
+/// Regions with gaps between them: a key in a gap, at a region's end or at the next start is
+/// found (or not) like the model says, and keys of the last region of each leaf take the
+/// leaf's end summary.
+#[test]
+fn lookup_with_gaps_and_leaf_ends() {
+    let row = |h: u64| {
+        let mut k = b"t\x80\0\0\0\0\0\0\x2a_r".to_vec();
+        k.extend_from_slice(&h.to_be_bytes());
+        k
+    };
+    // Every third region is missing; the first starts at the empty key, the last is unbounded.
+    let mut bounds = vec![(Vec::new(), row(10))];
+    for i in 1..600u64 {
+        if i % 3 != 0 {
+            bounds.push((row(i * 10), row(i * 10 + 10)));
+        }
+    }
+    bounds.push((row(6000), Vec::new()));
+    let (index, model) = build(&bounds, 9);
+    for probe in boundary_probes(&model) {
+        check_lookup(&index, &model, &probe);
+    }
+    for h in 0..6100 {
+        check_lookup(&index, &model, &row(h));
+    }
+    // The end of a region is outside it; its start is inside.
+    assert!(index.lookup(&row(20)).is_some());
+    assert!(index.lookup(&row(30)).is_none());
+    assert_eq!(index.lookup(b"").map(|h| h.ver_id().id()), Some(1));
+    assert_eq!(
+        index.lookup(&[0xFF; 30]).map(|h| h.hot() as *const _),
+        index
+            .search_by_key(&[0xFF; 30])
+            .map(|r| r.hot() as *const _)
+    );
+}
+
+/// A leaf's last region whose end falls outside the keys sharing the leaf's common prefix
+/// (another table), and a one-region leaf whose region is left out of the common prefix.
+#[test]
+fn lookup_at_leaf_end_outside_common_prefix() {
+    let mut model = BTreeMap::new();
+    let mut index = RegionIndex::default();
+    // Regions in table 1, then one region spanning into table 2, then table 3.
+    let mut bounds = vec![(b"a".to_vec(), b"t1_0010".to_vec())];
+    for i in 1..10u32 {
+        bounds.push((
+            format!("t1_{:04}", i * 10).into_bytes(),
+            format!("t1_{:04}", i * 10 + 10).into_bytes(),
+        ));
+    }
+    bounds.push((b"t1_0100".to_vec(), b"t2_5".to_vec()));
+    bounds.push((b"t3".to_vec(), b"u".to_vec()));
+    for (i, (s, e)) in bounds.iter().enumerate() {
+        index.insert(bare_region(i as u64 + 1, s, e, 1));
+        model.insert(s.clone(), (e.clone(), i as u64 + 1));
+    }
+    index.check_invariants();
+    let probes: Vec<&[u8]> = vec![
+        b"", b"a", b"b", b"t", b"t1", b"t1_", b"t1_0100", b"t1_9", b"t2", b"t2_4", b"t2_5",
+        b"t2_6", b"t3", b"t3\xff", b"t4", b"tz", b"u", b"u\0", b"v",
+    ];
+    for probe in probes {
+        check_lookup(&index, &model, probe);
+    }
+    // A single region (alone in its leaf): every key classes as sharing the empty prefix.
+    let mut single = RegionIndex::default();
+    single.insert(bare_region(1, b"m", b"n", 1));
+    let mut one = BTreeMap::new();
+    one.insert(b"m".to_vec(), (b"n".to_vec(), 1));
+    for probe in [&b""[..], b"l", b"m", b"m\0", b"mz", b"n", b"n\0", b"z"] {
+        check_lookup(&single, &one, probe);
+    }
+}
+
+/// Random inserts and removals over keys with long common parts; after each step the
+/// structure is rebuilt-equal (prefixes, offsets, arena, end summary) and lookups match.
+#[test]
+fn lookup_matches_model_under_churn() {
+    let mut rng = fastrand::Rng::with_seed(1234);
+    let key = |rng: &mut fastrand::Rng| -> Vec<u8> {
+        let mut k = match rng.u8(0..3) {
+            0 => b"t\x80\0\0\0\0\0\0\x2a_r\0\0\0".to_vec(),
+            1 => b"same_forty_bytes_prefix_for_every_key__".to_vec(),
+            _ => Vec::new(),
+        };
+        for _ in 0..rng.usize(0..12) {
+            k.push(rng.u8(b'a'..b'e'));
+        }
+        k
+    };
+    let mut index = RegionIndex::default();
+    let mut model: BTreeMap<Vec<u8>, (Vec<u8>, u64)> = BTreeMap::new();
+    for step in 0..4000u64 {
+        let a = key(&mut rng);
+        let b = match rng.u8(0..50) {
+            0 => Vec::new(),
+            1..=10 => key(&mut rng),
+            _ => {
+                let mut b = a.clone();
+                b.push(rng.u8(b'a'..b'e'));
+                b
+            }
+        };
+        if !b.is_empty() && a >= b {
+            continue;
+        }
+        let region = bare_region(step + 1, &a, &b, step + 1);
+        let overlapped = index.intersecting(&region).expect("versions only grow");
+        for old in &overlapped {
+            assert!(index.remove(old));
+            model.remove(old.start_key().as_bytes());
+        }
+        index.insert(region);
+        model.insert(a.clone(), (b.clone(), step + 1));
+        if rng.u8(0..6) == 0 && !model.is_empty() {
+            let start = model.keys().nth(rng.usize(0..model.len())).unwrap().clone();
+            let region = index.search_by_key(&start).unwrap().clone();
+            assert!(index.remove(&region));
+            model.remove(&start);
+        }
+        if step % 50 == 0 {
+            index.check_invariants();
+        }
+        for _ in 0..4 {
+            check_lookup(&index, &model, &key(&mut rng));
+        }
+        if step % 500 == 0 {
+            for probe in boundary_probes(&model) {
+                check_lookup(&index, &model, &probe);
+            }
+        }
+    }
+    index.check_invariants();
+    for probe in boundary_probes(&model) {
+        check_lookup(&index, &model, &probe);
+    }
+}
+
+/// `Lcp::locate` against a plain byte comparison, for prefixes shorter and longer than the 16
+/// and 32 bytes held inline.
+#[test]
+fn lcp_locate_matches_byte_comparison() {
+    let reference = |prefix: &[u8], key: &[u8]| -> Ordering {
+        if key.starts_with(prefix) {
+            Ordering::Equal
+        } else {
+            key.cmp(prefix)
+        }
+    };
+    let mut rng = fastrand::Rng::with_seed(5);
+    for len in [0usize, 1, 7, 8, 15, 16, 17, 31, 32, 33, 50] {
+        let prefix: Vec<u8> = (0..len).map(|_| rng.u8(0..4)).collect();
+        let mut first = prefix.clone();
+        first.push(0);
+        let mut last = prefix.clone();
+        last.push(9);
+        let lcp = Lcp::of(&first, &last);
+        assert_eq!(lcp.len, len);
+        for _ in 0..400 {
+            // Keys near the prefix: a piece of it, then random bytes.
+            let mut key = prefix[..rng.usize(0..=len)].to_vec();
+            if rng.bool() && !key.is_empty() {
+                let i = rng.usize(0..key.len());
+                key[i] = rng.u8(0..4);
+            }
+            for _ in 0..rng.usize(0..4) {
+                key.push(rng.u8(0..4));
+            }
+            assert_eq!(
+                lcp.locate(&key, || &first),
+                reference(&prefix, &key),
+                "prefix {prefix:?} key {key:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn key_prefix64_matches_zero_padding() {
+    let reference = |k: &[u8]| {
+        let mut buf = [0u8; 8];
+        let n = k.len().min(8);
+        buf[..n].copy_from_slice(&k[..n]);
+        u64::from_be_bytes(buf)
+    };
+    let mut rng = fastrand::Rng::with_seed(11);
+    for len in 0..20 {
+        for _ in 0..50 {
+            let key: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+            assert_eq!(key_prefix64(&key), reference(&key), "{key:?}");
+        }
+    }
+}
+
+/// The hot state a hit reads is the region's own: invalidation, flags and TTL seen through
+/// the index are the region's, and a recycled slot starts clean.
+#[test]
+fn hot_state_is_shared_with_the_region_and_recycled_clean() {
+    let policy = TtlPolicy {
+        ttl_ms: 1000,
+        jitter_ms: 0,
+    };
+    let mut index = RegionIndex::default();
+    let region = bare_region(1, b"a", b"c", 1);
+    index.insert(region.clone());
+    let hot = index.lookup(b"b").unwrap().hot();
+    assert!(hot.usable(0, &policy));
+    region.set_flags(flags::NEED_RELOAD_ON_ACCESS);
+    assert!(
+        !hot.usable(0, &policy),
+        "a region to reload does not answer"
+    );
+    region.take_flags(flags::NEED_RELOAD_ON_ACCESS);
+    assert!(hot.usable(0, &policy));
+    region.invalidate(InvalidReason::Other);
+    assert!(!index.lookup(b"b").unwrap().hot().usable(0, &policy));
+    assert!(region.is_ttl_expired(0));
+
+    // Drop the region everywhere; its slot goes back to the slab and a new region reusing
+    // slots starts valid, without flags.
+    assert!(index.remove(&region));
+    drop(region);
+    let fresh: Vec<Arc<CachedRegion>> = (0..64)
+        .map(|i| bare_region(100 + i, &[i as u8], &[i as u8, 0], 1))
+        .collect();
+    for r in &fresh {
+        assert_eq!(r.invalid_reason(), InvalidReason::Ok);
+        assert_eq!(r.sync_flags(), 0);
+        assert!(r.hot().usable(0, &policy));
+        assert!(!r.hot().has_buckets());
+    }
+    // Slots are distinct while their regions live.
+    for (i, a) in fresh.iter().enumerate() {
+        for b in &fresh[i + 1..] {
+            assert!(!std::ptr::eq(a.hot(), b.hot()));
+        }
+    }
+}

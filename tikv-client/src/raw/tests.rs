@@ -1,0 +1,1 @@
+//! RawClient tests against tikv-mock.

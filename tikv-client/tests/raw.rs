@@ -1,0 +1,472 @@
+//! `RawClient` through its public API against `tikv-mock`: every operation, batches and scans
+//! across regions while regions split, API V2 keyspace isolation, TTLs on the mock's manual
+//! clock, CAS races, and bad input refused before anything is sent.
+//!
+//! Ports client-go `rawkv/rawkv_test.go` and `integration_tests/raw/` cases (mapped in
+//! docs/test-port.md), and checks that client-rust's raw bugs #455, #457, #500 and #527 do not
+//! exist here.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tikv_client::{ApiVersion, BoundRange, Cluster, Config, Error, Key, KvPair, RawClient};
+use tikv_mock::{Action, FaultRule, ManualClock, Matcher, MockCluster, RegionErrorSpec, Times};
+
+async fn mock(split: &[&str]) -> MockCluster {
+    MockCluster::builder()
+        .stores(3)
+        .split_keys(split.iter().map(|k| k.as_bytes()))
+        .start()
+        .await
+        .unwrap()
+}
+
+async fn client(mock: &MockCluster) -> RawClient {
+    RawClient::new(mock.pd_endpoints()).await.unwrap()
+}
+
+fn pairs(n: usize, prefix: &str) -> Vec<KvPair> {
+    (0..n)
+        .map(|i| KvPair::new(format!("{prefix}{i:05}"), format!("value{i}")))
+        .collect()
+}
+
+fn keys_of(pairs: &[KvPair]) -> Vec<Vec<u8>> {
+    pairs.iter().map(|p| p.key().to_vec()).collect()
+}
+
+fn count(mock: &MockCluster, command: &str) -> u64 {
+    mock.store_ids()
+        .into_iter()
+        .map(|s| mock.rpc_count(s, command))
+        .sum()
+}
+
+#[tokio::test]
+async fn single_key_operations() {
+    let mock = mock(&["m"]).await;
+    let c = client(&mock).await;
+    assert_eq!(c.get("a").await.unwrap(), None);
+    c.put("a", "1").await.unwrap();
+    c.put("z", "").await.unwrap();
+    assert_eq!(c.get("a").await.unwrap().unwrap().as_ref(), b"1");
+    // An empty value exists and is distinct from a missing key.
+    assert_eq!(c.get("z").await.unwrap().unwrap().as_ref(), b"");
+    c.delete("a").await.unwrap();
+    assert_eq!(c.get("a").await.unwrap(), None);
+    c.delete("never").await.unwrap();
+}
+
+#[tokio::test]
+async fn batches_span_regions_and_keep_the_callers_order() {
+    let mock = mock(&["k00100", "k00200", "k00300"]).await;
+    let c = client(&mock).await;
+    let all = pairs(400, "k");
+    c.batch_put(all.clone()).await.unwrap();
+    // Reversed, with a missing key and a duplicate in the middle.
+    let mut want: Vec<Key> = all.iter().rev().map(|p| p.key().clone()).collect();
+    want.insert(10, Key::from("missing"));
+    want.insert(20, all[5].key().clone());
+    let got = c.batch_get(want.clone()).await.unwrap();
+    assert_eq!(got.len(), 401);
+    let expected: Vec<Vec<u8>> = want
+        .iter()
+        .filter(|k| k.as_bytes() != b"missing")
+        .map(|k| k.to_vec())
+        .collect();
+    assert_eq!(keys_of(&got), expected);
+    assert!(got.iter().all(|p| {
+        let i: usize = std::str::from_utf8(&p.key().as_bytes()[1..])
+            .unwrap()
+            .parse()
+            .unwrap();
+        p.value().as_ref() == format!("value{i}").as_bytes()
+    }));
+    c.batch_delete(all.iter().step_by(2).map(|p| p.key().clone()))
+        .await
+        .unwrap();
+    let left = c
+        .batch_get(all.iter().map(|p| p.key().clone()))
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 200);
+    // Empty batches are no-ops.
+    c.batch_put(Vec::<KvPair>::new()).await.unwrap();
+    assert!(c.batch_get(Vec::<Key>::new()).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn scans_forward_reverse_key_only_and_batched() {
+    let mock = mock(&["k00050", "k00100", "k00150"]).await;
+    let c = client(&mock).await;
+    let all = pairs(200, "k");
+    c.batch_put(all.clone()).await.unwrap();
+    let got = c.scan("k00040".."k00160", 1000).await.unwrap();
+    assert_eq!(keys_of(&got), keys_of(&all[40..160]));
+    let got = c.scan("k00040".., 30).await.unwrap();
+    assert_eq!(keys_of(&got), keys_of(&all[40..70]));
+    let keys = c.scan_keys(.."k00010", 100).await.unwrap();
+    assert_eq!(keys.len(), 10);
+    // Reverse across every region (client-rust #527).
+    let got = c.reverse_scan("k00020".."k00180", 1000).await.unwrap();
+    let mut want = keys_of(&all[20..180]);
+    want.reverse();
+    assert_eq!(keys_of(&got), want);
+    let got = c.reverse_scan_keys("k00000"..="k00199", 5).await.unwrap();
+    assert_eq!(got[0].as_bytes(), b"k00199");
+    assert_eq!(got.len(), 5);
+    let got = c
+        .batch_scan(["k00000".."k00003", "k00120".."k00122"], 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        keys_of(&got),
+        [keys_of(&all[0..3]), keys_of(&all[120..122])].concat()
+    );
+    let got = c.scan("a".."b", 10).await.unwrap();
+    assert!(got.is_empty());
+}
+
+#[tokio::test]
+async fn the_stream_has_no_limit() {
+    let mock = mock(&["k04000", "k08000", "k12000"]).await;
+    let c = client(&mock).await;
+    let all = pairs(12_500, "k");
+    for chunk in all.chunks(2000) {
+        c.batch_put(chunk.to_vec()).await.unwrap();
+    }
+    let mut stream = c.scan_stream("k".."l");
+    let mut n = 0;
+    let mut last: Option<Key> = None;
+    while let Some(pair) = stream.next().await {
+        let pair = pair.unwrap();
+        if let Some(prev) = &last {
+            assert!(prev < pair.key());
+        }
+        last = Some(pair.key().clone());
+        n += 1;
+    }
+    assert_eq!(n, 12_500);
+}
+
+#[tokio::test]
+async fn scans_and_batches_survive_splits_in_the_middle() {
+    let mock = mock(&[]).await;
+    let c = client(&mock).await;
+    let all = pairs(300, "k");
+    c.batch_put(all.clone()).await.unwrap();
+    // Warm the cache, then split under it (client-rust #455: no empty results).
+    assert_eq!(c.scan("k".., 1000).await.unwrap().len(), 300);
+    mock.split_raw(["k00100", "k00200"]).unwrap();
+    assert_eq!(keys_of(&c.scan("k".., 1000).await.unwrap()), keys_of(&all));
+    mock.split_raw(["k00050", "k00250"]).unwrap();
+    let mut want = keys_of(&all);
+    want.reverse();
+    assert_eq!(
+        keys_of(&c.reverse_scan("k".."l", 1000).await.unwrap()),
+        want
+    );
+    mock.split_raw(["k00025", "k00150"]).unwrap();
+    assert_eq!(
+        c.batch_get(all.iter().map(|p| p.key().clone()))
+            .await
+            .unwrap()
+            .len(),
+        300
+    );
+    mock.split_raw(["k00010", "k00280"]).unwrap();
+    c.delete_range("k00000".."k00290").await.unwrap();
+    let left = c.scan("k".., 1000).await.unwrap();
+    assert_eq!(keys_of(&left), keys_of(&all[290..]));
+
+    // A stream consumed while its regions split.
+    c.batch_put(all.clone()).await.unwrap();
+    let mut stream = c.scan_stream("k".."l");
+    let mut n = 0;
+    while let Some(pair) = stream.next().await {
+        pair.unwrap();
+        n += 1;
+        if n == 10 {
+            mock.split_raw(["k00005", "k00290"]).unwrap();
+        }
+    }
+    assert_eq!(n, 300);
+}
+
+#[tokio::test]
+async fn big_batches_are_split_by_size_and_by_raft_entry_limit() {
+    let mock = mock(&["m"]).await;
+    let c = client(&mock).await;
+    // 12 values of 1 MiB: 12 MiB in one call, over TiKV's 8 MiB entry limit (client-rust #500).
+    let big: Vec<KvPair> = (0..12)
+        .map(|i| KvPair::new(format!("big{i:02}"), vec![b'x'; 1 << 20]))
+        .collect();
+    c.batch_put(big.clone()).await.unwrap();
+    assert_eq!(
+        c.batch_get(big.iter().map(|p| p.key().clone()))
+            .await
+            .unwrap()
+            .len(),
+        12
+    );
+    // A batch TiKV rejects as too large for one Raft entry is halved and resent.
+    mock.add_fault(
+        FaultRule::new(
+            Matcher::tikv().command("RawBatchPut"),
+            Action::region_error(RegionErrorSpec::RaftEntryTooLarge),
+        )
+        .times(Times::Once),
+    );
+    mock.reset_rpc_counts();
+    let small = pairs(50, "s");
+    c.batch_put(small.clone()).await.unwrap();
+    assert_eq!(count(&mock, "RawBatchPut"), 3, "one refused, two halves");
+    assert_eq!(c.scan("s".."t", 100).await.unwrap().len(), 50);
+}
+
+#[tokio::test]
+async fn checksum_matches_the_data() {
+    let mock = mock(&["k00010"]).await;
+    let c = client(&mock).await;
+    c.batch_put(pairs(20, "k")).await.unwrap();
+    let sum = c.checksum("k".."l").await.unwrap();
+    assert_eq!(sum.total_kvs, 20);
+    let bytes: u64 = pairs(20, "k")
+        .iter()
+        .map(|p| (p.key().len() + p.value().len()) as u64)
+        .sum();
+    assert_eq!(sum.total_bytes, bytes);
+    assert_ne!(sum.crc64_xor, 0);
+    let half = c.checksum("k".."k00010").await.unwrap();
+    let other = c.checksum("k00010".."l").await.unwrap();
+    assert_eq!(half.crc64_xor ^ other.crc64_xor, sum.crc64_xor);
+}
+
+#[tokio::test]
+async fn compare_and_swap_needs_atomic_mode_and_is_atomic_under_races() {
+    let mock = mock(&[]).await;
+    let c = client(&mock).await;
+    assert!(matches!(
+        c.compare_and_swap("cas", None, "1").await,
+        Err(Error::InvalidArgument { .. })
+    ));
+    let c = c.with_atomic_for_cas(true);
+    let (prev, ok) = c.compare_and_swap("cas", None, "0").await.unwrap();
+    assert!(ok && prev.is_none());
+    let (prev, ok) = c.compare_and_swap("cas", None, "x").await.unwrap();
+    assert!(!ok);
+    assert_eq!(prev.unwrap().as_ref(), b"0");
+
+    // 16 tasks increment one counter 10 times each with CAS: no lost update.
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0;
+            while done < 10 {
+                let cur = c.get("cas").await.unwrap().unwrap();
+                let n: u64 = std::str::from_utf8(&cur).unwrap().parse().unwrap();
+                let (_, ok) = c
+                    .compare_and_swap("cas", Some(cur), (n + 1).to_string())
+                    .await
+                    .unwrap();
+                if ok {
+                    done += 1;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(c.get("cas").await.unwrap().unwrap().as_ref(), b"160");
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_before_anything_is_sent() {
+    let mock = mock(&[]).await;
+    let c = client(&mock).await;
+    mock.reset_rpc_counts();
+    assert!(matches!(
+        c.put("", "v").await,
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        c.get("").await,
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        c.put(vec![b'k'; 8 * 1024 + 1], "v").await,
+        Err(Error::KeyTooLarge { .. })
+    ));
+    assert!(matches!(
+        c.put("k", vec![0u8; 8 * 1024 * 1024]).await,
+        Err(Error::EntryTooLarge { .. })
+    ));
+    // One bad pair refuses the whole batch: nothing is written.
+    let mut batch = pairs(10, "b");
+    batch.push(KvPair::new("", "v"));
+    assert!(matches!(
+        c.batch_put(batch).await,
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        c.batch_put_with_ttl(pairs(3, "t"), [1, 2]).await,
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        c.scan("a".."b", 0).await,
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        c.scan("a".."b", 10241).await,
+        Err(Error::InvalidArgument { .. })
+    ));
+    let reversed: BoundRange = ("b".."a").into();
+    assert!(matches!(
+        c.scan(reversed.clone(), 10).await,
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        c.delete_range(reversed).await,
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        c.reverse_scan("a".., 10).await,
+        Err(Error::InvalidArgument { .. })
+    ));
+    let sent: u64 = mock.rpc_counts().values().sum();
+    assert_eq!(sent, 0, "{:?}", mock.rpc_counts());
+}
+
+async fn v2_mock(clock: Option<ManualClock>) -> (MockCluster, u32, u32) {
+    let mut builder = MockCluster::builder()
+        .stores(3)
+        .api_version(tikv_mock::ApiVersion::V2);
+    if let Some(clock) = clock {
+        builder = builder.manual_clock(clock);
+    }
+    let mock = builder.start().await.unwrap();
+    let a = mock.create_keyspace("alpha").unwrap();
+    let b = mock.create_keyspace("beta").unwrap();
+    (mock, a, b)
+}
+
+fn v2_key(id: u32, key: &str) -> Vec<u8> {
+    let mut k = vec![b'r'];
+    k.extend_from_slice(&id.to_be_bytes()[1..]);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+#[tokio::test]
+async fn keyspaces_are_isolated() {
+    let (mock, a, b) = v2_mock(None).await;
+    // Regions cut inside both keyspaces and between them.
+    mock.split_raw([v2_key(a, "m"), v2_key(b, ""), v2_key(b, "m")])
+        .unwrap();
+    let cluster = Cluster::connect(mock.pd_endpoints(), Config::default())
+        .await
+        .unwrap();
+    let build = |ks: &str| {
+        RawClient::builder_on(&cluster)
+            .api_version(ApiVersion::V2)
+            .keyspace(ks)
+            .build()
+    };
+    let ca = build("alpha").await.unwrap();
+    let cb = build("beta").await.unwrap();
+    ca.batch_put(pairs(30, "k")).await.unwrap();
+    cb.put("k00001", "from beta").await.unwrap();
+    assert_eq!(ca.get("k00001").await.unwrap().unwrap().as_ref(), b"value1");
+    assert_eq!(
+        cb.get("k00001").await.unwrap().unwrap().as_ref(),
+        b"from beta"
+    );
+    assert_eq!(cb.get("k00002").await.unwrap(), None);
+    // Unbounded scans stay inside the keyspace.
+    assert_eq!(ca.scan(.., 1000).await.unwrap().len(), 30);
+    assert_eq!(
+        keys_of(&cb.scan(.., 1000).await.unwrap()),
+        vec![b"k00001".to_vec()]
+    );
+    assert_eq!(ca.reverse_scan(.., 1000).await.unwrap().len(), 30);
+    cb.delete_range(..).await.unwrap();
+    assert_eq!(ca.scan(.., 1000).await.unwrap().len(), 30);
+    assert!(cb.scan(.., 10).await.unwrap().is_empty());
+    assert_eq!(ca.checksum(..).await.unwrap().total_kvs, 30);
+
+    // Unknown and disabled keyspaces are typed errors; a keyspace needs API V2.
+    assert!(matches!(
+        build("nope").await,
+        Err(Error::KeyspaceNotFound { .. })
+    ));
+    assert!(matches!(
+        RawClient::builder_on(&cluster)
+            .keyspace("alpha")
+            .build()
+            .await,
+        Err(Error::InvalidArgument { .. })
+    ));
+}
+
+#[tokio::test]
+async fn ttls_expire_on_the_mock_clock_and_stay_aligned_across_regions() {
+    let clock = ManualClock::starting_now();
+    let (mock, a, _) = v2_mock(Some(clock.clone())).await;
+    mock.split_raw([v2_key(a, "k00005")]).unwrap();
+    let c = RawClient::builder(mock.pd_endpoints())
+        .api_version(ApiVersion::V2)
+        .keyspace("alpha")
+        .build()
+        .await
+        .unwrap();
+    c.put_with_ttl("short", "v", 10).await.unwrap();
+    c.put("forever", "v").await.unwrap();
+    let ttl = c.get_key_ttl("short").await.unwrap().unwrap();
+    assert!(ttl > 0 && ttl <= 10);
+    assert_eq!(c.get_key_ttl("forever").await.unwrap(), Some(0));
+    assert_eq!(c.get_key_ttl("missing").await.unwrap(), None);
+    // Per-key TTLs across two regions land on their own keys (client-rust #457).
+    let batch = pairs(10, "k");
+    let ttls: Vec<u64> = (0..10).map(|i| 100 + i).collect();
+    c.batch_put_with_ttl(batch.clone(), ttls.clone())
+        .await
+        .unwrap();
+    for (pair, ttl) in batch.iter().zip(&ttls) {
+        let got = c.get_key_ttl(pair.key().clone()).await.unwrap().unwrap();
+        assert!(
+            got <= *ttl && got + 2 >= *ttl,
+            "{:?}: {got} vs {ttl}",
+            pair.key()
+        );
+    }
+    clock.advance(Duration::from_secs(11));
+    assert_eq!(c.get("short").await.unwrap(), None);
+    assert!(c.get("forever").await.unwrap().is_some());
+    assert_eq!(
+        c.batch_get(batch.iter().map(|p| p.key().clone()))
+            .await
+            .unwrap()
+            .len(),
+        10
+    );
+    clock.advance(Duration::from_secs(94));
+    let left = c
+        .batch_get(batch.iter().map(|p| p.key().clone()))
+        .await
+        .unwrap();
+    assert!(left.len() < 10 && !left.is_empty(), "{}", left.len());
+}
+
+#[tokio::test]
+async fn column_families_are_separate() {
+    let mock = mock(&[]).await;
+    let c = client(&mock).await;
+    let write = c.with_cf("write");
+    write.put("k", "in write").await.unwrap();
+    assert_eq!(c.get("k").await.unwrap(), None);
+    assert_eq!(write.get("k").await.unwrap().unwrap().as_ref(), b"in write");
+    let bad = c.with_cf("no-such-cf");
+    assert!(bad.put("k", "v").await.is_err());
+}
