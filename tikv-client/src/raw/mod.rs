@@ -18,8 +18,6 @@
 //! [`Error::EntryTooLarge`] before anything is sent.
 
 mod scan;
-#[cfg(test)]
-mod tests;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,1 +1,0 @@
-//! RawClient tests against tikv-mock.
