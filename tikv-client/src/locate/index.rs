@@ -3,7 +3,7 @@
 //! The index is immutable once published: readers load the current snapshot (an `ArcSwap` in
 //! the region cache) and search it without any lock or shared write. Writers clone the snapshot,
 //! change the clone and publish it. Cloning is cheap because the index is two levels of
-//! reference-counted chunks: a root of up to a few thousand leaves, each leaf holding up to
+//! reference-counted chunks: a root of a few thousand leaves, each leaf holding up to
 //! [`LEAF_CAP`] regions in key order. A change copies the root's vectors and the one or two
 //! leaves it touches; every other leaf is shared with the previous snapshot.
 //!
@@ -12,29 +12,30 @@
 //! A cache hit must answer from memory that stays in the CPU caches. On this project's machine
 //! a dependent load costs about 20 ns while the touched data fits in 4 MB, and 100-190 ns
 //! beyond 8 MB; 100k cached regions with their peers and key buffers take tens of megabytes.
-//! The first version of this index compared 16-byte prefixes stored in the leaves but then read
-//! the region object (TTL, flags) and bumped the reference count of its key buffer: two
-//! dependent DRAM misses, about 0.5 us per uniformly random lookup. So a hit now reads only the
-//! root, one leaf and one 16-byte slot of the dense [`HotState`] slab:
+//! The first version of this index compared 16-byte prefixes in its leaves but then read the
+//! region object (TTL, flags) and bumped the reference count of the region's key buffer: two
+//! dependent DRAM misses, about 0.5 us per uniformly random lookup. A hit now reads the root,
+//! one leaf, and the region's 8-byte slot in the dense [`HotState`] slab, about 40 bytes per
+//! region in all (4 MB for 100k):
 //!
-//! - Root: for each leaf, the 16 bytes of its first key after the root's common prefix (`Lcp`)
-//!   as a `u128`, searched by binary search (a few tens of kilobytes: in L1/L2).
-//! - Leaf, first eight cache lines: the 8 bytes of each start key after the leaf's own common
-//!   prefix, as `u64`, in one 64-byte aligned array. The search first compares the first entry
-//!   of each line (eight independent loads, so the eight lines are fetched in parallel, not one
-//!   after the other as a binary search would), then the eight entries of the chosen line.
-//!   TiDB keys (`t`, table id, `_r`, handle) share their first 15 bytes across a table, which is
-//!   why prefixes are taken after a common prefix.
-//! - Leaf, after the prefixes: per entry its `HotState` slot, region id and epoch, and offsets
-//!   into the leaf's key arena: one `Bytes` holding every start key (and each end key that is
-//!   not the next start key). A hit returns its keys as slices of the arena: the reference count
-//!   it bumps is one per leaf and stays in cache, where the region's own key buffer would not.
-//! - A region's end is checked without reading it: if the next entry starts where it ends, the
-//!   search already proved the key is below its end; the last entry's end is summarized in the
-//!   leaf's header relative to the common prefix.
+//! - Root: the 16 bytes after the root's common prefix (`Lcp`) of each leaf's first key, as
+//!   `u128`, and a radix table over them ([`Radix`]) that narrows a search to one or two
+//!   entries; a binary search here took a dozen dependent steps.
+//! - Leaf, first cache lines: the 8 bytes after the leaf's own common prefix of each start key,
+//!   as `u64`, line-aligned. The search compares the first entry of each line first (loads
+//!   that do not depend on each other, so the lines are fetched in parallel), then the entries
+//!   of one line. TiDB keys (`t`, table id, `_r`, handle) share their first 15 bytes across a
+//!   table, which is why prefixes are taken after a common prefix.
+//! - Leaf, per entry: the region's `HotState` slot, its id and epoch, and where its keys are in
+//!   the leaf's key arena. A hit returns its keys as slices of the arena: the reference count
+//!   it bumps is one per leaf (so it is likely in cache), not one per region.
+//! - A region's end is checked without reading it: if the next entry starts where it ends (a
+//!   bit per entry), the search already proved the key below its end; the last entry's end is
+//!   summarized in the leaf's header relative to the common prefix.
 //!
 //! Full keys (from the arena) are compared only when two prefixes tie, which takes keys that
-//! share more than 8 bytes after the leaf's common prefix.
+//! share more than 8 bytes after the leaf's common prefix (16 after the root's). Leaves of 32
+//! regions measured faster than 64 (fewer lines per search) and than 128.
 //!
 //! Ports client-go `internal/locate/sorted_btree.go` (`SortedRegions`: `SearchByKey`,
 //! `AscendGreaterOrEqual`, `removeIntersecting`), with one fix: when a newer region is inserted,
@@ -52,12 +53,12 @@ use super::region::{CachedRegion, HotState, RegionVerId, VACANT_HOT_STATE};
 use crate::Key;
 
 /// Most regions in one leaf. Leaves split in half when full.
-pub(crate) const LEAF_CAP: usize = 64;
+pub(crate) const LEAF_CAP: usize = 32;
 /// Prefixes per 64-byte cache line.
 const LINE: usize = 8;
 const LINES: usize = LEAF_CAP / LINE;
-/// Root prefixes per summary entry (four cache lines of `u128`).
-const ROOT_BLOCK: usize = 16;
+/// Bits of a root prefix that pick its bucket in the root's radix table.
+const RADIX_BITS: u32 = 12;
 
 /// Where the last region of a leaf ends, relative to the keys that have the leaf's common
 /// prefix.
@@ -84,14 +85,25 @@ struct Leaf {
     prefixes: [u64; LEAF_CAP],
     /// Each region's [`HotState`] slot; line-aligned too, like the prefixes.
     hot: [&'static HotState; LEAF_CAP],
+    /// Each region's id and epoch (`conf_ver` in the high half, `version` in the low), or
+    /// [`WIDE_EPOCH`] when they do not fit: then the region is asked.
+    vers: [(u64, u64); LEAF_CAP],
     len: usize,
     lcp: Lcp,
     last_end: LastEnd,
-    /// Start keys, each followed by its region's end key unless that is the next start key.
+    /// Bit `i`: region `i` ends where region `i + 1` starts.
+    contiguous: u64,
+    /// When every start and end key of the leaf has the same length (TiDB row keys of one
+    /// table do), that length: key positions are then computed, not read from `offs`.
+    stride: u32,
+    /// The leaf's keys: each start key followed by its region's end key. A hit returns its
+    /// keys as slices of it, so the reference count it bumps is one per leaf (and likely in
+    /// the CPU caches), not one per region. One arena per run of 8 entries, to spread the
+    /// counts of a few hot regions, measured slower, for one thread and for two.
     arena: Bytes,
-    /// Entry `i`'s start key is `arena[offs[2i]..offs[2i+1]]`; its end key, if stored, runs
-    /// from `offs[2i+1]` to `offs[2i+2]`.
-    offs: [u32; 2 * LEAF_CAP + 1],
+    /// Entry `i`'s start key is `arena[offs[2i]..offs[2i+1]]`; its end key runs from
+    /// `offs[2i+1]` to the next entry's start, or to the arena's end for the last entry.
+    offs: [u32; 2 * LEAF_CAP],
     regions: Vec<Arc<CachedRegion>>,
 }
 
@@ -109,11 +121,14 @@ impl Leaf {
         Leaf {
             prefixes: [u64::MAX; LEAF_CAP],
             hot: [&VACANT_HOT_STATE; LEAF_CAP],
+            vers: [(0, WIDE_EPOCH); LEAF_CAP],
             len: 0,
             lcp: Lcp::default(),
             last_end: LastEnd::Unbounded,
+            contiguous: 0,
+            stride: 0,
             arena: Bytes::new(),
-            offs: [0; 2 * LEAF_CAP + 1],
+            offs: [0; 2 * LEAF_CAP],
             regions: Vec::new(),
         }
     }
@@ -128,24 +143,35 @@ impl Leaf {
         self.offs.get(i).map_or(0, |&o| o as usize)
     }
 
-    /// Entry `i`'s start key, from the arena.
+    /// Where entry `i`'s start key is in the arena.
     #[inline]
-    fn start_bytes(&self, i: usize) -> &[u8] {
-        self.arena
-            .get(self.off(2 * i)..self.off(2 * i + 1))
-            .unwrap_or(&[])
+    fn start_range(&self, i: usize) -> std::ops::Range<usize> {
+        if self.stride > 0 {
+            let at = 2 * i * self.stride as usize;
+            return at..at + self.stride as usize;
+        }
+        self.off(2 * i)..self.off(2 * i + 1)
     }
 
     /// Where entry `i`'s end key is in the arena.
     #[inline]
     fn end_range(&self, i: usize) -> std::ops::Range<usize> {
-        let (a, b) = (self.off(2 * i + 1), self.off(2 * i + 2));
-        if a == b && i + 1 < self.len {
-            // Not stored: it is the next start key.
-            b..self.off(2 * i + 3)
-        } else {
-            a..b
+        if self.stride > 0 {
+            let at = (2 * i + 1) * self.stride as usize;
+            return at..at + self.stride as usize;
         }
+        let end = if i + 1 >= self.len {
+            self.arena.len()
+        } else {
+            self.off(2 * i + 2)
+        };
+        self.off(2 * i + 1)..end
+    }
+
+    /// Entry `i`'s start key, from the arena.
+    #[inline]
+    fn start_bytes(&self, i: usize) -> &[u8] {
+        self.arena.get(self.start_range(i)).unwrap_or(&[])
     }
 
     #[inline]
@@ -164,38 +190,50 @@ impl Leaf {
         } else {
             Lcp::default()
         };
-        let mut arena = Vec::with_capacity(
-            self.regions
-                .iter()
-                .map(|r| r.start_key().len() + r.end_key().len())
-                .sum(),
-        );
-        let mut offs = [0u32; 2 * LEAF_CAP + 1];
+        let mut arena = Vec::new();
+        let mut offs = [0u32; 2 * LEAF_CAP];
+        let mut contiguous = 0u64;
         for (i, region) in self.regions.iter().enumerate() {
             let s = region.start_key().as_bytes();
+            let end = region.end_key().as_bytes();
             self.prefixes[i] = if i == 0 {
                 0
             } else {
                 key_prefix64(&s[self.lcp.len.min(s.len())..])
             };
             self.hot[i] = region.hot();
+            self.vers[i] = pack_ver(region.ver_id());
+            if self
+                .regions
+                .get(i + 1)
+                .is_some_and(|next| next.start_key().as_bytes() == end)
+            {
+                contiguous |= 1 << i;
+            }
             offs[2 * i] = arena_offset(arena.len());
             arena.extend_from_slice(s);
             offs[2 * i + 1] = arena_offset(arena.len());
-            let end = region.end_key().as_bytes();
-            let next_start = self.regions.get(i + 1).map(|r| r.start_key().as_bytes());
-            if next_start != Some(end) {
-                arena.extend_from_slice(end);
-            }
-            offs[2 * i + 2] = arena_offset(arena.len());
+            arena.extend_from_slice(end);
         }
         for i in n..LEAF_CAP {
             self.prefixes[i] = u64::MAX;
             self.hot[i] = &VACANT_HOT_STATE;
+            self.vers[i] = (0, WIDE_EPOCH);
         }
         self.offs = offs;
+        self.contiguous = contiguous;
+        let stride = self.regions.first().map_or(0, |r| r.start_key().len());
+        let regular = self
+            .regions
+            .iter()
+            .all(|r| r.start_key().len() == stride && r.end_key().len() == stride);
+        self.stride = if regular {
+            u32::try_from(stride).unwrap_or(0)
+        } else {
+            0
+        };
         self.arena = Bytes::from(arena);
-        // Turn the arena into a shared buffer now rather than on a reader's first slice.
+        // Make it a shared buffer now rather than on a reader's first slice.
         drop(self.arena.clone());
         self.last_end = match n.checked_sub(1) {
             None => LastEnd::Unbounded,
@@ -231,24 +269,11 @@ impl Leaf {
             Ordering::Less => 1,
             Ordering::Greater => n,
             Ordering::Equal => {
-                // Load the first slot reference of every line now, while the prefixes load:
-                // whichever entry the search ends on, its slot reference is then in the L1
-                // cache and the slot itself is fetched right away, in parallel with the
-                // entry's epoch and key offsets.
-                for line in 0..LINES {
-                    std::hint::black_box(self.hot[line * LINE]);
-                }
                 let p = key_prefix64(&key[self.lcp.len..]);
                 // Entry 0 holds 0: counted below any `p` but 0.
                 let mut rank = 1 + count_below(&self.prefixes, p) - usize::from(p > 0);
                 if rank < n && self.prefixes[rank] == p {
-                    let ties = self.prefixes[rank..n]
-                        .iter()
-                        .take_while(|&&x| x == p)
-                        .count();
-                    rank += TieRange(ties).partition_point(|t| {
-                        starts_before(self.start_bytes(rank + t), key, inclusive)
-                    });
+                    rank += self.ties_before(rank, p, key, inclusive);
                 }
                 rank
             }
@@ -256,15 +281,27 @@ impl Leaf {
         Probe { rank, class }
     }
 
+    /// How many entries from `from` on whose prefix is `p` (the key's) start before `key`:
+    /// their full keys decide. Out of line, as it is rare.
+    #[cold]
+    #[inline(never)]
+    fn ties_before(&self, from: usize, p: u64, key: &[u8], inclusive: bool) -> usize {
+        let ties = self.prefixes[from..self.len]
+            .iter()
+            .take_while(|&&x| x == p)
+            .count();
+        TieRange(ties)
+            .partition_point(|t| starts_before(self.start_bytes(from + t), key, inclusive))
+    }
+
     /// Whether `key` is below the end of entry `i`, where an inclusive probe put it.
     #[inline]
     fn below_end(&self, i: usize, key: &[u8], class: Ordering) -> bool {
-        let (a, b) = (self.off(2 * i + 1), self.off(2 * i + 2));
         if i + 1 < self.len {
-            // The region ends where the next one starts, which the probe found above `key`.
-            return a == b || self.arena.get(a..b).is_some_and(|end| key < end);
+            // A region that ends where the next one starts: the probe found `key` below that.
+            return self.contiguous & (1 << (i % LEAF_CAP)) != 0 || key < self.end_bytes(i);
         }
-        let end = || self.arena.get(a..b).unwrap_or(&[]);
+        let end = || self.end_bytes(i);
         match self.last_end {
             LastEnd::Unbounded => true,
             LastEnd::Within(rel) => match class {
@@ -303,6 +340,18 @@ impl Leaf {
     }
 }
 
+/// The packed epoch of a region whose `conf_ver` or `version` passed `u32::MAX`.
+const WIDE_EPOCH: u64 = u64::MAX;
+
+/// A region's id and its epoch in one `u64`, for the leaf.
+fn pack_ver(ver: RegionVerId) -> (u64, u64) {
+    let epoch = match (u32::try_from(ver.conf_ver()), u32::try_from(ver.version())) {
+        (Ok(conf_ver), Ok(version)) => (u64::from(conf_ver) << 32) | u64::from(version),
+        _ => WIDE_EPOCH,
+    };
+    (ver.id(), epoch)
+}
+
 fn arena_offset(len: usize) -> u32 {
     // A leaf's keys would need to pass 4 GB; TiKV caps keys far below that.
     u32::try_from(len).unwrap_or(u32::MAX)
@@ -310,9 +359,9 @@ fn arena_offset(len: usize) -> u32 {
 
 /// How many of the sorted `prefixes` are below `p`.
 ///
-/// Reads the first prefix of each cache line first: those eight loads do not depend on each
-/// other, so the lines are fetched in parallel, and the second step searches one line already
-/// in the L1 cache. A plain binary search would fetch up to four lines one after the other.
+/// Reads the first prefix of each cache line first: those loads do not depend on each other,
+/// so the lines are fetched in parallel, and the second step searches one line already in the
+/// L1 cache. A plain binary search would fetch its lines one after the other.
 #[inline]
 fn count_below(prefixes: &[u64; LEAF_CAP], p: u64) -> usize {
     let mut lines = 0;
@@ -393,6 +442,66 @@ fn starts_before(start: &[u8], key: &[u8], inclusive: bool) -> bool {
     if inclusive { start <= key } else { start < key }
 }
 
+/// A radix table over the sorted root prefixes: the top [`RADIX_BITS`] bits below those that
+/// all prefixes share pick a bucket, and the table says which prefixes fall in it. A root
+/// search then compares a key with the one or two prefixes of its bucket instead of taking a
+/// dozen dependent steps of binary search (most of the cost of a lookup whose data is in the
+/// CPU caches). Skewed keys only make buckets uneven; a bucket is still searched in
+/// logarithmic time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Radix {
+    /// Leading bits every prefix shares (those of the first and last).
+    shared_bits: u32,
+    /// `starts[b]`: how many prefixes are in buckets below `b`; one more entry than buckets.
+    starts: Vec<u32>,
+}
+
+impl Radix {
+    fn build(prefixes: &[u128]) -> Radix {
+        let (Some(&first), Some(&last)) = (prefixes.first(), prefixes.last()) else {
+            return Radix::default();
+        };
+        let shared_bits = (first ^ last).leading_zeros().min(127);
+        let mut radix = Radix {
+            shared_bits,
+            starts: Vec::with_capacity((1 << RADIX_BITS) + 1),
+        };
+        let mut i = 0;
+        for bucket in 0..=(1usize << RADIX_BITS) {
+            while i < prefixes.len() && radix.bucket(prefixes[i]) < bucket {
+                i += 1;
+            }
+            radix.starts.push(u32::try_from(i).unwrap_or(u32::MAX));
+        }
+        radix
+    }
+
+    /// The bucket of a prefix between the first and last (inclusive).
+    #[inline]
+    fn bucket(&self, p: u128) -> usize {
+        ((p << self.shared_bits) >> (128 - RADIX_BITS)) as usize
+    }
+
+    /// The part of `prefixes` (sorted, the ones the table was built from) that holds the
+    /// first prefix not below `p`, or its end.
+    #[inline]
+    fn range(&self, prefixes: &[u128], p: u128) -> std::ops::Range<usize> {
+        let (Some(&first), Some(&last)) = (prefixes.first(), prefixes.last()) else {
+            return 0..0;
+        };
+        if p <= first {
+            return 0..0;
+        }
+        if p > last {
+            return prefixes.len()..prefixes.len();
+        }
+        // Between the first and last, `p` shares their leading bits.
+        let b = self.bucket(p);
+        let at = |i: usize| self.starts.get(i).map_or(prefixes.len(), |&s| s as usize);
+        at(b)..at(b + 1).min(prefixes.len())
+    }
+}
+
 /// A position in the index: leaf and slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Pos {
@@ -417,28 +526,27 @@ impl<'a> Hit<'a> {
 
     #[inline]
     pub(crate) fn ver_id(&self) -> RegionVerId {
-        match self.hot().ver_id() {
-            Some(ver) => ver,
-            None => self
+        let (id, epoch) = self.leaf.vers[self.slot];
+        if epoch == WIDE_EPOCH {
+            return self
                 .region()
-                .map_or_else(RegionVerId::default, |r| r.ver_id()),
+                .map_or_else(RegionVerId::default, |r| r.ver_id());
         }
+        RegionVerId::new(id, epoch >> 32, epoch & u64::from(u32::MAX))
     }
 
     /// The start key, sharing the leaf's key buffer.
     #[inline]
     pub(crate) fn start_key(&self) -> Key {
-        let (a, b) = (
-            self.leaf.off(2 * self.slot),
-            self.leaf.off(2 * self.slot + 1),
-        );
-        Key::from(self.leaf.arena.slice(a..b))
+        let range = self.leaf.start_range(self.slot);
+        Key::from(self.leaf.arena.slice(range))
     }
 
     /// The end key, sharing the leaf's key buffer.
     #[inline]
     pub(crate) fn end_key(&self) -> Key {
-        Key::from(self.leaf.arena.slice(self.leaf.end_range(self.slot)))
+        let range = self.leaf.end_range(self.slot);
+        Key::from(self.leaf.arena.slice(range))
     }
 
     /// The region object itself (for what the index does not copy: buckets).
@@ -454,14 +562,14 @@ pub(crate) struct RegionIndex {
     /// Common prefix of the leaves' first keys (a valid common prefix; it may be shorter than
     /// the longest one after removals).
     lcp: Lcp,
-    /// First start key of each leaf.
-    first_keys: Vec<Key>,
-    /// The 16 bytes of each first key after `lcp`.
+    /// The first region's start key (a lookup compares it first, without reading a leaf).
+    first_key: Key,
+    /// The 16 bytes after `lcp` of each leaf's first start key (the keys themselves are read
+    /// from the leaves, only when two of these tie). Not keeping the keys here saves a writer
+    /// one reference-count increment per leaf each time it copies the root.
     first_prefixes: Vec<u128>,
-    /// Every [`ROOT_BLOCK`]th of `first_prefixes[1..]`: a search goes through this small array
-    /// (which stays in the L1 cache) and then one block, instead of a binary search whose last
-    /// steps each wait for another line of the larger array.
-    summary: Vec<u128>,
+    /// Where to search `first_prefixes[1..]` (see [`Radix`]).
+    radix: Radix,
     leaves: Vec<Arc<Leaf>>,
     len: usize,
 }
@@ -484,98 +592,90 @@ impl RegionIndex {
         self.len
     }
 
-    /// Recomputes the root's common prefix and prefixes from the first keys. As in a leaf,
-    /// the first entry is compared directly and left out of the common prefix.
+    /// Leaf `li`'s first start key.
+    #[inline]
+    fn first_key_of(&self, li: usize) -> &[u8] {
+        self.leaves.get(li).map_or(&[], |leaf| leaf.start_bytes(0))
+    }
+
+    /// Recomputes the root's common prefix and prefixes from the leaves' first keys. As in a
+    /// leaf, the first entry is compared directly and left out of the common prefix.
     fn refresh_root(&mut self) {
-        self.lcp = match (self.first_keys.get(1), self.first_keys.last()) {
-            (Some(second), Some(last)) => Lcp::of(second.as_bytes(), last.as_bytes()),
-            _ => Lcp::default(),
+        let n = self.leaves.len();
+        self.lcp = if n >= 2 {
+            Lcp::of(self.first_key_of(1), self.first_key_of(n - 1))
+        } else {
+            Lcp::default()
         };
         let lcp_len = self.lcp.len;
-        self.first_prefixes = self
-            .first_keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| {
+        self.first_prefixes = (0..n)
+            .map(|i| {
+                let k = self.first_key_of(i);
                 if i == 0 {
                     0
                 } else {
-                    key_prefix(&k.as_bytes()[lcp_len.min(k.len())..])
+                    key_prefix(&k[lcp_len.min(k.len())..])
                 }
             })
             .collect();
+        self.update_root_entry(0);
     }
 
     /// Sets the root entry of leaf `li` from the leaf, keeping the root's prefix valid.
     fn update_root_entry(&mut self, li: usize) {
-        let Some(first) = self.leaves[li].region(0).map(|r| r.start_key().clone()) else {
-            return;
-        };
         if li == 0 {
-            self.first_keys[0] = first;
+            self.first_key = self
+                .leaves
+                .first()
+                .and_then(|l| l.region(0))
+                .map_or(Key::EMPTY, |r| r.start_key().clone());
             return;
         }
         // Another entry with the common prefix, to read it beyond its inline head.
-        let other = if li == 1 {
-            self.first_keys.len() - 1
-        } else {
-            1
-        };
-        let shares = other != li
-            && self
-                .lcp
-                .is_prefix_of(first.as_bytes(), || self.first_keys[other].as_bytes());
-        self.first_keys[li] = first;
+        let other = if li == 1 { self.leaves.len() - 1 } else { 1 };
+        let first = self.first_key_of(li);
+        let shares = other != li && self.lcp.is_prefix_of(first, || self.first_key_of(other));
         if shares {
-            let k = self.first_keys[li].as_bytes();
-            self.first_prefixes[li] = key_prefix(&k[self.lcp.len..]);
+            self.first_prefixes[li] = key_prefix(&first[self.lcp.len..]);
         } else {
             self.refresh_root();
         }
     }
 
-    /// Recomputes `summary` after a change of `first_prefixes`.
-    fn rebuild_summary(&mut self) {
-        self.summary = self
-            .first_prefixes
-            .get(1..)
-            .unwrap_or(&[])
-            .iter()
-            .step_by(ROOT_BLOCK)
-            .copied()
-            .collect();
+    /// Recomputes `radix` after a change of `first_prefixes`.
+    fn rebuild_radix(&mut self) {
+        self.radix = Radix::build(self.first_prefixes.get(1..).unwrap_or(&[]));
     }
 
     /// How many of `first_prefixes[1..]` are below `p`.
     #[inline]
     fn count_root_below(&self, p: u128) -> usize {
         let prefixes = self.first_prefixes.get(1..).unwrap_or(&[]);
-        let Some(block) = lower_bound(&self.summary, p).checked_sub(1) else {
-            return 0;
-        };
-        let base = block * ROOT_BLOCK;
-        let end = (base + ROOT_BLOCK).min(prefixes.len());
-        base + lower_bound(prefixes.get(base..end).unwrap_or(&[]), p)
+        let range = self.radix.range(prefixes, p);
+        let base = range.start;
+        base + lower_bound(prefixes.get(range).unwrap_or(&[]), p)
     }
 
     /// The leaf holding the last region that starts before `key` (`inclusive`: at or before).
     #[inline]
     fn leaf_before(&self, key: &[u8], inclusive: bool) -> Option<usize> {
-        let first = self.first_keys.first()?;
+        let n = self.leaves.len();
+        if n == 0 {
+            return None;
+        }
         // The first region usually starts at the empty key: no need to compare then.
-        let after_first = if first.is_empty() {
+        let after_first = if self.first_key.is_empty() {
             inclusive || !key.is_empty()
         } else {
-            starts_before(first.as_bytes(), key, inclusive)
+            starts_before(self.first_key.as_bytes(), key, inclusive)
         };
         if !after_first {
             return None;
         }
-        let n = self.first_keys.len();
         let leaves_before = if n == 1 {
             1
         } else {
-            match self.lcp.locate(key, || self.first_keys[1].as_bytes()) {
+            match self.lcp.locate(key, || self.first_key_of(1)) {
                 Ordering::Less => 1,
                 Ordering::Greater => n,
                 Ordering::Equal => {
@@ -584,21 +684,21 @@ impl RegionIndex {
                     let lo = self.count_root_below(p);
                     match count_ties(prefixes, lo, p) {
                         0 => 1 + lo,
-                        ties => {
-                            1 + lo
-                                + TieRange(ties).partition_point(|i| {
-                                    starts_before(
-                                        self.first_keys[1 + lo + i].as_bytes(),
-                                        key,
-                                        inclusive,
-                                    )
-                                })
-                        }
+                        ties => 1 + lo + self.root_ties_before(1 + lo, ties, key, inclusive),
                     }
                 }
             }
         };
         leaves_before.checked_sub(1)
+    }
+
+    /// How many of the `ties` leaves from `from` on, whose prefixes equal the key's, start
+    /// before `key`: their full first keys decide. Out of line, as it is rare.
+    #[cold]
+    #[inline(never)]
+    fn root_ties_before(&self, from: usize, ties: usize, key: &[u8], inclusive: bool) -> usize {
+        TieRange(ties)
+            .partition_point(|i| starts_before(self.first_key_of(from + i), key, inclusive))
     }
 
     /// The last region that starts before `key` (`inclusive`: at or before), with how the
@@ -718,7 +818,6 @@ impl RegionIndex {
         let key = region.start_key().as_bytes();
         if self.leaves.is_empty() {
             self.leaves.push(Arc::new(Leaf::empty()));
-            self.first_keys.push(region.start_key().clone());
             self.first_prefixes.push(0);
         }
         // Into the leaf of the last region starting before it, or the first leaf.
@@ -726,12 +825,12 @@ impl RegionIndex {
             Some((pos, _)) => (pos.leaf, pos.slot + 1),
             None => (0, 0),
         };
+        let root_changes = slot == 0 || self.leaves[leaf_idx].len == LEAF_CAP;
         let (leaf_idx, slot) = if self.leaves[leaf_idx].len == LEAF_CAP {
             let leaf = Arc::make_mut(&mut self.leaves[leaf_idx]);
             let right = leaf.split_off_half();
             let left_len = leaf.len;
             self.leaves.insert(leaf_idx + 1, Arc::new(right));
-            self.first_keys.insert(leaf_idx + 1, Key::EMPTY);
             self.first_prefixes.insert(leaf_idx + 1, 0);
             self.update_root_entry(leaf_idx + 1);
             if slot > left_len {
@@ -746,7 +845,9 @@ impl RegionIndex {
         if slot == 0 {
             self.update_root_entry(leaf_idx);
         }
-        self.rebuild_summary();
+        if root_changes {
+            self.rebuild_radix();
+        }
         self.len += 1;
     }
 
@@ -762,12 +863,15 @@ impl RegionIndex {
         leaf.remove(pos.slot);
         if leaf.len == 0 {
             self.leaves.remove(pos.leaf);
-            self.first_keys.remove(pos.leaf);
+            if pos.leaf == 0 {
+                self.update_root_entry(0);
+            }
             self.first_prefixes.remove(pos.leaf);
+            self.rebuild_radix();
         } else if pos.slot == 0 {
             self.update_root_entry(pos.leaf);
+            self.rebuild_radix();
         }
-        self.rebuild_summary();
         self.len -= 1;
         true
     }
@@ -782,7 +886,6 @@ impl RegionIndex {
             let mut leaf = Leaf::empty();
             leaf.regions = std::mem::take(regions);
             leaf.rebuild();
-            index.first_keys.push(leaf.regions[0].start_key().clone());
             index.len += leaf.len;
             index.leaves.push(Arc::new(leaf));
         }
@@ -790,13 +893,13 @@ impl RegionIndex {
         let mut pending = Vec::with_capacity(LEAF_CAP);
         for region in regions {
             pending.push(region);
-            if pending.len() == LEAF_CAP * 3 / 4 {
+            if pending.len() == LEAF_CAP - LEAF_CAP / 8 {
                 flush(&mut pending, &mut index);
             }
         }
         flush(&mut pending, &mut index);
         index.refresh_root();
-        index.rebuild_summary();
+        index.rebuild_radix();
         index
     }
 
@@ -806,21 +909,20 @@ impl RegionIndex {
     pub(crate) fn check_invariants(&self) {
         let mut count = 0;
         let mut prev: Option<&Arc<CachedRegion>> = None;
-        assert_eq!(self.first_keys.len(), self.leaves.len());
+        assert_eq!(self.first_key.as_bytes(), self.first_key_of(0), "first key");
         assert_eq!(self.first_prefixes.len(), self.leaves.len());
-        let mut summary = self.clone();
-        summary.rebuild_summary();
-        assert_eq!(summary.summary, self.summary, "root summary");
+        let mut rebuilt = self.clone();
+        rebuilt.rebuild_radix();
+        assert_eq!(rebuilt.radix, self.radix, "root radix table");
         for (li, leaf) in self.leaves.iter().enumerate() {
             assert!(leaf.len > 0, "empty leaf {li}");
             assert!(leaf.len <= LEAF_CAP);
             assert_eq!(leaf.len, leaf.regions.len());
             let first = leaf.region(0).expect("filled slot").start_key();
-            assert_eq!(&self.first_keys[li], first);
             if li > 0 {
                 assert!(
                     self.lcp
-                        .is_prefix_of(first.as_bytes(), || self.first_keys[1].as_bytes())
+                        .is_prefix_of(first.as_bytes(), || self.first_key_of(1))
                 );
                 assert_eq!(
                     self.first_prefixes[li],
@@ -833,6 +935,8 @@ impl RegionIndex {
             assert_eq!(rebuilt.prefixes, leaf.prefixes, "leaf {li} prefixes");
             assert_eq!(rebuilt.offs, leaf.offs, "leaf {li} offsets");
             assert_eq!(rebuilt.arena, leaf.arena, "leaf {li} arena");
+            assert_eq!(rebuilt.contiguous, leaf.contiguous, "leaf {li} contiguity");
+            assert_eq!(rebuilt.stride, leaf.stride, "leaf {li} stride");
             assert_eq!(rebuilt.last_end, leaf.last_end, "leaf {li} end");
             assert!(
                 leaf.prefixes[1..leaf.len].is_sorted(),
@@ -844,7 +948,7 @@ impl RegionIndex {
                 assert_eq!(leaf.start_bytes(i), r.start_key().as_bytes());
                 assert_eq!(leaf.end_bytes(i), r.end_key().as_bytes());
                 assert!(std::ptr::eq(leaf.hot[i], r.hot()));
-                assert_eq!(leaf.hot[i].ver_id().unwrap_or(r.ver_id()), r.ver_id());
+                assert_eq!(leaf.vers[i], pack_ver(r.ver_id()));
                 if i > 0 {
                     assert!(
                         leaf.lcp

@@ -11,8 +11,9 @@
 //! # Concurrency
 //!
 //! - Reads take no lock. The index ([`RegionIndex`]) is an immutable snapshot behind an
-//!   `ArcSwap`; a hit loads it, searches it and clones two `Bytes` handles. Per-region state
-//!   (TTL, flags, leader) is atomics. Measured on this project's 2-core machine against a
+//!   `ArcSwap`; a hit loads it, searches it, checks the region's TTL and flags in their 8-byte
+//!   slot, and slices the two keys out of a buffer of the leaf: it never reads the region
+//!   object itself (see `index.rs` for why). Per-region state (TTL, flags, leader) is atomics. Measured on this project's 2-core machine against a
 //!   `std::sync::RwLock<BTreeMap>` read lock and a sharded lock: with two threads hitting a few
 //!   hot regions the `RwLock` did not scale at all (0.96x), the snapshot scaled 1.65x.
 //! - Writers (inserting what PD returned) serialize on a mutex, copy the snapshot's changed
@@ -23,11 +24,10 @@
 //!   on every miss), so a hit does not read the system clock.
 //!
 //! `benchmarks/src/bin/region_cache.rs` measures hits on 100k regions (see
-//! `docs/benchmarks.md`): about 0.1-0.15 us when the touched part of the index is in the CPU
-//! caches, about 0.5 us for uniformly random keys (two dependent DRAM misses: the region and
-//! its key buffer's reference count), and two threads do 1.8-2.1 times one.
+//! `docs/benchmarks.md`): about 50-85 ns when the touched part of the index is in the CPU
+//! caches, about 155-185 ns for uniformly random keys on a quiet machine (0.45-0.5 us before
+//! hits stopped reading the region object), and two threads do 1.5-1.95 times one.
 
-use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -129,86 +129,6 @@ impl Clock {
         self.now_ms
             .fetch_max(elapsed, Ordering::Relaxed)
             .max(elapsed)
-    }
-}
-
-/// The published index snapshot: an `ArcSwap` for writers and slow paths, plus a per-thread
-/// copy for the hit path.
-///
-/// Loading from the `ArcSwap` costs a hundred instructions and two atomic read-modify-writes
-/// per lookup (its debt slots). A hit instead reuses the `Arc` its thread loaded last, after one
-/// plain load of `version` shows nothing was published since. A thread keeps its last snapshot
-/// (of the last cache it used) until its next lookup; that holds the snapshot's regions a
-/// little longer, never answers from a replaced one: every store bumps `version`.
-struct IndexCell {
-    current: ArcSwap<RegionIndex>,
-    /// Bumped after every store.
-    version: AtomicU64,
-    /// Tells caches apart in the per-thread copy.
-    id: u64,
-}
-
-static NEXT_INDEX_CELL: AtomicU64 = AtomicU64::new(1);
-
-/// A thread's copy of one cache's snapshot, and the version it was loaded at (or after).
-struct ThreadSnapshot {
-    cell: u64,
-    version: u64,
-    index: Arc<RegionIndex>,
-}
-
-thread_local! {
-    static SNAPSHOT: RefCell<Option<ThreadSnapshot>> = const { RefCell::new(None) };
-}
-
-impl IndexCell {
-    fn new() -> IndexCell {
-        IndexCell {
-            current: ArcSwap::from_pointee(RegionIndex::default()),
-            version: AtomicU64::new(0),
-            id: NEXT_INDEX_CELL.fetch_add(1, Ordering::Relaxed),
-        }
-    }
-
-    fn load(&self) -> arc_swap::Guard<Arc<RegionIndex>> {
-        self.current.load()
-    }
-
-    fn store(&self, index: RegionIndex) {
-        self.current.store(Arc::new(index));
-        // After the store: a reader that sees the new version loads the new snapshot.
-        self.version.fetch_add(1, Ordering::Release);
-    }
-
-    /// Runs `f` on the current snapshot, from this thread's copy when it is still current.
-    #[inline]
-    fn with_current<R>(&self, f: impl FnOnce(&RegionIndex) -> Option<R>) -> Option<R> {
-        // Read before loading a snapshot, so that the copy is never older than its version.
-        let version = self.version.load(Ordering::Acquire);
-        let mut f = Some(f);
-        let answer = SNAPSHOT.try_with(|cell| {
-            let mut copy = cell.try_borrow_mut().ok()?;
-            let fresh = copy
-                .as_ref()
-                .is_some_and(|c| c.cell == self.id && c.version == version);
-            if !fresh {
-                *copy = Some(ThreadSnapshot {
-                    cell: self.id,
-                    version,
-                    index: self.current.load_full(),
-                });
-            }
-            let index = &copy.as_ref()?.index;
-            let f = f.take()?;
-            Some(f(index))
-        });
-        match (answer, f) {
-            (Ok(Some(answer)), _) => answer,
-            // The thread is exiting, or `f` re-entered: use the shared snapshot.
-            (_, Some(f)) => f(&self.load()),
-            // Cannot happen (`f` ran and returned); a miss is always a safe answer.
-            (_, None) => None,
-        }
     }
 }
 
@@ -334,7 +254,7 @@ pub(crate) struct RpcTarget {
 struct Inner {
     source: Arc<dyn RegionSource>,
     stores: StoreCache,
-    index: IndexCell,
+    index: ArcSwap<RegionIndex>,
     /// Serializes writers of `index` and `by_id`; never held across an await.
     write_lock: Mutex<()>,
     by_id: IdMap,
@@ -457,7 +377,7 @@ impl RegionCache {
         let inner = Arc::new(Inner {
             stores: StoreCache::new(source.clone()),
             source,
-            index: IndexCell::new(),
+            index: ArcSwap::from_pointee(RegionIndex::default()),
             write_lock: Mutex::new(()),
             by_id: IdMap::new(),
             flights: Mutex::new(HashMap::new()),
@@ -494,7 +414,7 @@ impl RegionCache {
         let inner = Arc::new(Inner {
             stores: StoreCache::new(Arc::new(NoRegionSource)),
             source: Arc::new(NoRegionSource),
-            index: IndexCell::new(),
+            index: ArcSwap::from_pointee(RegionIndex::default()),
             write_lock: Mutex::new(()),
             by_id: IdMap::new(),
             flights: Mutex::new(HashMap::new()),
@@ -1040,24 +960,23 @@ impl Inner {
     #[inline]
     fn cached_location(&self, key: &[u8]) -> Option<KeyLocation> {
         let now = self.clock.now();
-        self.index.with_current(|index| {
-            let hit = index.lookup(key)?;
-            let hot = hit.hot();
-            if !hot.usable(now, &self.ttl) {
-                return None;
-            }
-            let buckets = if hot.has_buckets() {
-                hit.region().and_then(|r| r.buckets())
-            } else {
-                None
-            };
-            Some(KeyLocation::from_parts(
-                hit.ver_id(),
-                hit.start_key(),
-                hit.end_key(),
-                buckets,
-            ))
-        })
+        let index = self.index.load();
+        let hit = index.lookup(key)?;
+        let hot = hit.hot();
+        if !hot.usable(now, &self.ttl) {
+            return None;
+        }
+        let buckets = if hot.has_buckets() {
+            hit.region().and_then(|r| r.buckets())
+        } else {
+            None
+        };
+        Some(KeyLocation::from_parts(
+            hit.ver_id(),
+            hit.start_key(),
+            hit.end_key(),
+            buckets,
+        ))
     }
 
     /// The cached region for `key` (or end key) if lookups may answer from it (client-go
@@ -1089,6 +1008,10 @@ impl Inner {
     }
 
     /// client-go `findRegionByKey`.
+    ///
+    /// The PD paths are boxed here and in `find_region_by_id`: their futures take about 3 kB,
+    /// which every caller's future (`locate_key`'s was 3 kB, now about 100 bytes) would
+    /// otherwise embed, hits included. A miss waits for PD anyway.
     async fn find_region_by_key(&self, key: &[u8], is_end: bool) -> Result<Arc<CachedRegion>> {
         self.clock.tick();
         let (region, expired) = self.search_cached(key, is_end);
@@ -1098,7 +1021,7 @@ impl Inner {
             } else {
                 FlightKey::Key(Bytes::copy_from_slice(key))
             };
-            return self.coalesced_load(flight).await;
+            return Box::pin(self.coalesced_load(flight)).await;
         };
         let reload = region.take_flags(flags::RELOAD_ON_LOOKUP);
         if reload == 0 {
@@ -1106,7 +1029,7 @@ impl Inner {
         }
         // Only the lookup that cleared the flags reloads; concurrent ones use the cached view.
         // A region reloaded by key, not by id, is sure to hold the key (client-go #1299).
-        match self.load_region(key, is_end).await {
+        match Box::pin(self.load_region(key, is_end)).await {
             Ok(loaded) => {
                 let replace_old = reload & flags::NEED_RELOAD_ON_ACCESS != 0;
                 self.insert_regions(std::slice::from_ref(&loaded), replace_old);
@@ -1125,13 +1048,13 @@ impl Inner {
         self.clock.tick();
         let now = self.clock.now();
         let Some(region) = self.by_id.get(id).filter(|r| r.check_ttl(now, &self.ttl)) else {
-            return self.coalesced_load(FlightKey::Id(id)).await;
+            return Box::pin(self.coalesced_load(FlightKey::Id(id))).await;
         };
         let reload = region.take_flags(flags::RELOAD_ON_LOOKUP);
         if reload == 0 {
             return Ok(region);
         }
-        match self.load_region_by_id(id).await {
+        match Box::pin(self.load_region_by_id(id)).await {
             Ok(loaded) => {
                 let replace_old = reload & flags::NEED_RELOAD_ON_ACCESS != 0;
                 self.insert_regions(std::slice::from_ref(&loaded), replace_old);
@@ -1553,7 +1476,7 @@ impl Inner {
             .iter()
             .map(|r| self.insert_into(&mut index, r, invalidate_old))
             .collect();
-        self.index.store(index);
+        self.index.store(Arc::new(index));
         inserted
     }
 
@@ -1625,7 +1548,7 @@ impl Inner {
         for region in index.iter() {
             self.by_id.insert(region.clone());
         }
-        self.index.store(index);
+        self.index.store(Arc::new(index));
     }
 
     /// Loads every region from PD and makes it the cache's content (client-go
@@ -1692,7 +1615,7 @@ impl Inner {
                 self.by_id.remove(region);
             }
         }
-        self.index.store(index);
+        self.index.store(Arc::new(index));
     }
 }
 

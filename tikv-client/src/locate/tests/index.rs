@@ -7,10 +7,15 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use super::bare_region;
 use crate::locate::index::{LEAF_CAP, RegionIndex};
+use crate::locate::location::Buckets;
 use crate::locate::prefix::{Lcp, key_prefix64};
-use crate::locate::region::{CachedRegion, InvalidReason, TtlPolicy, flags};
+use crate::locate::region::{
+    CachedRegion, InvalidReason, RegionParts, RegionPeer, RegionVerId, TtlPolicy, flags,
+};
 
 /// The model's answer: the region whose `[start, end)` holds `key`.
 fn model_find(model: &BTreeMap<Vec<u8>, (Vec<u8>, u64)>, key: &[u8]) -> Option<u64> {
@@ -358,5 +363,164 @@ fn hot_state_is_shared_with_the_region_and_recycled_clean() {
         for b in &fresh[i + 1..] {
             assert!(!std::ptr::eq(a.hot(), b.hot()));
         }
+    }
+}
+
+/// The packed slot word: deadline, flags, invalid reason and the buckets bit change without
+/// disturbing each other, and deadlines past 48 bits mean "never".
+#[test]
+fn hot_state_fields_are_independent() {
+    let policy = TtlPolicy {
+        ttl_ms: 100,
+        jitter_ms: 0,
+    };
+    let region = bare_region(1, b"a", b"b", 1);
+    assert_eq!(region.ttl_deadline(), u64::MAX, "never expires");
+    assert!(!region.is_ttl_expired(u64::MAX - 1));
+    region.set_ttl_deadline(1 << 50);
+    assert_eq!(region.ttl_deadline(), u64::MAX, "saturates to never");
+    region.set_ttl_deadline(1000);
+    assert_eq!(region.ttl_deadline(), 1000);
+
+    region.set_flags(flags::NEED_EXPIRE_AFTER_TTL | flags::NEED_DELAYED_RELOAD_PENDING);
+    assert_eq!(region.ttl_deadline(), 1000);
+    assert_eq!(
+        region.take_flags(flags::NEED_DELAYED_RELOAD_PENDING | flags::NEED_RELOAD_ON_ACCESS),
+        flags::NEED_DELAYED_RELOAD_PENDING
+    );
+    assert_eq!(region.sync_flags(), flags::NEED_EXPIRE_AFTER_TTL);
+    // Flagged to expire at its TTL: used near the deadline, it is not extended.
+    assert!(region.check_ttl(950, &policy));
+    assert_eq!(region.ttl_deadline(), 1000);
+    region.take_flags(flags::NEED_EXPIRE_AFTER_TTL);
+    // Now it is, to now + ttl, and the flags stay as they are.
+    region.set_flags(flags::NEED_DELAYED_RELOAD_READY);
+    assert!(region.check_ttl(950, &policy));
+    assert_eq!(region.ttl_deadline(), 1050);
+    assert_eq!(region.sync_flags(), flags::NEED_DELAYED_RELOAD_READY);
+    assert!(!region.hot().usable(950, &policy), "reload-on-lookup flag");
+    region.take_flags(flags::NEED_DELAYED_RELOAD_READY);
+    assert!(region.hot().usable(950, &policy));
+    assert!(!region.check_ttl(1050, &policy), "expired at the deadline");
+
+    region.set_ttl_deadline(5000);
+    region.set_buckets(Some(Arc::new(Buckets::new(3, Vec::new()))));
+    assert!(region.hot().has_buckets());
+    region.set_flags(flags::NEED_RELOAD_ON_ACCESS);
+    // The first reason sticks; invalidating zeroes the deadline and keeps flags and buckets.
+    region.invalidate(InvalidReason::NoLeader);
+    region.invalidate(InvalidReason::EpochNotMatch);
+    assert_eq!(region.invalid_reason(), InvalidReason::NoLeader);
+    assert_eq!(region.ttl_deadline(), 0);
+    assert_eq!(region.sync_flags(), flags::NEED_RELOAD_ON_ACCESS);
+    assert!(region.hot().has_buckets());
+    region.set_buckets(None);
+    assert!(!region.hot().has_buckets());
+    assert_eq!(region.invalid_reason(), InvalidReason::NoLeader);
+}
+
+/// Epochs past `u32::MAX` do not fit the leaf's packed epoch: a hit reports them from the
+/// region, unchanged.
+#[test]
+fn wide_epochs_are_reported_exactly() {
+    let stores = crate::locate::store::StoreCache::new(
+        super::fake::FakePd::bootstrap(1) as Arc<dyn crate::pd::RegionSource>
+    );
+    let store = stores.put_resolved(&tikv_proto::metapb::Store {
+        id: 1,
+        address: "store1".to_owned(),
+        ..Default::default()
+    });
+    let region = |id: u64, start: &[u8], end: &[u8], conf_ver: u64, version: u64| {
+        Arc::new(CachedRegion::new(
+            RegionParts {
+                ver_id: RegionVerId::new(id, conf_ver, version),
+                start_key: Bytes::copy_from_slice(start),
+                end_key: Bytes::copy_from_slice(end),
+                leader: Some(0),
+                buckets: None,
+                down_peers: Vec::new(),
+                pending_peers: Vec::new(),
+            },
+            vec![RegionPeer {
+                peer: tikv_proto::metapb::Peer {
+                    id: id + 100,
+                    store_id: 1,
+                    ..Default::default()
+                },
+                store: store.clone(),
+            }],
+            u64::MAX,
+        ))
+    };
+    let mut index = RegionIndex::default();
+    index.insert(region(
+        1,
+        b"",
+        b"b",
+        u64::from(u32::MAX),
+        u64::from(u32::MAX) - 1,
+    ));
+    index.insert(region(2, b"b", b"c", 1 << 40, 7));
+    index.insert(region(3, b"c", b"", 5, u64::MAX));
+    index.check_invariants();
+    let ver = |key: &[u8]| index.lookup(key).map(|h| h.ver_id());
+    assert_eq!(
+        ver(b"a"),
+        Some(RegionVerId::new(
+            1,
+            u64::from(u32::MAX),
+            u64::from(u32::MAX) - 1
+        ))
+    );
+    assert_eq!(ver(b"b"), Some(RegionVerId::new(2, 1 << 40, 7)));
+    assert_eq!(ver(b"z"), Some(RegionVerId::new(3, 5, u64::MAX)));
+}
+
+/// Thousands of regions packed into a narrow key range next to a few far away: the root's
+/// radix buckets are very uneven, and lookups still find every region.
+#[test]
+fn lookup_with_skewed_root() {
+    let mut bounds = vec![(Vec::new(), b"a".to_vec())];
+    let dense = |i: u32| format!("m{i:08}").into_bytes();
+    bounds.push((b"a".to_vec(), dense(0)));
+    for i in 0..3000 {
+        bounds.push((dense(i), dense(i + 1)));
+    }
+    bounds.push((dense(3000), b"y".to_vec()));
+    bounds.push((b"y".to_vec(), b"y\x01".to_vec()));
+    bounds.push((b"z".to_vec(), Vec::new()));
+    let mut index = RegionIndex::from_sorted(
+        bounds
+            .iter()
+            .enumerate()
+            .map(|(i, (s, e))| bare_region(i as u64 + 1, s, e, 1)),
+    );
+    index.check_invariants();
+    let model: BTreeMap<Vec<u8>, (Vec<u8>, u64)> = bounds
+        .iter()
+        .enumerate()
+        .map(|(i, (s, e))| (s.clone(), (e.clone(), i as u64 + 1)))
+        .collect();
+    for probe in boundary_probes(&model) {
+        check_lookup(&index, &model, &probe);
+    }
+    // Removing every other dense region keeps the root and its radix table in step.
+    for i in (0..3000).step_by(2) {
+        let region = index.search_by_key(&dense(i)).unwrap().clone();
+        assert!(index.remove(&region));
+    }
+    index.check_invariants();
+    let model: BTreeMap<_, _> = model
+        .into_iter()
+        .filter(|(s, _)| {
+            !(s.len() == 9 && s[0] == b'm' && {
+                let i: u32 = std::str::from_utf8(&s[1..]).unwrap().parse().unwrap();
+                i < 3000 && i.is_multiple_of(2)
+            })
+        })
+        .collect();
+    for probe in boundary_probes(&model) {
+        check_lookup(&index, &model, &probe);
     }
 }
