@@ -387,8 +387,6 @@ pub enum WriteConflictReason {
 }
 
 impl WriteConflictReason {
-    // Called by the request sender and the transaction layer as they land.
-    #[cfg_attr(not(test), allow(dead_code))]
     fn from_proto(value: i32) -> Self {
         use kvrpcpb::write_conflict::Reason as R;
         match R::try_from(value) {
@@ -682,8 +680,6 @@ impl GrpcCode {
     }
 
     /// Maps a tonic status code.
-    // Called by the request sender and the transaction layer as they land.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn from_tonic(code: tonic::Code) -> Self {
         use tonic::Code as C;
         match code {
@@ -794,8 +790,6 @@ impl Error {
     }
 
     /// Maps a gRPC status from a call to `address`.
-    // Called by the request sender and the transaction layer as they land.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn from_status(address: &str, status: &tonic::Status) -> Self {
         Error::Grpc {
             address: address.to_owned(),
@@ -807,8 +801,6 @@ impl Error {
     /// Maps a TiKV key error. When several fields are set (TiKV sets one), the precedence is
     /// client-go's `ExtractKeyErr`: conflict, retryable, assertion, abort, commit ts too large,
     /// txn not found; then the kinds client-go handles at its call sites.
-    // Called by the request sender and the transaction layer as they land.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn from_key_error(err: kvrpcpb::KeyError) -> Self {
         if let Some(c) = err.conflict {
             return Error::WriteConflict(Box::new(WriteConflict {
@@ -916,8 +908,6 @@ impl Error {
     }
 
     /// Maps a TiKV region error for `region_id`.
-    // Called by the request sender and the transaction layer as they land.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn from_region_error(region_id: Option<u64>, err: errorpb::Error) -> Self {
         let kind = RegionErrorKind::from_proto(&err);
         Error::Region(Box::new(RegionError {
@@ -930,8 +920,6 @@ impl Error {
 
 impl RegionErrorKind {
     /// Classifies a region error by the detail field TiKV set.
-    // Called by the request sender and the transaction layer as they land.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn from_proto(err: &errorpb::Error) -> Self {
         if let Some(nl) = &err.not_leader {
             return RegionErrorKind::NotLeader {

@@ -26,8 +26,6 @@ pub mod oracle;
 pub mod pd;
 pub mod raw;
 pub mod request;
-// The request model; the region request sender is its first user.
-#[cfg_attr(not(test), allow(dead_code))]
 mod rpc;
 pub mod transport;
 

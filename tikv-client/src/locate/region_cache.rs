@@ -326,8 +326,6 @@ impl RegionCache {
     ///
     /// Called inside a tokio runtime, it starts the background tasks; outside one it has none
     /// (no refresh, no GC) and reads the clock on every lookup.
-    // Called by the client builders as they land (the PD client constructs the cache).
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn new(source: Arc<dyn RegionSource>, config: &Config) -> RegionCache {
         let runtime = tokio::runtime::Handle::try_current().ok();
         RegionCache::build(source, config, runtime)

@@ -429,9 +429,7 @@ impl PdClient {
     }
 }
 
-// The region and store caches call these through `RegionSource`; nothing outside tests builds a
-// cache until the client builders land (issue 7), hence the dead-code allowance.
-#[cfg_attr(not(test), allow(dead_code))]
+// The region and store caches call these through `RegionSource`.
 impl PdClient {
     /// The region containing `key` (`GetRegion`).
     pub(crate) async fn region_by_key(
@@ -439,20 +437,7 @@ impl PdClient {
         key: &[u8],
         need_buckets: bool,
     ) -> Result<Option<RegionInfo>> {
-        let header = self.core().header();
-        let key = Bytes::copy_from_slice(key);
-        let resp = self
-            .core()
-            .call("GetRegion", |ch| {
-                let req = pdpb::GetRegionRequest {
-                    header: header.clone(),
-                    region_key: key.clone(),
-                    need_buckets,
-                };
-                async move { PdGrpc::new(ch).get_region(req).await }
-            })
-            .await?;
-        Ok(region_from_get(resp))
+        self.region_at(key, need_buckets, false).await
     }
 
     /// The region just before the one containing `key` (`GetPrevRegion`).
@@ -461,17 +446,35 @@ impl PdClient {
         key: &[u8],
         need_buckets: bool,
     ) -> Result<Option<RegionInfo>> {
+        self.region_at(key, need_buckets, true).await
+    }
+
+    /// `GetRegion`, or `GetPrevRegion` with `prev`: both take the same request.
+    async fn region_at(
+        &self,
+        key: &[u8],
+        need_buckets: bool,
+        prev: bool,
+    ) -> Result<Option<RegionInfo>> {
         let header = self.core().header();
         let key = Bytes::copy_from_slice(key);
+        let name = if prev { "GetPrevRegion" } else { "GetRegion" };
         let resp = self
             .core()
-            .call("GetPrevRegion", |ch| {
+            .call(name, |ch| {
                 let req = pdpb::GetRegionRequest {
                     header: header.clone(),
                     region_key: key.clone(),
                     need_buckets,
                 };
-                async move { PdGrpc::new(ch).get_prev_region(req).await }
+                async move {
+                    let mut pd = PdGrpc::new(ch);
+                    if prev {
+                        pd.get_prev_region(req).await
+                    } else {
+                        pd.get_region(req).await
+                    }
+                }
             })
             .await?;
         Ok(region_from_get(resp))

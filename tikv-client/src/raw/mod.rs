@@ -387,6 +387,8 @@ impl RawClient {
     ) -> Result<Vec<KvPair>> {
         let keys: Vec<Key> = keys.into_iter().map(Into::into).collect();
         let items = self.encode_items(keys.iter().map(|k| (k.clone(), ())))?;
+        // The wire form of each key, to match the answers with (cheap `Bytes` clones).
+        let encoded: Vec<Bytes> = items.iter().map(|i| i.encoded.clone()).collect();
         let cf = &self.inner.cf;
         let answers = self
             .fan_out(items, BatchLimit::keys(RAW_BATCH_PAIR_COUNT), |items| {
@@ -407,9 +409,8 @@ impl RawClient {
             }
         }
         let mut out = Vec::with_capacity(found.len());
-        for key in keys {
-            let encoded = self.inner.codec.encode_key(key.as_bytes_ref());
-            if let Some(value) = found.get(&encoded) {
+        for (key, encoded) in keys.into_iter().zip(&encoded) {
+            if let Some(value) = found.get(encoded) {
                 out.push(KvPair::new(key, value.clone()));
             }
         }
@@ -639,14 +640,6 @@ impl RawClient {
         }
     }
 
-    fn route_key_of(&self, wire: &[u8]) -> Bytes {
-        if self.inner.encoded_regions {
-            Bytes::from(encode_bytes(wire))
-        } else {
-            Bytes::copy_from_slice(wire)
-        }
-    }
-
     /// A region boundary as a wire key (empty stays empty: unbounded).
     fn wire_bound(&self, boundary: &Key) -> Result<Bytes> {
         if !self.inner.encoded_regions || boundary.is_empty() {
@@ -657,14 +650,14 @@ impl RawClient {
     }
 
     /// Sends a one-key request to the key's region.
-    async fn send_single<R: KvRequest>(&self, key: &[u8], req: R) -> Result<R::Response> {
+    async fn send_single<R: KvRequest>(&self, key: &Bytes, req: R) -> Result<R::Response> {
         let mut bo = self.backoffer();
         let (reply, _) = self
             .cluster
             .sender()
             .send_by_key(
                 &mut bo,
-                &self.route_key_of(key),
+                &self.route_key(key),
                 LocateBy::Key,
                 &self.call_options(),
                 |_| Ok(req.clone()),

@@ -582,8 +582,6 @@ impl Backoffer {
 /// `MayBackoffForRegionError`): a real EpochNotMatch (one that carries the current regions)
 /// is retried at once after the cache is updated; everything else, including an EpochNotMatch
 /// without regions, sleeps on [`BackoffKind::RegionMiss`].
-// The region request sender calls it; it lands with the sender.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn region_error_needs_backoff(err: &tikv_proto::errorpb::Error) -> bool {
     match &err.epoch_not_match {
         Some(e) => e.current_regions.is_empty(),

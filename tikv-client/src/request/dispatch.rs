@@ -177,19 +177,16 @@ impl SenderCore {
             }
             let mut relocate: Vec<P> = Vec::new();
             let mut relocate_error: Option<(u64, Box<errorpb::Error>)> = None;
-            let mut record = |outcome: ShardOutcome<T, P>, region_id: u64| match outcome {
-                ShardOutcome::Done(answer) => answers.push(answer),
-                ShardOutcome::Partial { done, items, error } => {
-                    answers.push(done);
-                    relocate.extend(items);
-                    if relocate_error
-                        .as_ref()
-                        .is_none_or(|(_, e)| !region_error_needs_backoff(e))
-                    {
-                        relocate_error = Some((region_id, error));
+            let mut record = |outcome: ShardOutcome<T, P>, region_id: u64| {
+                let (done, moved) = match outcome {
+                    ShardOutcome::Done(answer) => (Some(answer), None),
+                    ShardOutcome::Partial { done, items, error } => {
+                        (Some(done), Some((items, error)))
                     }
-                }
-                ShardOutcome::Relocate { items, error } => {
+                    ShardOutcome::Relocate { items, error } => (None, Some((items, error))),
+                };
+                answers.extend(done);
+                if let Some((items, error)) = moved {
                     relocate.extend(items);
                     // Prefer an error that asks for a backoff: one shard's real EpochNotMatch
                     // must not hide another's region miss.

@@ -11,12 +11,8 @@
 //! `locate` (where regions are) and `transport` (moving bytes); neither calls back up.
 
 mod backoff;
-// The raw and transactional clients are its users; until they land only tests reach parts.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod dispatch;
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod selector;
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod sender;
 #[cfg(test)]
 mod tests;

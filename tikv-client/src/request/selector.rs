@@ -457,7 +457,8 @@ impl ReplicaSelector {
             .replicas
             .get(leader_idx)
             .is_some_and(|l| !l.is_exhausted(1, Duration::ZERO));
-        self.region.invalidate(InvalidReason::RegionNotFound);
+        // client-go's `InvalidateCachedRegion`, whose reason is `Other`.
+        self.region.invalidate(InvalidReason::Other);
         if leader_untried {
             self.invalidated_for_retry = true;
         }

@@ -44,6 +44,8 @@ pub(crate) enum WireResponse {
 
 /// Whether a command only reads. Reads may go to followers (replica read, stale read) and have
 /// their timestamp validated against the oracle; writes always go to the leader.
+// Read by replica selection for follower and stale reads (checklist H1, H2), which land next.
+#[cfg_attr(not(test), allow(dead_code))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Access {
     Read,
@@ -57,6 +59,7 @@ pub(crate) trait KvRequest: Clone + Send + Sync + 'static {
     /// TiKV's gRPC method name (`KvGet`, `RawPut`, ...): for logs, metrics and the mock's counts.
     const NAME: &'static str;
     /// Whether the command only reads.
+    #[cfg_attr(not(test), allow(dead_code))]
     const ACCESS: Access;
 
     /// The request's context, created empty if absent.
@@ -290,6 +293,9 @@ impl ContextTemplate {
     }
 
     /// Stamps the template on a request, keeping any routing it already has.
+    // For requests built elsewhere (the transactional client's); the raw client builds each
+    // request with `to_context` directly.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn apply<R: KvRequest>(&self, req: &mut R) {
         let ctx = req.context_mut();
         let routing = (ctx.region_id, ctx.region_epoch.take(), ctx.peer.take());
