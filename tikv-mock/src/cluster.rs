@@ -232,31 +232,8 @@ impl ClusterState {
             replicas: replicas.clamp(1, store_addrs.len().max(1)),
             next_id: 1,
         };
-        let now_secs = state.clock.now_ms() / 1000;
         for addr in store_addrs {
-            let id = state.alloc_id();
-            let meta = metapb::Store {
-                id,
-                address: addr.clone(),
-                state: metapb::StoreState::Up as i32,
-                version: crate::TIKV_VERSION.to_owned(),
-                peer_address: addr.clone(),
-                status_address: addr.clone(),
-                start_timestamp: now_secs as i64,
-                last_heartbeat: (now_secs as i64) * 1_000_000_000,
-                node_state: metapb::NodeState::Serving as i32,
-                ..Default::default()
-            };
-            state.stores.insert(
-                id,
-                StoreState {
-                    meta,
-                    up: true,
-                    max_ts: 0,
-                    feedback_seq: 0,
-                    txn_status: TxnStatusCache::default(),
-                },
-            );
+            state.add_store(addr.clone());
         }
         let store_ids: Vec<u64> = state.stores.keys().copied().collect();
         let region_id = state.alloc_id();
@@ -676,6 +653,107 @@ impl ClusterState {
         for id in pending {
             let _ = self.sync_max_ts(id);
         }
+    }
+
+    /// Registers a new store serving at `addr`, Up and Serving, and returns its id.
+    pub(crate) fn add_store(&mut self, addr: String) -> u64 {
+        let id = self.alloc_id();
+        let now_secs = i64::try_from(self.clock.now_ms() / 1000).unwrap_or(i64::MAX);
+        let meta = metapb::Store {
+            id,
+            address: addr.clone(),
+            state: metapb::StoreState::Up as i32,
+            version: crate::TIKV_VERSION.to_owned(),
+            peer_address: addr.clone(),
+            status_address: addr,
+            start_timestamp: now_secs,
+            last_heartbeat: now_secs.saturating_mul(1_000_000_000),
+            node_state: metapb::NodeState::Serving as i32,
+            ..Default::default()
+        };
+        self.stores.insert(
+            id,
+            StoreState {
+                meta,
+                up: true,
+                max_ts: 0,
+                feedback_seq: 0,
+                txn_status: TxnStatusCache::default(),
+            },
+        );
+        id
+    }
+
+    /// How many region peers (voters and learners) `store_id` holds.
+    pub(crate) fn peers_on_store(&self, store_id: u64) -> usize {
+        self.all_regions()
+            .filter(|r| r.peer_on_store(store_id).is_some())
+            .count()
+    }
+
+    /// Moves a store's advertised addresses (service, peer and status), as a TiKV restarted
+    /// with a new `--addr` reports them to PD. A restarted store also gets a new start time.
+    pub(crate) fn set_store_address(
+        &mut self,
+        store_id: u64,
+        addr: String,
+    ) -> Result<(), MockError> {
+        let now_secs = i64::try_from(self.clock.now_ms() / 1000).unwrap_or(i64::MAX);
+        let store = self
+            .stores
+            .get_mut(&store_id)
+            .ok_or_else(|| MockError::Topology(format!("unknown store {store_id}")))?;
+        store.meta.address = addr.clone();
+        store.meta.peer_address = addr.clone();
+        store.meta.status_address = addr;
+        store.meta.start_timestamp = now_secs;
+        Ok(())
+    }
+
+    /// Sets a store's state as PD's store lifecycle does: Offline is PD's "removing" (node state
+    /// Removing), Tombstone its "removed" (node state Removed), Up brings it back to Serving. PD
+    /// buries a store only once it holds no region peer, so Tombstone is refused before that.
+    pub(crate) fn set_store_state(
+        &mut self,
+        store_id: u64,
+        state: metapb::StoreState,
+    ) -> Result<(), MockError> {
+        let peers = self.peers_on_store(store_id);
+        let store = self
+            .stores
+            .get_mut(&store_id)
+            .ok_or_else(|| MockError::Topology(format!("unknown store {store_id}")))?;
+        let node_state = match state {
+            metapb::StoreState::Up => metapb::NodeState::Serving,
+            metapb::StoreState::Offline => metapb::NodeState::Removing,
+            metapb::StoreState::Tombstone => {
+                if peers > 0 {
+                    return Err(MockError::Topology(format!(
+                        "store {store_id} still holds {peers} region peers"
+                    )));
+                }
+                metapb::NodeState::Removed
+            }
+        };
+        store.meta.state = state as i32;
+        store.meta.node_state = node_state as i32;
+        Ok(())
+    }
+
+    /// Forgets a store entirely, as PD's `remove-tombstone` does: PD then answers `GetStore`
+    /// for it with "not found". Refused while the store holds region peers.
+    pub(crate) fn remove_store(&mut self, store_id: u64) -> Result<(), MockError> {
+        if !self.stores.contains_key(&store_id) {
+            return Err(MockError::Topology(format!("unknown store {store_id}")));
+        }
+        let peers = self.peers_on_store(store_id);
+        if peers > 0 {
+            return Err(MockError::Topology(format!(
+                "store {store_id} still holds {peers} region peers"
+            )));
+        }
+        self.stores.remove(&store_id);
+        Ok(())
     }
 
     /// Adds a voter or learner on `store_id` (conf_ver + 1).

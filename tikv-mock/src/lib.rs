@@ -37,7 +37,8 @@
 //!   leader's max_ts sync (`MaxTimestampNotSynced`, deferrable with
 //!   [`MockCluster::defer_max_ts_sync`]) and the max_ts update limit
 //!   ([`InvalidMaxTsAction`]);
-//! - a control API (split, merge, leader transfer, peers, stop/start stores, manual clock) and a
+//! - a control API (split, merge, leader transfer, peers, stop/start stores, store lifecycle:
+//!   add, move to another address, Offline/Tombstone, remove; manual clock) and a
 //!   fault API (rules that inject region errors, key errors, gRPC statuses, delays, drops and
 //!   hangs, before execution or after apply).
 //!

@@ -626,6 +626,68 @@ impl MockCluster {
         Ok(())
     }
 
+    /// Adds a new store, Up and serving on a fresh loopback port, and returns its id. It holds
+    /// no region until [`MockCluster::add_peer`] puts one there.
+    pub async fn add_store(&self) -> Result<u64, MockError> {
+        self.add_store_at(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+    }
+
+    /// Adds a new store serving at `addr` (port 0 picks a free one), for example the address
+    /// a stopped or removed store used to have, as when a machine is replaced.
+    pub async fn add_store_at(&self, addr: SocketAddr) -> Result<u64, MockError> {
+        let listener = bind(addr).await?;
+        let addr = local_addr(&listener)?.to_string();
+        let store_id = self.shared.lock().add_store(addr);
+        let (routes, health) = crate::tikv::routes_with_health(
+            self.shared.clone(),
+            store_id,
+            self.servers.links.clone(),
+        );
+        self.servers
+            .spawn(ServerKey::Store(store_id), listener, routes, Some(health));
+        Ok(store_id)
+    }
+
+    /// Changes the address a stopped store advertises through PD; [`MockCluster::start_store`]
+    /// then serves it there. Swapping the addresses of two stopped stores and starting them
+    /// again is the "store restarted on another machine's address" case, where clients that
+    /// still use the old address reach the other store and get `StoreNotMatch`.
+    pub fn set_store_address(&self, store_id: u64, addr: SocketAddr) -> Result<(), MockError> {
+        if self.servers.is_running(ServerKey::Store(store_id)) {
+            return Err(MockError::Topology(format!(
+                "store {store_id} is running; stop it before moving it"
+            )));
+        }
+        self.shared
+            .lock()
+            .set_store_address(store_id, addr.to_string())
+    }
+
+    /// Sets the state PD reports for a store: `Offline` (being removed), `Tombstone` (removed;
+    /// refused while the store still holds region peers, as PD only buries empty stores) or
+    /// `Up`. The store's server keeps running: stop it too for a store that is really gone.
+    pub fn set_store_state(
+        &self,
+        store_id: u64,
+        state: metapb::StoreState,
+    ) -> Result<(), MockError> {
+        self.shared.lock().set_store_state(store_id, state)
+    }
+
+    /// Stops a store if it runs and forgets it, so PD answers `GetStore` with "not found" (PD
+    /// after `remove-tombstone`). Refused while the store still holds region peers.
+    pub async fn remove_store(&self, store_id: u64) -> Result<(), MockError> {
+        let peers = self.shared.lock().peers_on_store(store_id);
+        if peers > 0 {
+            return Err(MockError::Topology(format!(
+                "store {store_id} still holds {peers} region peers"
+            )));
+        }
+        self.servers.stop(ServerKey::Store(store_id)).await;
+        self.shared.lock().remove_store(store_id)
+    }
+
     /// Sets what a running store's gRPC health service reports (`""`): SERVING or NOT_SERVING.
     /// The store keeps serving KV requests, direct and forwarded; clients that probe liveness
     /// (`grpc.health.v1.Health/Check`) see it as unhealthy. A restarted store reports SERVING

@@ -706,3 +706,97 @@ async fn dropping_the_cluster_frees_its_ports() {
         .is_ok()
     );
 }
+
+async fn pd_store(cluster: &MockCluster, id: u64) -> pdpb::GetStoreResponse {
+    let mut pd = pd_client(cluster).await;
+    bounded(
+        "GetStore",
+        pd.get_store(pdpb::GetStoreRequest {
+            header: pd_header(cluster),
+            store_id: id,
+        }),
+    )
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+/// Store lifecycle as PD reports it: a new store, a store moved to another address (a request
+/// sent to the old address reaches whoever listens there and gets StoreNotMatch), Offline and
+/// Tombstone states with PD's node states, and a forgotten store that PD no longer knows.
+#[tokio::test]
+async fn stores_are_added_moved_buried_and_forgotten() {
+    let cluster = MockCluster::builder().stores(2).start().await.unwrap();
+    let ids = cluster.store_ids();
+    let (first, second) = (ids[0], ids[1]);
+
+    let added = cluster.add_store().await.unwrap();
+    let meta = pd_store(&cluster, added).await.store.unwrap();
+    assert_eq!(meta.state, metapb::StoreState::Up as i32);
+    assert_eq!(meta.node_state, metapb::NodeState::Serving as i32);
+    assert_eq!(Some(meta.address), cluster.store_address(added));
+
+    // Swap the addresses of the two original stores.
+    let a: SocketAddr = cluster.store_address(first).unwrap().parse().unwrap();
+    let b_addr: SocketAddr = cluster.store_address(second).unwrap().parse().unwrap();
+    assert!(cluster.set_store_address(first, b_addr).is_err(), "running");
+    cluster.stop_store(first).await.unwrap();
+    cluster.stop_store(second).await.unwrap();
+    cluster.set_store_address(first, b_addr).unwrap();
+    cluster.set_store_address(second, a).unwrap();
+    cluster.start_store(first).await.unwrap();
+    cluster.start_store(second).await.unwrap();
+    assert_eq!(
+        pd_store(&cluster, first).await.store.unwrap().address,
+        b_addr.to_string()
+    );
+    // A request meant for `first` sent to its old address reaches `second`.
+    let t = target(&cluster, b"k", ApiVersion::V1).await;
+    let old_addr = if t.store == first { a } else { b_addr };
+    let mut wrong =
+        tikv_mock::proto::tikvpb::tikv_client::TikvClient::connect(format!("http://{old_addr}"))
+            .await
+            .unwrap();
+    let resp = bounded(
+        "RawGet",
+        wrong.raw_get(tikv_mock::proto::kvrpcpb::RawGetRequest {
+            context: Some(t.ctx.clone()),
+            key: b(b"k"),
+            ..Default::default()
+        }),
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    let err = resp.region_error.unwrap().store_not_match.unwrap();
+    assert_eq!(err.request_store_id, t.store);
+
+    // Offline, then Tombstone once empty; a store with peers cannot be buried or forgotten.
+    cluster
+        .set_store_state(added, metapb::StoreState::Offline)
+        .unwrap();
+    let meta = pd_store(&cluster, added).await.store.unwrap();
+    assert_eq!(meta.state, metapb::StoreState::Offline as i32);
+    assert_eq!(meta.node_state, metapb::NodeState::Removing as i32);
+    assert!(matches!(
+        cluster.set_store_state(first, metapb::StoreState::Tombstone),
+        Err(MockError::Topology(_))
+    ));
+    assert!(cluster.remove_store(first).await.is_err());
+    cluster
+        .set_store_state(added, metapb::StoreState::Tombstone)
+        .unwrap();
+    let meta = pd_store(&cluster, added).await.store.unwrap();
+    assert_eq!(meta.state, metapb::StoreState::Tombstone as i32);
+    assert_eq!(meta.node_state, metapb::NodeState::Removed as i32);
+
+    // Forgotten: PD answers "not found" in the header, and the store cannot start again.
+    cluster.remove_store(added).await.unwrap();
+    let resp = pd_store(&cluster, added).await;
+    assert!(resp.store.is_none());
+    assert_eq!(
+        resp.header.unwrap().error.unwrap().message,
+        format!("invalid store ID {added}, not found")
+    );
+    assert!(cluster.start_store(added).await.is_err());
+}

@@ -111,7 +111,10 @@ impl StoreLinks {
             .lock()
             .stores
             .values()
-            .find(|s| s.meta.address == host)
+            .filter(|s| s.meta.address == host)
+            // A stopped or buried store may still list an address another store now serves:
+            // the connection reaches whichever store listens there.
+            .max_by_key(|s| s.up)
             .map(|s| s.meta.id);
         match target {
             None => Route::Unknown(host.to_owned()),
