@@ -269,6 +269,14 @@ pub enum Error {
         /// Its current state as PD reports it.
         state: String,
     },
+    /// A PD circuit breaker is open (PD's `ErrCircuitBreakerOpen`): PD looked overloaded, so
+    /// requests of this kind fail at once, without being sent, until the breaker lets probe
+    /// requests through again. Retryable after a backoff.
+    #[error("circuit breaker is open ({name}): PD requests of this kind fail fast for now")]
+    PdCircuitBreakerOpen {
+        /// Which breaker (`region-meta`).
+        name: String,
+    },
 
     // ----- timestamps -------------------------------------------------------------------------
     /// A read timestamp is above every timestamp PD had allocated when it was checked: reading
@@ -753,6 +761,7 @@ impl Error {
             | Error::CommitTsExpired { .. }
             | Error::StoreTokenLimit { .. }
             | Error::PdServerTimeout { .. }
+            | Error::PdCircuitBreakerOpen { .. }
             | Error::Connect { .. }
             | Error::Timeout { .. } => true,
             Error::Deadlock(d) => d.is_retryable,

@@ -8,12 +8,18 @@
 //! increasing across leader moves and are distinct among concurrent callers),
 //! `TestGCSafePoint`-style advancing and barriers, `TestLoadKeyspace` and `GetKeyspaceID`'s
 //! "not ENABLED is refused", `TestScatterRegion` + `WaitScatterRegionFinish`'s operator check,
-//! `TestExternalTimestamp`.
+//! `TestExternalTimestamp`, `TestGetTsoByFollowerForwarding1` (a partitioned leader reached
+//! through a follower, then directly again once its health check passes, driven by the
+//! background probes), and PD's `TestDynamicOptionChange` / client-go's
+//! `ChangePDRegionMetaCircuitBreakerSettings` for the options changed at run time.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use tikv_client::pd::{KeyspaceState, NULL_KEYSPACE_ID, OperatorStatus, PdClient};
+use tikv_client::config::CircuitBreakerSettings;
+use tikv_client::pd::{
+    CircuitBreakerState, KeyspaceState, NULL_KEYSPACE_ID, OperatorStatus, PdClient,
+};
 use tikv_client::{Config, Error};
 use tikv_mock::proto::keyspacepb::{self, keyspace_client::KeyspaceClient};
 use tikv_mock::proto::pdpb;
@@ -275,4 +281,97 @@ async fn pd_down_then_back() {
     assert!(pd.get_timestamp().await.unwrap() > before);
     pd.close();
     assert!(matches!(pd.get_timestamp().await, Err(Error::Closed)));
+}
+
+/// Requests the followers forwarded to member 0.
+fn forwarded_to_first(cluster: &MockCluster) -> u64 {
+    cluster.pd_forwarded_count(1, 0) + cluster.pd_forwarded_count(2, 0)
+}
+
+#[tokio::test]
+async fn a_partitioned_leader_is_reached_through_followers_until_it_is_back() {
+    let cluster = MockCluster::builder().pd_members(3).start().await.unwrap();
+    let config =
+        Config::from_toml_str("enable-forwarding = true\n[pd-client]\npd-server-timeout = 2\n")
+            .unwrap();
+    let pd = PdClient::builder(cluster.pd_endpoints(), &config)
+        .member_health_check_interval(Duration::from_millis(50))
+        .connect()
+        .await
+        .unwrap();
+    let mut last = pd.get_timestamp().await.unwrap();
+
+    // The client loses the leader; the followers still reach it.
+    cluster.isolate_pd_member(0).await.unwrap();
+    for _ in 0..10 {
+        let ts = pd.get_timestamp().await.unwrap();
+        assert!(ts > last);
+        last = ts;
+    }
+    assert_eq!(pd.get_external_timestamp().await.unwrap(), 0);
+    pd.set_external_timestamp(last.version()).await.unwrap();
+    assert!(
+        forwarded_to_first(&cluster) >= 12,
+        "{:?}",
+        cluster.pd_forwarded_counts()
+    );
+    assert_eq!(
+        pd.leader_url().unwrap(),
+        format!("http://{}", cluster.pd_endpoints()[0])
+    );
+
+    // Back: the background probes notice, and calls go straight to the leader again.
+    cluster.heal_pd_member(0).await.unwrap();
+    let direct = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            cluster.reset_pd_request_counts();
+            let ts = pd.get_timestamp().await.unwrap();
+            assert!(ts > last);
+            last = ts;
+            pd.get_external_timestamp().await.unwrap();
+            if cluster.pd_forwarded_counts().is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(direct.is_ok(), "calls never came back to the leader");
+    assert_eq!(cluster.pd_request_count(0, "GetExternalTimestamp"), 1);
+    assert_eq!(cluster.pd_request_count(0, "Tso"), 1);
+}
+
+#[tokio::test]
+async fn pd_options_load_from_config_and_change_at_run_time() {
+    let cluster = MockCluster::builder().pd_members(2).start().await.unwrap();
+    let config = Config::from_toml_str(
+        "[pd-client]\n\
+         pd-server-timeout = 1\n\
+         enable-follower-handle = true\n\
+         enable-router-client = false\n\
+         [pd-client.region-meta-circuit-breaker]\n\
+         error-rate-threshold-pct = 60\n\
+         cool-down-interval = \"5s\"\n",
+    )
+    .unwrap();
+    let pd = PdClient::connect(cluster.pd_endpoints(), &config)
+        .await
+        .unwrap();
+    let settings = pd.region_meta_circuit_breaker_settings();
+    assert_eq!(settings.error_rate_threshold_pct, 60);
+    assert_eq!(settings.cool_down_interval, Duration::from_secs(5));
+    assert_eq!(settings.error_rate_window, Duration::from_secs(30));
+    assert_eq!(
+        pd.region_meta_circuit_breaker_state(),
+        CircuitBreakerState::Closed
+    );
+    pd.change_region_meta_circuit_breaker_settings(|s| {
+        *s = CircuitBreakerSettings::always_closed().with_min_qps_for_open(3);
+    });
+    let settings = pd.region_meta_circuit_breaker_settings();
+    assert!(!settings.is_enabled());
+    assert_eq!(settings.min_qps_for_open, 3);
+    pd.set_follower_handle(false);
+    pd.set_router_client(true);
+    assert!(pd.get_timestamp().await.is_ok());
 }

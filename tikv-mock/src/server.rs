@@ -711,10 +711,12 @@ impl MockCluster {
     pub async fn stop_pd(&self) {
         for member in 0..self.shared.pd_addrs.len() {
             self.servers.stop(ServerKey::Pd(member)).await;
+            self.shared.lock().pd.set_member_down(member, true);
         }
     }
 
-    /// Starts the PD server again on the same address (every stopped member).
+    /// Starts the PD server again on the same address (every stopped member, and every member
+    /// cut off by [`isolate_pd_member`](Self::isolate_pd_member)).
     pub async fn start_pd(&self) -> Result<(), MockError> {
         for member in 0..self.shared.pd_addrs.len() {
             if !self.servers.is_running(ServerKey::Pd(member)) {
@@ -728,13 +730,18 @@ impl MockCluster {
     /// first member still running (a real PD cluster elects one after the leader's lease ends);
     /// with none left the cluster has no reachable leader.
     pub async fn stop_pd_member(&self, member: usize) -> Result<(), MockError> {
-        self.servers
-            .stop(ServerKey::Pd(member))
-            .await
-            .ok_or_else(|| MockError::Topology(format!("PD member {member} is not running")))?;
+        let stopped = self.servers.stop(ServerKey::Pd(member)).await.is_some();
+        let mut state = self.shared.lock();
+        // An isolated member has no server to stop, but its process still runs.
+        if !stopped && !state.pd.is_member_isolated(member) {
+            return Err(MockError::Topology(format!(
+                "PD member {member} is not running"
+            )));
+        }
+        state.pd.set_member_down(member, true);
         if self.pd_leader() == member
             && let Some(next) = (0..self.shared.pd_addrs.len())
-                .find(|&m| m != member && self.servers.is_running(ServerKey::Pd(m)))
+                .find(|&m| m != member && !state.pd.is_member_down(m))
         {
             self.shared.pd_leader.store(next, Ordering::SeqCst);
         }
@@ -755,7 +762,76 @@ impl MockCluster {
             crate::pd::routes(self.shared.clone(), member),
             None,
         );
+        let mut state = self.shared.lock();
+        state.pd.set_member_down(member, false);
+        state.pd.set_member_isolated(member, false);
         Ok(())
+    }
+
+    /// Cuts PD member `member` off from clients while it keeps running: its listener closes and
+    /// every client connection to it is shut down (clients see it as unreachable, its health
+    /// check fails), but it stays in the cluster (a leader stays the leader) and the other
+    /// members still reach it, so requests they forward to it (`pd-forwarded-host`) succeed.
+    /// This is the network partition PD's client forwarding is for. [`heal_pd_member`] ends it.
+    ///
+    /// [`heal_pd_member`]: Self::heal_pd_member
+    pub async fn isolate_pd_member(&self, member: usize) -> Result<(), MockError> {
+        if member >= self.shared.pd_addrs.len() {
+            return Err(MockError::Topology(format!("unknown PD member {member}")));
+        }
+        self.servers
+            .stop(ServerKey::Pd(member))
+            .await
+            .ok_or_else(|| MockError::Topology(format!("PD member {member} is not running")))?;
+        self.shared.lock().pd.set_member_isolated(member, true);
+        Ok(())
+    }
+
+    /// Makes an isolated PD member reachable by clients again, on its address.
+    pub async fn heal_pd_member(&self, member: usize) -> Result<(), MockError> {
+        if !self.shared.lock().pd.is_member_isolated(member) {
+            return Err(MockError::Topology(format!(
+                "PD member {member} is not isolated"
+            )));
+        }
+        self.start_pd_member(member).await
+    }
+
+    /// Starts (`true`, the default) or stops a PD follower's region syncer. With it stopped, the
+    /// follower answers the region reads it serves itself (follower-handled `GetRegion`-style
+    /// calls and `QueryRegion` messages) with PD's `REGION_NOT_FOUND` header ("region not
+    /// found"), as a PD follower that has not synced the region map yet does. The leader is not
+    /// affected.
+    pub fn set_pd_region_sync(&self, member: usize, running: bool) -> Result<(), MockError> {
+        if member >= self.shared.pd_addrs.len() {
+            return Err(MockError::Topology(format!("unknown PD member {member}")));
+        }
+        self.shared.lock().pd.set_region_sync(member, running);
+        Ok(())
+    }
+
+    /// Requests PD member `via` received with `pd-forwarded-host` and forwarded to the leader
+    /// `to` (unary calls and `Tso` stream messages). Those `to` handled are also in its
+    /// [`pd_request_count`](Self::pd_request_count).
+    pub fn pd_forwarded_count(&self, via: usize, to: usize) -> u64 {
+        self.shared.lock().pd.forwarded_count(via, to)
+    }
+
+    /// Every PD forwarded-request count, by (receiving member, leader).
+    pub fn pd_forwarded_counts(&self) -> BTreeMap<(usize, usize), u64> {
+        self.shared.lock().pd.forwarded_counts()
+    }
+
+    /// Requests of one gRPC method (`GetRegion`, `Tso` messages, `QueryRegion` messages, ...)
+    /// that PD member `member` served itself: as the leader, or as a follower answering a
+    /// region read. Requests it forwarded count for the leader; refused ones are not counted.
+    pub fn pd_request_count(&self, member: usize, command: &str) -> u64 {
+        self.shared.lock().pd.request_count(member, command)
+    }
+
+    /// Forgets the PD request and forwarded-request counts.
+    pub fn reset_pd_request_counts(&self) {
+        self.shared.lock().pd.reset_counts();
     }
 
     /// Makes a PD member the leader; the previous leader becomes a follower at once.

@@ -46,6 +46,40 @@ impl CodecRegionSource {
     }
 }
 
+impl CodecRegionSource {
+    /// `BatchScanRegions` over the encoded ranges, from any PD member or (`leader_only`) the
+    /// leader; regions outside the keyspace are dropped.
+    async fn scan(
+        &self,
+        ranges: &[(Bytes, Bytes)],
+        limit: usize,
+        need_buckets: bool,
+        leader_only: bool,
+    ) -> Result<Vec<RegionInfo>> {
+        // Encoding keeps the order and disjointness the source requires.
+        let encoded: Vec<(Bytes, Bytes)> = ranges
+            .iter()
+            .map(|(start, end)| self.codec.encode_region_range(start, end))
+            .collect();
+        let infos = if leader_only {
+            self.inner
+                .batch_scan_regions_from_leader(&encoded, limit, need_buckets)
+                .await?
+        } else {
+            self.inner
+                .batch_scan_regions(&encoded, limit, need_buckets)
+                .await?
+        };
+        let mut out = Vec::with_capacity(infos.len());
+        for info in infos {
+            if let Some(info) = self.decode_one(Some(info))? {
+                out.push(info);
+            }
+        }
+        Ok(out)
+    }
+}
+
 impl RegionSource for CodecRegionSource {
     fn get_region<'a>(
         &'a self,
@@ -82,30 +116,38 @@ impl RegionSource for CodecRegionSource {
         })
     }
 
+    fn get_region_from_leader<'a>(
+        &'a self,
+        key: &'a [u8],
+        prev: bool,
+        need_buckets: bool,
+    ) -> BoxFuture<'a, Result<Option<RegionInfo>>> {
+        Box::pin(async move {
+            let key = self.codec.encode_region_key(key);
+            let info = self
+                .inner
+                .get_region_from_leader(&key, prev, need_buckets)
+                .await?;
+            self.decode_one(info)
+        })
+    }
+
     fn batch_scan_regions<'a>(
         &'a self,
         ranges: &'a [(Bytes, Bytes)],
         limit: usize,
         need_buckets: bool,
     ) -> BoxFuture<'a, Result<Vec<RegionInfo>>> {
-        Box::pin(async move {
-            // Encoding keeps the order and disjointness the source requires.
-            let encoded: Vec<(Bytes, Bytes)> = ranges
-                .iter()
-                .map(|(start, end)| self.codec.encode_region_range(start, end))
-                .collect();
-            let infos = self
-                .inner
-                .batch_scan_regions(&encoded, limit, need_buckets)
-                .await?;
-            let mut out = Vec::with_capacity(infos.len());
-            for info in infos {
-                if let Some(info) = self.decode_one(Some(info))? {
-                    out.push(info);
-                }
-            }
-            Ok(out)
-        })
+        Box::pin(self.scan(ranges, limit, need_buckets, false))
+    }
+
+    fn batch_scan_regions_from_leader<'a>(
+        &'a self,
+        ranges: &'a [(Bytes, Bytes)],
+        limit: usize,
+        need_buckets: bool,
+    ) -> BoxFuture<'a, Result<Vec<RegionInfo>>> {
+        Box::pin(self.scan(ranges, limit, need_buckets, true))
     }
 
     fn get_store(&self, store_id: u64) -> BoxFuture<'_, Result<Option<metapb::Store>>> {

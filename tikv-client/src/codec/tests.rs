@@ -1648,6 +1648,27 @@ mod mock {
             all.iter().map(range_of).collect::<Vec<_>>(),
             vec![(Bytes::new(), b(b"m")), (b(b"m"), Bytes::new())]
         );
+        // The leader-only variants (client-go's retry path) speak keyspace keys too.
+        let from_leader = source
+            .get_region_from_leader(b"z", false, false)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(range_of(&from_leader), (b(b"m"), Bytes::new()));
+        let prev_from_leader = source
+            .get_region_from_leader(b"m", true, false)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(prev_from_leader.region.id, left.region.id);
+        let all_from_leader = source
+            .batch_scan_regions_from_leader(&[(Bytes::new(), Bytes::new())], 16, false)
+            .await
+            .unwrap();
+        assert_eq!(
+            all_from_leader.iter().map(range_of).collect::<Vec<_>>(),
+            all.iter().map(range_of).collect::<Vec<_>>()
+        );
         let by_id = source
             .get_region_by_id(right.region.id, false)
             .await

@@ -1,7 +1,7 @@
 //! Client configuration: every tunable of the client in one value, loadable from TOML.
 //!
-//! This module owns [`Config`] and its sections ([`TikvClientConfig`], [`PdClientConfig`],
-//! [`PessimisticTxnConfig`], [`TxnLocalLatchesConfig`], [`AsyncCommitConfig`], [`RuV2Config`],
+//! This module owns [`Config`] and its sections ([`TikvClientConfig`], [`PdClientConfig`] with
+//! [`CircuitBreakerSettings`], [`PessimisticTxnConfig`], [`TxnLocalLatchesConfig`], [`AsyncCommitConfig`], [`RuV2Config`],
 //! [`BatchPolicy`]), the TLS settings in [`Security`], and the `tikv://` URI parser
 //! ([`TikvPath`]). It holds data and checks it; it does no I/O beyond reading the files it is
 //! pointed at.
@@ -58,6 +58,7 @@ mod batch_policy;
 mod client;
 mod duration;
 mod path;
+mod pd;
 mod security;
 
 use std::path::Path;
@@ -69,6 +70,7 @@ pub use batch_policy::{BatchPolicy, BatchTrigger, BatchTriggerOptions};
 pub use client::{AsyncCommitConfig, GrpcCompression, RuV2Config, TikvClientConfig};
 use duration::{check_whole_millis, check_whole_secs};
 pub use path::TikvPath;
+pub use pd::{CircuitBreakerSettings, PdClientConfig};
 pub use security::{Security, TlsMaterial};
 
 use crate::{Error, Result};
@@ -102,8 +104,9 @@ pub struct Config {
     pub regions_refresh_interval: Duration,
     /// Load all regions into the cache when the client starts (`EnablePreload`, default false).
     pub enable_preload: bool,
-    /// Reach a store that the client cannot connect to through another store of the same region
-    /// (`EnableForwarding`, default false).
+    /// Reach a store that the client cannot connect to through another store of the same region,
+    /// and the PD leader through a PD follower (`EnableForwarding`, default false; client-go
+    /// passes it to PD's client as `WithForwardingOption`).
     pub enable_forwarding: bool,
     /// Commit transactions asynchronously when they fit the
     /// [`AsyncCommitConfig`] limits (`EnableAsyncCommit`, default false).
@@ -297,37 +300,6 @@ impl Config {
         self.stores_refresh_interval = stores;
         self.regions_refresh_interval = regions;
         self
-    }
-}
-
-/// PD client settings (client-go `config.PDClient`, TOML table `[pd-client]`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
-#[non_exhaustive]
-pub struct PdClientConfig {
-    /// How long the PD client waits for a PD server (`PDServerTimeout`, integer seconds,
-    /// default 3s). Must be > 0.
-    #[serde(with = "duration::secs")]
-    pub pd_server_timeout: Duration,
-}
-
-impl Default for PdClientConfig {
-    fn default() -> Self {
-        PdClientConfig {
-            pd_server_timeout: Duration::from_secs(3),
-        }
-    }
-}
-
-impl PdClientConfig {
-    fn validate(&self) -> Result<()> {
-        check_whole_secs("pd-client.pd-server-timeout", self.pd_server_timeout)?;
-        if self.pd_server_timeout.is_zero() {
-            return Err(Error::config(
-                "pd-client.pd-server-timeout: must be at least 1 second",
-            ));
-        }
-        Ok(())
     }
 }
 

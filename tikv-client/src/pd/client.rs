@@ -10,12 +10,29 @@
 //! with an error header is [`Error::Pd`] carrying PD's text; running out of time is
 //! [`Error::PdServerTimeout`].
 //!
+//! Three options shape where a call goes (see `discovery` for the routing itself):
+//!
+//! - forwarding (`enable-forwarding`): with the leader unreachable from here, leader-only calls
+//!   go to a healthy follower that forwards them (`pd-forwarded-host`); a failed call probes the
+//!   leader's health at once so that the next attempt already takes the detour, and calls go
+//!   straight to the leader again once its health check passes.
+//! - follower handle (`pd-client.enable-follower-handle`): region reads that client-go lets a
+//!   follower serve go round-robin to any healthy member with `pd-allow-follower-handle`; a
+//!   follower's error or "region not found" is retried on the leader path within the same call
+//!   (PD's `NeedRetry`).
+//! - router client (`pd-client.enable-router-client`): lookups by key, previous key and id are
+//!   batched onto a `QueryRegion` stream (`router`), with the unary call as the fallback.
+//!
+//! Region metadata calls pass the region-meta circuit breaker (`circuit_breaker`) attempt by
+//! attempt: an open breaker fails them at once with [`Error::PdCircuitBreakerOpen`].
+//!
 //! Ports tikv/pd `client/client.go` and `client/inner_client.go` (`NewClientWithContext`,
 //! `GetRegion`/`GetPrevRegion`/`GetRegionByID`/`ScanRegions`/`BatchScanRegions`, `GetStore`,
 //! `GetAllStores`, `ScatterRegions`, `GetOperator`, `Get/SetExternalTimestamp`, `GetMinTS`,
-//! `respForErr`), with what client-go adds on top: the store-not-found rule of
-//! `internal/locate/store_cache.go` and the `BatchScanRegions` → `ScanRegions` fallback of
-//! `internal/locate/region_cache.go`.
+//! `respForErr`, `getServiceClient`, `UpdateOption`), with what client-go adds on top: the
+//! store-not-found rule of `internal/locate/store_cache.go`, the `BatchScanRegions` →
+//! `ScanRegions` fallback, the follower-handle choices and the region-meta breaker
+//! (`ChangePDRegionMetaCircuitBreakerSettings`) of `internal/locate/region_cache.go`.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,15 +45,18 @@ use tikv_proto::metapb;
 use tikv_proto::pdpb::{self, pd_client::PdClient as PdGrpc};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
-use super::conn::{Connector, TlsSettings};
-use super::discovery::Discovery;
+use super::circuit_breaker::{
+    CircuitBreaker, CircuitBreakerState, is_overloaded, status_overloaded,
+};
+use super::conn::{Connector, PdChannel, TlsSettings};
+use super::discovery::{Discovery, MEMBER_HEALTH_CHECK_INTERVAL};
 use super::keyspace::KeyspaceMeta;
-use super::retry::{Backoff, Failure, classify_status, is_leader_change};
+use super::retry::{Backoff, Failure, classify_status, is_leader_change, is_network_failure};
+use super::router::{Query, Router, RouterDispatcher};
 use super::tso::{Dispatcher, Tso, TsoStats};
 use super::{BoxFuture, RegionInfo, RegionSource};
-use crate::config::Config;
+use crate::config::{CircuitBreakerSettings, Config};
 use crate::error::GrpcCode;
 use crate::oracle::Timestamp;
 use crate::{Error, Result};
@@ -45,6 +65,50 @@ use crate::{Error, Result};
 const DEFAULT_MEMBER_REFRESH: Duration = Duration::from_secs(60);
 /// The longest max TSO batch wait PD's client accepts.
 const MAX_TSO_BATCH_WAIT: Duration = Duration::from_millis(10);
+
+/// The name of client-go's breaker on region metadata calls.
+const REGION_META_BREAKER: &str = "region-meta";
+
+/// The client's routing options: static forwarding, and the two PD lets change at run time
+/// (`UpdateOption`).
+#[derive(Debug)]
+pub(crate) struct Options {
+    /// Forward leader-only calls through a follower when the leader is unreachable.
+    pub(crate) forwarding: bool,
+    follower_handle: AtomicBool,
+    router_client: AtomicBool,
+}
+
+impl Options {
+    pub(crate) fn new(forwarding: bool, follower_handle: bool, router_client: bool) -> Self {
+        Options {
+            forwarding,
+            follower_handle: AtomicBool::new(follower_handle),
+            router_client: AtomicBool::new(router_client),
+        }
+    }
+
+    pub(crate) fn follower_handle(&self) -> bool {
+        self.follower_handle.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn router_client(&self) -> bool {
+        self.router_client.load(Ordering::Relaxed)
+    }
+}
+
+/// Where one call may be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// Only by the leader (directly, or forwarded through a follower).
+    Leader,
+    /// A region metadata read: it passes the region-meta circuit breaker, and with `follower`
+    /// a PD follower may serve it when follower handling is on.
+    RegionMeta {
+        /// The caller accepts a follower's answer (client-go's `WithAllowFollowerHandle`).
+        follower: bool,
+    },
+}
 
 /// A PD response: each carries PD's header.
 pub(crate) trait PdResponse {
@@ -130,6 +194,7 @@ impl Drop for Handle {
     fn drop(&mut self) {
         self.shutdown.send_replace(true);
         self.core.tso.close();
+        self.core.router.close();
     }
 }
 
@@ -138,6 +203,9 @@ impl Drop for Handle {
 pub(crate) struct Core {
     pub(crate) discovery: Arc<Discovery>,
     pub(crate) tso: Arc<Tso>,
+    pub(crate) router: Arc<Router>,
+    pub(crate) options: Arc<Options>,
+    pub(crate) region_meta_breaker: CircuitBreaker,
     timeout: Duration,
     /// Whether PD runs TSO as a separate service (`API_SVC_MODE`), learned at connect.
     microservices: bool,
@@ -153,6 +221,7 @@ pub struct PdClientBuilder {
     keyspace: Option<String>,
     max_tso_batch_wait: Duration,
     member_refresh_interval: Duration,
+    member_health_check_interval: Duration,
 }
 
 impl PdClientBuilder {
@@ -180,6 +249,14 @@ impl PdClientBuilder {
         self
     }
 
+    /// How often every PD member's gRPC health service is probed while forwarding or follower
+    /// reads are on (default one second, PD's `MemberHealthCheckInterval`). The probes decide
+    /// when calls detour around an unreachable leader and when they come back to it.
+    pub fn member_health_check_interval(mut self, interval: Duration) -> Self {
+        self.member_health_check_interval = interval;
+        self
+    }
+
     /// Connects: asks every endpoint for the members (they must agree on the cluster id),
     /// finds the leader, starts the background tasks and, if asked, loads the keyspace. Gives
     /// up after `pd-client.pd-server-timeout` with [`Error::Connect`] (nobody answered) or
@@ -195,6 +272,11 @@ impl PdClientBuilder {
         if self.member_refresh_interval.is_zero() {
             return Err(Error::invalid_argument(
                 "member refresh interval must be above zero",
+            ));
+        }
+        if self.member_health_check_interval.is_zero() {
+            return Err(Error::invalid_argument(
+                "member health check interval must be above zero",
             ));
         }
         let raw: Vec<String> = self
@@ -217,9 +299,21 @@ impl PdClientBuilder {
         let timeout = self.config.pd_client.pd_server_timeout;
         let connector = Connector::new(tls, &self.config);
         let discovery = Arc::new(Discovery::connect(seeds, connector, timeout).await?);
+        let pd_config = &self.config.pd_client;
+        let options = Arc::new(Options::new(
+            self.config.enable_forwarding,
+            pd_config.enable_follower_handle,
+            pd_config.enable_router_client,
+        ));
         let mut core = Core {
             discovery: discovery.clone(),
             tso: Arc::new(Tso::new(timeout)),
+            router: Arc::new(Router::default()),
+            options: options.clone(),
+            region_meta_breaker: CircuitBreaker::new(
+                REGION_META_BREAKER,
+                pd_config.region_meta_circuit_breaker.clone(),
+            ),
             timeout,
             microservices: false,
             keyspace: OnceLock::new(),
@@ -233,7 +327,23 @@ impl PdClientBuilder {
                 .clone()
                 .run_refresh(self.member_refresh_interval, shutdown.subscribe()),
         );
-        let dispatcher = Dispatcher::new(core.tso.clone(), discovery, self.max_tso_batch_wait);
+        let wanted = {
+            let options = options.clone();
+            move || options.forwarding || options.follower_handle()
+        };
+        tokio::spawn(discovery.clone().run_health_checks(
+            self.member_health_check_interval,
+            wanted,
+            shutdown.subscribe(),
+        ));
+        let router = RouterDispatcher::new(core.router.clone(), discovery.clone(), options.clone());
+        tokio::spawn(router.run(shutdown.subscribe()));
+        let dispatcher = Dispatcher::new(
+            core.tso.clone(),
+            discovery,
+            self.max_tso_batch_wait,
+            options.forwarding,
+        );
         tokio::spawn(dispatcher.run(shutdown.subscribe()));
         let client = PdClient {
             handle: Arc::new(Handle { core, shutdown }),
@@ -274,6 +384,7 @@ impl PdClient {
             keyspace: None,
             max_tso_batch_wait: Duration::ZERO,
             member_refresh_interval: DEFAULT_MEMBER_REFRESH,
+            member_health_check_interval: MEMBER_HEALTH_CHECK_INTERVAL,
         }
     }
 
@@ -287,6 +398,54 @@ impl PdClient {
         self.core().closed.store(true, Ordering::Release);
         self.handle.shutdown.send_replace(true);
         self.core().tso.close();
+        self.core().router.close();
+    }
+
+    /// Changes the settings of the circuit breaker on region metadata calls at run time
+    /// (client-go's `ChangePDRegionMetaCircuitBreakerSettings`; the starting settings are
+    /// `pd-client.region-meta-circuit-breaker`). As in PD, new values apply from the next
+    /// counting window or cool-down; a threshold of 0 turns the breaker off at the next call.
+    ///
+    /// ```no_run
+    /// # async fn demo(pd: tikv_client::pd::PdClient) {
+    /// pd.change_region_meta_circuit_breaker_settings(|s| s.error_rate_threshold_pct = 50);
+    /// # }
+    /// ```
+    pub fn change_region_meta_circuit_breaker_settings(
+        &self,
+        apply: impl FnOnce(&mut CircuitBreakerSettings),
+    ) {
+        self.core().region_meta_breaker.change_settings(apply);
+    }
+
+    /// The region-meta circuit breaker's current settings.
+    pub fn region_meta_circuit_breaker_settings(&self) -> CircuitBreakerSettings {
+        self.core().region_meta_breaker.settings()
+    }
+
+    /// Where the region-meta circuit breaker stands.
+    pub fn region_meta_circuit_breaker_state(&self) -> CircuitBreakerState {
+        self.core().region_meta_breaker.state()
+    }
+
+    /// Lets PD followers answer region reads from now on, or stops it (PD's
+    /// `UpdateOption(EnableFollowerHandle)`; the starting value is
+    /// `pd-client.enable-follower-handle`).
+    pub fn set_follower_handle(&self, enabled: bool) {
+        self.core()
+            .options
+            .follower_handle
+            .store(enabled, Ordering::Relaxed);
+    }
+
+    /// Turns the batching router client on or off from now on (PD's
+    /// `UpdateOption(EnableRouterClient)`; the starting value is
+    /// `pd-client.enable-router-client`).
+    pub fn set_router_client(&self, enabled: bool) {
+        self.core()
+            .options
+            .router_client
+            .store(enabled, Ordering::Relaxed);
     }
 
     /// The id of the cluster, as its members reported it when connecting.
@@ -431,83 +590,132 @@ impl PdClient {
 
 // The region and store caches call these through `RegionSource`.
 impl PdClient {
-    /// The region containing `key` (`GetRegion`).
+    /// The region containing `key` (`GetRegion`). client-go lets a follower answer it.
     pub(crate) async fn region_by_key(
         &self,
         key: &[u8],
         need_buckets: bool,
     ) -> Result<Option<RegionInfo>> {
-        self.region_at(key, need_buckets, false).await
+        let key = Bytes::copy_from_slice(key);
+        self.region_lookup(Query::Key(key), need_buckets, true)
+            .await
     }
 
-    /// The region just before the one containing `key` (`GetPrevRegion`).
+    /// The region just before the one containing `key` (`GetPrevRegion`). client-go lets a
+    /// follower answer it.
     pub(crate) async fn prev_region(
         &self,
         key: &[u8],
         need_buckets: bool,
     ) -> Result<Option<RegionInfo>> {
-        self.region_at(key, need_buckets, true).await
-    }
-
-    /// `GetRegion`, or `GetPrevRegion` with `prev`: both take the same request.
-    async fn region_at(
-        &self,
-        key: &[u8],
-        need_buckets: bool,
-        prev: bool,
-    ) -> Result<Option<RegionInfo>> {
-        let header = self.core().header();
         let key = Bytes::copy_from_slice(key);
-        let name = if prev { "GetPrevRegion" } else { "GetRegion" };
-        let resp = self
-            .core()
-            .call(name, |ch| {
-                let req = pdpb::GetRegionRequest {
-                    header: header.clone(),
-                    region_key: key.clone(),
-                    need_buckets,
-                };
-                async move {
-                    let mut pd = PdGrpc::new(ch);
-                    if prev {
-                        pd.get_prev_region(req).await
-                    } else {
-                        pd.get_region(req).await
-                    }
-                }
-            })
-            .await?;
-        Ok(region_from_get(resp))
+        self.region_lookup(Query::PrevKey(key), need_buckets, true)
+            .await
     }
 
-    /// The region with this id (`GetRegionByID`).
+    /// The region with this id (`GetRegionByID`); the leader answers, as client-go asks.
     pub(crate) async fn region_by_id(
         &self,
         region_id: u64,
         need_buckets: bool,
     ) -> Result<Option<RegionInfo>> {
-        let header = self.core().header();
-        let resp = self
-            .core()
-            .call("GetRegionByID", |ch| {
-                let req = pdpb::GetRegionByIdRequest {
-                    header: header.clone(),
-                    region_id,
-                    need_buckets,
-                };
-                async move { PdGrpc::new(ch).get_region_by_id(req).await }
-            })
-            .await?;
+        self.region_lookup(Query::Id(region_id), need_buckets, false)
+            .await
+    }
+
+    /// One lookup by key, previous key or id: on the router's `QueryRegion` stream when the
+    /// router client is on, else (or if the stream fails while time remains) as a unary call.
+    /// `follower`: a PD follower may answer, when follower handling is on.
+    pub(crate) async fn region_lookup(
+        &self,
+        query: Query,
+        need_buckets: bool,
+        follower: bool,
+    ) -> Result<Option<RegionInfo>> {
+        let core = self.core();
+        if core.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let deadline = Instant::now() + core.timeout;
+        if core.options.router_client() {
+            let admission = core.region_meta_breaker.admit()?;
+            let result = core
+                .router
+                .query(query.clone(), need_buckets, follower, deadline)
+                .await;
+            let overloaded = result.as_ref().err().is_some_and(is_overloaded);
+            core.region_meta_breaker.record(admission, overloaded);
+            match result {
+                Ok(region) => return Ok(region),
+                Err(e) if matches!(e, Error::Closed) || Instant::now() >= deadline => {
+                    return Err(e);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "QueryRegion lookup failed; trying a unary call");
+                }
+            }
+        }
+        self.unary_lookup(query, need_buckets, follower, deadline)
+            .await
+    }
+
+    /// `GetRegion`, `GetPrevRegion` or `GetRegionByID` as a unary call, by `deadline`.
+    async fn unary_lookup(
+        &self,
+        query: Query,
+        need_buckets: bool,
+        follower: bool,
+        deadline: Instant,
+    ) -> Result<Option<RegionInfo>> {
+        let core = self.core();
+        let header = core.header();
+        let route = Route::RegionMeta { follower };
+        let resp = match query {
+            Query::Key(key) => {
+                core.call_until("GetRegion", route, deadline, |ch| {
+                    let req = pdpb::GetRegionRequest {
+                        header: header.clone(),
+                        region_key: key.clone(),
+                        need_buckets,
+                    };
+                    async move { PdGrpc::new(ch).get_region(req).await }
+                })
+                .await?
+            }
+            Query::PrevKey(key) => {
+                core.call_until("GetPrevRegion", route, deadline, |ch| {
+                    let req = pdpb::GetRegionRequest {
+                        header: header.clone(),
+                        region_key: key.clone(),
+                        need_buckets,
+                    };
+                    async move { PdGrpc::new(ch).get_prev_region(req).await }
+                })
+                .await?
+            }
+            Query::Id(region_id) => {
+                core.call_until("GetRegionByID", route, deadline, |ch| {
+                    let req = pdpb::GetRegionByIdRequest {
+                        header: header.clone(),
+                        region_id,
+                        need_buckets,
+                    };
+                    async move { PdGrpc::new(ch).get_region_by_id(req).await }
+                })
+                .await?
+            }
+        };
         Ok(region_from_get(resp))
     }
 
     /// Regions overlapping `ranges`, at most `limit` (`BatchScanRegions`, or `ScanRegions` per
-    /// range when PD does not implement it).
+    /// range when PD does not implement it). `follower`: a PD follower may answer.
     pub(crate) async fn scan_regions_batch(
         &self,
         ranges: &[(Bytes, Bytes)],
         limit: usize,
         need_buckets: bool,
+        follower: bool,
     ) -> Result<Vec<RegionInfo>> {
         if limit == 0 || ranges.is_empty() {
             return Ok(Vec::new());
@@ -523,13 +731,14 @@ impl PdClient {
         let pd_limit = i32::try_from(limit).unwrap_or(i32::MAX);
         let result = self
             .core()
-            .call("BatchScanRegions", |ch| {
+            .call_with("BatchScanRegions", Route::RegionMeta { follower }, |ch| {
                 let req = pdpb::BatchScanRegionsRequest {
                     header: header.clone(),
                     need_buckets,
                     ranges: pb_ranges.clone(),
                     limit: pd_limit,
-                    // As client-go: PD reports holes in the region map instead of skipping them.
+                    // As client-go: PD reports holes in the region map instead of skipping
+                    // them.
                     contain_all_key_range: true,
                 };
                 async move { PdGrpc::new(ch).batch_scan_regions(req).await }
@@ -544,7 +753,7 @@ impl PdClient {
             Err(Error::Grpc {
                 code: GrpcCode::Unimplemented,
                 ..
-            }) => self.scan_regions_fallback(ranges, limit).await,
+            }) => self.scan_regions_fallback(ranges, limit, follower).await,
             Err(e) => Err(e),
         }
     }
@@ -555,6 +764,7 @@ impl PdClient {
         &self,
         ranges: &[(Bytes, Bytes)],
         mut limit: usize,
+        follower: bool,
     ) -> Result<Vec<RegionInfo>> {
         let mut out: Vec<RegionInfo> = Vec::new();
         for (start, end) in ranges {
@@ -571,7 +781,7 @@ impl PdClient {
                     start = covered.clone();
                 }
             }
-            let regions = self.scan_regions(&start, end, limit).await?;
+            let regions = self.scan_regions(&start, end, limit, follower).await?;
             let found = regions.len();
             out.extend(regions);
             if found >= limit {
@@ -588,12 +798,13 @@ impl PdClient {
         start: &Bytes,
         end: &Bytes,
         limit: usize,
+        follower: bool,
     ) -> Result<Vec<RegionInfo>> {
         let header = self.core().header();
         let pd_limit = i32::try_from(limit).unwrap_or(i32::MAX);
         let resp = self
             .core()
-            .call("ScanRegions", |ch| {
+            .call_with("ScanRegions", Route::RegionMeta { follower }, |ch| {
                 let req = pdpb::ScanRegionsRequest {
                     header: header.clone(),
                     start_key: start.clone(),
@@ -686,48 +897,129 @@ impl Core {
     /// Runs one PD call against the leader under the client's deadline. `attempt` builds and
     /// sends the request on a channel to the leader; it runs again, on the new leader's
     /// channel, after a leader change or a connection failure, until the deadline.
-    pub(crate) async fn call<T, F, Fut>(&self, op: &'static str, mut attempt: F) -> Result<T>
+    pub(crate) async fn call<T, F, Fut>(&self, op: &'static str, attempt: F) -> Result<T>
     where
         T: PdResponse,
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(PdChannel) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call_with(op, Route::Leader, attempt).await
+    }
+
+    /// [`Core::call`] for a call that may be served as `route` allows.
+    pub(crate) async fn call_with<T, F, Fut>(
+        &self,
+        op: &'static str,
+        route: Route,
+        attempt: F,
+    ) -> Result<T>
+    where
+        T: PdResponse,
+        F: FnMut(PdChannel) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let deadline = Instant::now() + self.timeout;
+        self.call_until(op, route, deadline, attempt).await
+    }
+
+    /// [`Core::call_with`] by an explicit deadline (the rest of a lookup that tried the router
+    /// first).
+    ///
+    /// A follower-servable read first tries the member the follower-read balancer picks; if
+    /// that is a follower and it fails or has no such region, the read goes on the leader path
+    /// (PD's `NeedRetry`). The leader path sends to the leader, or through a healthy follower
+    /// with `pd-forwarded-host` when forwarding is on and the leader is unreachable; a
+    /// connection failure on the leader probes its health at once so the next attempt can take
+    /// that detour.
+    pub(crate) async fn call_until<T, F, Fut>(
+        &self,
+        op: &'static str,
+        route: Route,
+        deadline: Instant,
+        mut attempt: F,
+    ) -> Result<T>
+    where
+        T: PdResponse,
+        F: FnMut(PdChannel) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        let deadline = Instant::now() + self.timeout;
+        let breaker = matches!(route, Route::RegionMeta { .. });
+        if let Route::RegionMeta { follower: true } = route
+            && self.options.follower_handle()
+            && let Some(resp) = self.follower_read(op, deadline, &mut attempt).await?
+        {
+            return Ok(resp);
+        }
+        let forwarding = self.options.forwarding;
         let mut backoff = Backoff::call();
         let mut last: Option<Error> = None;
         loop {
-            let (generation, leader) = self.discovery.leader();
-            let failed_url = leader.as_ref().map(|l| l.url.clone());
-            let failure = match leader {
+            let (generation, target) = self.discovery.leader_target(forwarding);
+            let failed_route = target.as_ref().map(|t| {
+                let leader = t.forwarded_to.clone().unwrap_or_else(|| t.url.clone());
+                (leader, t.forwarded_to.is_some())
+            });
+            let failure = match target {
                 None => Failure::Retry(Error::PdServerTimeout {
                     message: "no PD leader known".to_owned(),
                 }),
-                Some(leader) => {
-                    match tokio::time::timeout_at(deadline, attempt(leader.channel)).await {
+                Some(target) => {
+                    let admission = if breaker {
+                        Some(self.region_meta_breaker.admit()?)
+                    } else {
+                        None
+                    };
+                    let outcome =
+                        tokio::time::timeout_at(deadline, attempt(target.channel.clone())).await;
+                    let (failure, overloaded) = match outcome {
                         Err(_) => {
+                            if let Some(admission) = admission {
+                                self.region_meta_breaker.record(admission, true);
+                            }
                             self.discovery.schedule_check();
                             return Err(self.timed_out(op, last.as_ref()));
                         }
-                        Ok(Err(status)) => classify_status(&leader.url, &status),
+                        Ok(Err(status)) => {
+                            if forwarding
+                                && target.forwarded_to.is_none()
+                                && is_network_failure(&status)
+                            {
+                                // Find out now whether the leader is reachable, so that the next
+                                // attempt already goes through a follower if it is not.
+                                self.discovery.check_leader_health(deadline).await;
+                            }
+                            let overloaded = status_overloaded(&status);
+                            (classify_status(&target.url, &status), overloaded)
+                        }
                         Ok(Ok(resp)) => {
                             let resp = resp.into_inner();
                             match resp.header().and_then(|h| h.error.as_ref()) {
-                                None => return Ok(resp),
+                                None => {
+                                    if let Some(admission) = admission {
+                                        self.region_meta_breaker.record(admission, false);
+                                    }
+                                    return Ok(resp);
+                                }
                                 Some(err) => {
                                     let e = Error::Pd {
                                         message: err.message.clone(),
                                     };
-                                    if !is_leader_change(&err.message) {
-                                        return Err(e);
+                                    if is_leader_change(&err.message) {
+                                        (Failure::Retry(e), false)
+                                    } else {
+                                        (Failure::Fatal(e), false)
                                     }
-                                    Failure::Retry(e)
                                 }
                             }
                         }
+                    };
+                    if let Some(admission) = admission {
+                        self.region_meta_breaker.record(admission, overloaded);
                     }
+                    failure
                 }
             };
             match failure {
@@ -740,18 +1032,65 @@ impl Core {
             if self.closed.load(Ordering::Acquire) {
                 return Err(Error::Closed);
             }
-            // A refresh that names another leader is tried at once; otherwise back off.
-            let moved = match self.discovery.refresh(generation, deadline).await {
-                Ok(()) => {
-                    self.discovery.view().leader.as_ref().map(|l| &l.url) != failed_url.as_ref()
-                }
-                Err(e) => {
-                    last = Some(e);
-                    false
-                }
-            };
+            // A refresh or a health probe that changes the route is tried at once; otherwise
+            // back off.
+            if let Err(e) = self.discovery.refresh(generation, deadline).await {
+                last = Some(e);
+            }
+            let now_route = self.discovery.leader_route(forwarding);
+            let moved = now_route.is_some() && now_route != failed_route;
             if !moved && !backoff.sleep_before(deadline).await {
                 return Err(self.timed_out(op, last.as_ref()));
+            }
+        }
+    }
+
+    /// One attempt on the member the follower-read balancer picks, when that is a follower
+    /// (PD's `getServiceClient` with `AllowFollowerHandle`). `Some` is the follower's answer;
+    /// `None` sends the caller to the leader path: the balancer picked the leader or nobody, or
+    /// the follower failed. A follower without the region is skipped for a while.
+    async fn follower_read<T, F, Fut>(
+        &self,
+        op: &'static str,
+        deadline: Instant,
+        attempt: &mut F,
+    ) -> Result<Option<T>>
+    where
+        T: PdResponse,
+        F: FnMut(PdChannel) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let Some((member, false)) = self.discovery.follower_read_member() else {
+            return Ok(None);
+        };
+        let admission = self.region_meta_breaker.admit()?;
+        let channel = PdChannel::follower_handle(member.channel.clone());
+        let outcome = tokio::time::timeout_at(deadline, attempt(channel)).await;
+        match outcome {
+            Err(_) => {
+                self.region_meta_breaker.record(admission, true);
+                Err(self.timed_out(op, None))
+            }
+            Ok(Err(status)) => {
+                self.region_meta_breaker
+                    .record(admission, status_overloaded(&status));
+                tracing::debug!(op, url = %member.url, error = %status, "follower read failed");
+                Ok(None)
+            }
+            Ok(Ok(resp)) => {
+                self.region_meta_breaker.record(admission, false);
+                let resp = resp.into_inner();
+                match resp.header().and_then(|h| h.error.as_ref()) {
+                    None => Ok(Some(resp)),
+                    Some(err) => {
+                        if err.r#type == pdpb::ErrorType::RegionNotFound as i32 {
+                            member.health.mark_region_unavailable(Instant::now());
+                        }
+                        let url = &member.url;
+                        tracing::debug!(op, url, error = %err.message, "follower had no answer");
+                        Ok(None)
+                    }
+                }
             }
         }
     }
@@ -869,7 +1208,6 @@ impl OperatorStatus {
 }
 
 /// A region as `GetRegion`-style answers carry it; `None` when PD knows no such region.
-#[cfg_attr(not(test), allow(dead_code))]
 fn region_from_get(resp: pdpb::GetRegionResponse) -> Option<RegionInfo> {
     region_info(
         resp.region,
@@ -880,7 +1218,6 @@ fn region_from_get(resp: pdpb::GetRegionResponse) -> Option<RegionInfo> {
     )
 }
 
-#[cfg_attr(not(test), allow(dead_code))]
 fn region_from_pb(region: pdpb::Region) -> Option<RegionInfo> {
     region_info(
         region.region,
@@ -891,8 +1228,8 @@ fn region_from_pb(region: pdpb::Region) -> Option<RegionInfo> {
     )
 }
 
-#[cfg_attr(not(test), allow(dead_code))]
-fn region_info(
+/// A [`RegionInfo`] from the pieces every region answer carries; `None` without a region.
+pub(crate) fn region_info(
     region: Option<metapb::Region>,
     leader: Option<metapb::Peer>,
     down_peers: Vec<pdpb::PeerStats>,
@@ -918,6 +1255,21 @@ impl RegionSource for PdClient {
         Box::pin(self.region_by_key(key, need_buckets))
     }
 
+    fn get_region_from_leader<'a>(
+        &'a self,
+        key: &'a [u8],
+        prev: bool,
+        need_buckets: bool,
+    ) -> BoxFuture<'a, Result<Option<RegionInfo>>> {
+        let key = Bytes::copy_from_slice(key);
+        let query = if prev {
+            Query::PrevKey(key)
+        } else {
+            Query::Key(key)
+        };
+        Box::pin(self.region_lookup(query, need_buckets, false))
+    }
+
     fn get_prev_region<'a>(
         &'a self,
         key: &'a [u8],
@@ -940,7 +1292,16 @@ impl RegionSource for PdClient {
         limit: usize,
         need_buckets: bool,
     ) -> BoxFuture<'a, Result<Vec<RegionInfo>>> {
-        Box::pin(self.scan_regions_batch(ranges, limit, need_buckets))
+        Box::pin(self.scan_regions_batch(ranges, limit, need_buckets, true))
+    }
+
+    fn batch_scan_regions_from_leader<'a>(
+        &'a self,
+        ranges: &'a [(Bytes, Bytes)],
+        limit: usize,
+        need_buckets: bool,
+    ) -> BoxFuture<'a, Result<Vec<RegionInfo>>> {
+        Box::pin(self.scan_regions_batch(ranges, limit, need_buckets, false))
     }
 
     fn get_store(&self, store_id: u64) -> BoxFuture<'_, Result<Option<metapb::Store>>> {

@@ -1,18 +1,25 @@
-//! Connections to PD members: endpoint URLs, TLS settings and the per-URL channel cache.
+//! Connections to PD members: endpoint URLs, TLS settings, the per-URL channel cache, and
+//! [`PdChannel`], a channel that stamps PD's routing metadata on every request.
 //!
 //! Who calls it: [`super::discovery`] opens a channel per member URL here, and every PD call
 //! borrows one. Channels are tonic's lazy channels: they connect on first use and reconnect by
 //! themselves after the member went away, so the cache never has to evict a broken one.
 //!
 //! Ports tikv/pd `client/pkg/utils/tlsutil/url.go` (`AddrsToURLs`, `PickMatchedURL`),
-//! `client/pkg/utils/grpcutil/grpcutil.go` (`GetOrCreateGRPCConn`) and the TLS half of
-//! `tlsutil.go`. Unlike the Go client, the scheme is not cosmetic here: tonic speaks TLS only
-//! to `https://` URLs, so every URL is rewritten to the scheme the settings call for.
+//! `client/pkg/utils/grpcutil/grpcutil.go` (`GetOrCreateGRPCConn`, the metadata keys
+//! `pd-forwarded-host` and `pd-allow-follower-handle`, `BuildForwardContext`,
+//! `BuildFollowerHandleContext`) and the TLS half of `tlsutil.go`. Unlike the Go client, the
+//! scheme is not cosmetic here: tonic speaks TLS only to `https://` URLs, so every URL is
+//! rewritten to the scheme the settings call for.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tonic::body::Body;
+use tonic::codegen::Service;
+use tonic::codegen::http::{self, HeaderName, HeaderValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::config::{Config, Security};
@@ -114,6 +121,84 @@ impl TlsSettings {
                 Error::config(format!("invalid TLS settings for PD: {}", error_chain(&e)))
             }),
         }
+    }
+}
+
+/// The metadata key naming the PD leader a follower should forward a request to (PD's
+/// `ForwardMetadataKey`).
+pub(crate) const FORWARDED_HOST: &str = "pd-forwarded-host";
+/// The metadata key that lets a follower answer a region read itself (PD's
+/// `FollowerHandleMetadataKey`).
+pub(crate) const FOLLOWER_HANDLE: &str = "pd-allow-follower-handle";
+
+/// A channel to one PD member plus the metadata every request on it carries: nothing for the
+/// leader, `pd-forwarded-host: <leader URL>` on a follower that forwards to the leader, or
+/// `pd-allow-follower-handle` on a follower asked to answer a read itself (PD's
+/// `serviceClient.BuildGRPCTargetContext`). Generated clients take it wherever they take a
+/// [`Channel`]; the header is added as the request goes out, so building one costs a clone of
+/// the channel and nothing per request beyond the header itself.
+#[derive(Debug, Clone)]
+pub(crate) struct PdChannel {
+    channel: Channel,
+    header: Option<(HeaderName, HeaderValue)>,
+}
+
+impl PdChannel {
+    /// Requests go to the member itself.
+    pub(crate) fn direct(channel: Channel) -> Self {
+        PdChannel {
+            channel,
+            header: None,
+        }
+    }
+
+    /// Requests go through this member on to the leader at `leader_url`.
+    pub(crate) fn forwarded(channel: Channel, leader_url: &str) -> Result<Self> {
+        let value = HeaderValue::from_str(leader_url).map_err(|_| {
+            Error::internal(format!(
+                "PD leader URL {leader_url:?} is not a valid header"
+            ))
+        })?;
+        Ok(PdChannel {
+            channel,
+            header: Some((HeaderName::from_static(FORWARDED_HOST), value)),
+        })
+    }
+
+    /// The member (a follower) may answer region reads itself.
+    pub(crate) fn follower_handle(channel: Channel) -> Self {
+        PdChannel {
+            channel,
+            header: Some((
+                HeaderName::from_static(FOLLOWER_HANDLE),
+                HeaderValue::from_static(""),
+            )),
+        }
+    }
+
+    /// The metadata this channel adds, for tests and logs.
+    #[cfg(test)]
+    pub(crate) fn header(&self) -> Option<(&str, &str)> {
+        self.header
+            .as_ref()
+            .map(|(k, v)| (k.as_str(), v.to_str().unwrap_or_default()))
+    }
+}
+
+impl Service<http::Request<Body>> for PdChannel {
+    type Response = http::Response<Body>;
+    type Error = tonic::transport::Error;
+    type Future = tonic::transport::channel::ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::result::Result<(), Self::Error>> {
+        Service::poll_ready(&mut self.channel, cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        if let Some((name, value)) = &self.header {
+            request.headers_mut().insert(name.clone(), value.clone());
+        }
+        Service::call(&mut self.channel, request)
     }
 }
 

@@ -1,27 +1,31 @@
-//! The PD client: member discovery and leader failover, the TSO stream with request batching,
-//! and PD's region, store, GC and keyspace queries.
+//! The PD client: member discovery, leader failover and forwarding through followers, the TSO
+//! stream with request batching, and PD's region, store, GC and keyspace queries (from
+//! followers too, and batched on a `QueryRegion` stream, behind a circuit breaker).
 //!
 //! [`PdClient`] is the entry point. It connects to any number of PD endpoints (one cluster;
 //! members that report another cluster id are never used), follows the leader as it moves,
 //! and runs every call under `pd-client.pd-server-timeout`: PD's error answers become
 //! [`Error::Pd`](crate::Error::Pd) with PD's text, and a leader that cannot be found in time
-//! becomes a retryable [`Error::PdServerTimeout`](crate::Error::PdServerTimeout). Two
+//! becomes a retryable [`Error::PdServerTimeout`](crate::Error::PdServerTimeout). Four
 //! background tasks per client, stopped when the last clone is dropped or
-//! [`PdClient::close`] is called: the member refresh and the TSO dispatcher.
+//! [`PdClient::close`] is called: the member refresh, the member health checks, the TSO
+//! dispatcher and the router dispatcher.
 //!
 //! | submodule | owns | ports (tikv/pd `client/`) |
 //! |---|---|---|
-//! | `client` | [`PdClient`], [`PdClientBuilder`], the call discipline (deadline, leader failover), region/store/scatter/operator/external-ts queries, `RegionSource` and the oracle's `TimestampSource` | `client.go`, `inner_client.go` |
-//! | `discovery` | cluster id, member list, leader, single-flight refresh, the refresh task | `servicediscovery/service_discovery.go` |
-//! | `tso` | the TSO stream, batching, the dispatcher task, [`TsoStats`] | `clients/tso/{client,dispatcher,request,stream}.go` |
-//! | `conn` | endpoint URLs, TLS from [`Security`](crate::Security), the channel cache | `pkg/utils/tlsutil`, `pkg/utils/grpcutil` |
+//! | `client` | [`PdClient`], [`PdClientBuilder`], the call discipline (deadline, leader failover, forwarding, follower reads, the breaker), region/store/scatter/operator/external-ts queries, `RegionSource` and the oracle's `TimestampSource` | `client.go`, `inner_client.go` |
+//! | `discovery` | cluster id, member list, leader, single-flight refresh, member health checks, where a call goes | `servicediscovery/service_discovery.go` |
+//! | `tso` | the TSO stream (to the leader, or through a follower), batching, the dispatcher task, [`TsoStats`] | `clients/tso/{client,dispatcher,request,stream}.go` |
+//! | `router` | the `QueryRegion` stream, batching region lookups, the router dispatcher task | `clients/router/{client,request}.go` |
+//! | `circuit_breaker` | the region-meta breaker, [`CircuitBreakerState`] | `pkg/circuitbreaker/circuit_breaker.go` |
+//! | `conn` | endpoint URLs, TLS from [`Security`](crate::Security), the channel cache, routing metadata | `pkg/utils/tlsutil`, `pkg/utils/grpcutil` |
 //! | `retry` | the bounded backoff, leader-change and failure classification | `pkg/retry/backoff.go`, `errs/errs.go` |
 //! | `gc` | the GC states API: safe points and barriers | `gc_client.go` |
 //! | `keyspace` | [`KeyspaceMeta`], `LoadKeyspace` | `keyspace_client.go` (+ client-go `internal/locate/pd_codec.go`) |
 //!
 //! Not ported: TSO microservices (`tsopb` streams, keyspace groups; PD forwards `Tso` to them
-//! itself), follower and router-service reads of regions, PD forwarding through followers, the
-//! region-meta circuit breaker, resource groups and meta-storage.
+//! itself), the TSO follower proxy, the router and scheduling microservices (`routerpb`),
+//! resource groups and meta-storage.
 //!
 //! # The contract with the caches
 //!
@@ -31,12 +35,16 @@
 //! in-memory source. The trait's methods and `RegionInfo` are a shared contract: change them
 //! only together with their users.
 
+mod circuit_breaker;
 mod client;
 mod conn;
 mod discovery;
+#[cfg(test)]
+mod failover_tests;
 mod gc;
 mod keyspace;
 mod retry;
+mod router;
 #[cfg(test)]
 mod tests;
 mod tso;
@@ -48,6 +56,7 @@ use tikv_proto::metapb;
 
 use crate::Result;
 
+pub use circuit_breaker::CircuitBreakerState;
 pub use client::{Operator, OperatorStatus, PdClient, PdClientBuilder, ScatterResult};
 pub use gc::{GcBarrier, GcSafePointAdvance, GcState, NULL_KEYSPACE_ID, TxnSafePointAdvance};
 pub use keyspace::{DEFAULT_KEYSPACE_NAME, KeyspaceMeta, KeyspaceState};
@@ -88,6 +97,23 @@ pub(crate) trait RegionSource: Send + Sync + std::fmt::Debug + 'static {
         need_buckets: bool,
     ) -> BoxFuture<'a, Result<Option<RegionInfo>>>;
 
+    /// [`get_region`](Self::get_region) (or [`get_prev_region`](Self::get_prev_region) with
+    /// `prev`) answered by the PD leader only, never a PD follower: what client-go's region
+    /// cache asks when it retries a lookup, so that a lagging follower cannot return the same
+    /// stale region again. Sources without followers answer as the plain methods do.
+    fn get_region_from_leader<'a>(
+        &'a self,
+        key: &'a [u8],
+        prev: bool,
+        need_buckets: bool,
+    ) -> BoxFuture<'a, Result<Option<RegionInfo>>> {
+        if prev {
+            self.get_prev_region(key, need_buckets)
+        } else {
+            self.get_region(key, need_buckets)
+        }
+    }
+
     /// The region that ends at `key`, i.e. the one just before the region containing `key`
     /// (`GetPrevRegion`). Used to locate by end key.
     fn get_prev_region<'a>(
@@ -112,6 +138,17 @@ pub(crate) trait RegionSource: Send + Sync + std::fmt::Debug + 'static {
         limit: usize,
         need_buckets: bool,
     ) -> BoxFuture<'a, Result<Vec<RegionInfo>>>;
+
+    /// [`batch_scan_regions`](Self::batch_scan_regions) answered by the PD leader only (what
+    /// client-go asks after a follower's scan came back empty, with gaps, or without leaders).
+    fn batch_scan_regions_from_leader<'a>(
+        &'a self,
+        ranges: &'a [(bytes::Bytes, bytes::Bytes)],
+        limit: usize,
+        need_buckets: bool,
+    ) -> BoxFuture<'a, Result<Vec<RegionInfo>>> {
+        self.batch_scan_regions(ranges, limit, need_buckets)
+    }
 
     /// The store with this id (`GetStore`); `None` if PD does not know it.
     fn get_store(&self, store_id: u64) -> BoxFuture<'_, Result<Option<metapb::Store>>>;

@@ -121,6 +121,20 @@ pub(crate) fn classify_status(address: &str, status: &tonic::Status) -> Failure 
     }
 }
 
+/// Whether a failed call says the member could not be reached (PD's `IsNetworkError`:
+/// UNAVAILABLE or DEADLINE_EXCEEDED, plus a connection broken mid-call), as opposed to a member
+/// that answered "not leader" (also UNAVAILABLE, but with PD's marker in the text).
+pub(crate) fn is_network_failure(status: &tonic::Status) -> bool {
+    if is_leader_change(status.message()) {
+        return false;
+    }
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => true,
+        Code::Unknown => is_transport_failure(status),
+        _ => false,
+    }
+}
+
 /// Whether an UNKNOWN status was made by the client's transport (the connection broke) rather
 /// than returned by PD.
 fn is_transport_failure(status: &tonic::Status) -> bool {
@@ -211,5 +225,23 @@ mod tests {
         }
         assert!(is_leader_change("no leader"));
         assert!(!is_leader_change("region not found"));
+
+        // A refused connection is a network failure; PD's not-leader answers are not.
+        assert!(is_network_failure(&tonic::Status::unavailable(
+            "tcp connect error: Connection refused"
+        )));
+        assert!(is_network_failure(&tonic::Status::deadline_exceeded("")));
+        assert!(!is_network_failure(&tonic::Status::unavailable(
+            "not leader"
+        )));
+        assert!(!is_network_failure(&tonic::Status::unavailable(
+            "not leader and follower handling not allowed"
+        )));
+        assert!(!is_network_failure(&tonic::Status::invalid_argument(
+            "forwarded host \"x\" is not a client URL of the PD leader: pd not leader of cluster"
+        )));
+        assert!(!is_network_failure(&tonic::Status::unknown(
+            "[PD:gc:ErrX]boom"
+        )));
     }
 }

@@ -20,7 +20,15 @@
 //! with a retryable [`Error::PdServerTimeout`]. PD's definite errors (another cluster id, a
 //! malformed answer) fail the batch at once.
 //!
-//! Ports tikv/pd `client/clients/tso/client.go` (leader stream, reconnection),
+//! Forwarding. With `enable-forwarding`, a stream to the leader that fails makes the dispatcher
+//! probe the leader's health; if the leader is unreachable, the next stream is opened on a
+//! healthy follower with `pd-forwarded-host: <leader>`, and the follower proxies every request
+//! to the leader (PD's `tryConnectToTSO` falling back to `backupClientConn`). Before every
+//! batch the dispatcher checks where the stream should go; once the health checks see the
+//! leader again, the forwarded stream is replaced by one to the leader (PD's `checkLeader`).
+//!
+//! Ports tikv/pd `client/clients/tso/client.go` (leader stream, reconnection, follower
+//! forwarding),
 //! `dispatcher.go` (the batch loop, `processRequests`, `checkMonotonicity`, one RPC in flight
 //! as with the default `TSOClientRPCConcurrency` of 1, the optional max batch wait),
 //! `request.go` (`tsoRequestFinisher`: `firstLogical + idx`) and `stream.go` (the count check,
@@ -37,7 +45,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::Streaming;
 
-use super::discovery::Discovery;
+use super::discovery::{Discovery, Target};
 use super::retry::{Backoff, Failure, classify_status, is_leader_change};
 use crate::oracle::{LOGICAL_BITS, Timestamp};
 use crate::{Error, Result};
@@ -258,7 +266,10 @@ impl Tso {
 /// An open `Tso` stream to one member.
 #[derive(Debug)]
 struct Stream {
+    /// The member the stream is open on.
     url: String,
+    /// The leader that member forwards to, when it is a follower doing so.
+    forwarded_to: Option<String>,
     requests: mpsc::UnboundedSender<pdpb::TsoRequest>,
     responses: Streaming<pdpb::TsoResponse>,
 }
@@ -269,6 +280,8 @@ pub(crate) struct Dispatcher {
     tso: Arc<Tso>,
     discovery: Arc<Discovery>,
     max_batch_wait: Duration,
+    /// Open the stream through a follower when the leader is unreachable.
+    forwarding: bool,
     stream: Option<Stream>,
     /// The last timestamp handed out, for the monotonicity check.
     last: u64,
@@ -288,11 +301,17 @@ impl Drop for CloseOnDrop {
 }
 
 impl Dispatcher {
-    pub(crate) fn new(tso: Arc<Tso>, discovery: Arc<Discovery>, max_batch_wait: Duration) -> Self {
+    pub(crate) fn new(
+        tso: Arc<Tso>,
+        discovery: Arc<Discovery>,
+        max_batch_wait: Duration,
+        forwarding: bool,
+    ) -> Self {
         Dispatcher {
             tso,
             discovery,
             max_batch_wait,
+            forwarding,
             stream: None,
             last: 0,
             failures: 0,
@@ -345,17 +364,24 @@ impl Dispatcher {
     /// left and refreshes the members.
     async fn process(&mut self, mut batches: VecDeque<Pending>) {
         let cluster_id = self.discovery.cluster_id();
-        let (generation, leader) = self.discovery.leader();
-        let Some(leader) = leader else {
+        let (generation, target) = self.discovery.leader_target(self.forwarding);
+        let Some(target) = target else {
             self.tso.requeue(batches);
             let failure = Failure::Retry(Error::PdServerTimeout {
                 message: "no PD leader known".to_owned(),
             });
-            self.on_failure(failure, generation).await;
+            self.on_failure(failure, generation, false).await;
             return;
         };
-        // Follow the leader: a stream to a former leader is replaced before it fails.
-        if self.stream.as_ref().is_some_and(|s| s.url != leader.url) {
+        let direct = target.forwarded_to.is_none();
+        // Follow the leader: a stream to a former leader, or one forwarded through a follower
+        // when the leader can be reached again, is replaced before it fails. A forwarded stream
+        // stays on its follower while the leader is still unreachable.
+        let keep = self.stream.as_ref().is_some_and(|s| {
+            target.same_route(&s.url, s.forwarded_to.as_deref())
+                || (!direct && s.forwarded_to == target.forwarded_to)
+        });
+        if !keep {
             self.stream = None;
         }
         let sent = match &self.stream {
@@ -368,22 +394,14 @@ impl Dispatcher {
             self.stream = None;
             let deadline = batches.iter().map(|p| p.deadline).min();
             let deadline = deadline.unwrap_or_else(|| Instant::now() + self.tso.timeout);
-            match open_stream(
-                &leader.url,
-                leader.channel.clone(),
-                &batches,
-                cluster_id,
-                deadline,
-            )
-            .await
-            {
+            match open_stream(&target, &batches, cluster_id, deadline).await {
                 Ok(stream) => {
                     self.tso.streams.fetch_add(1, Ordering::Relaxed);
                     self.stream = Some(stream);
                 }
                 Err(failure) => {
                     self.tso.requeue(batches);
-                    self.on_failure(failure, generation).await;
+                    self.on_failure(failure, generation, direct).await;
                     return;
                 }
             }
@@ -424,10 +442,14 @@ impl Dispatcher {
                     return;
                 }
                 Err(Failure::Retry(e)) => {
+                    let direct = self
+                        .stream
+                        .as_ref()
+                        .is_some_and(|s| s.forwarded_to.is_none());
                     self.stream = None;
                     batches.push_front(pending);
                     self.tso.requeue(batches);
-                    self.on_failure(Failure::Retry(e), generation).await;
+                    self.on_failure(Failure::Retry(e), generation, direct).await;
                     return;
                 }
             }
@@ -492,8 +514,9 @@ impl Dispatcher {
     }
 
     /// After a failed attempt: remember why, and find the leader again (bounded by the
-    /// earliest waiting batch).
-    async fn on_failure(&mut self, failure: Failure, generation: u64) {
+    /// earliest waiting batch). After a failure on the leader itself with forwarding on, probe
+    /// the leader's health so that an unreachable leader is reached through a follower next.
+    async fn on_failure(&mut self, failure: Failure, generation: u64, on_leader: bool) {
         let e = match failure {
             Failure::Retry(e) | Failure::Fatal(e) => e,
         };
@@ -504,6 +527,19 @@ impl Dispatcher {
             .tso
             .earliest_deadline()
             .unwrap_or_else(|| Instant::now() + self.tso.timeout);
+        if self.forwarding
+            && on_leader
+            && !self.discovery.check_leader_health(deadline).await
+            && self
+                .discovery
+                .leader_route(true)
+                .is_some_and(|(_, forwarded)| forwarded)
+        {
+            // A detour through a healthy follower is ready: no need to wait before taking it.
+            // (Without one, the backoff stays, so an unreachable cluster is not spun on.)
+            self.failures = 0;
+            self.backoff.reset();
+        }
         if self.discovery.refresh(generation, deadline).await.is_err() {
             self.discovery.schedule_check();
         }
@@ -514,18 +550,18 @@ impl Dispatcher {
 /// the stream's response headers only with its first answer, so the call must not wait for
 /// headers before anything was asked.
 async fn open_stream(
-    url: &str,
-    channel: tonic::transport::Channel,
+    target: &Target,
     batches: &VecDeque<Pending>,
     cluster_id: u64,
     deadline: Instant,
 ) -> std::result::Result<Stream, Failure> {
+    let url = &target.url;
     let (tx, rx) = mpsc::unbounded_channel();
     for p in batches {
         // The receiver is alive (it is right here), so this cannot fail.
         let _ = tx.send(p.request(cluster_id));
     }
-    let mut grpc = PdGrpc::new(channel);
+    let mut grpc = PdGrpc::new(target.channel.clone());
     let call = grpc.tso(UnboundedReceiverStream::new(rx));
     match tokio::time::timeout_at(deadline, call).await {
         Err(_) => Err(Failure::Retry(Error::PdServerTimeout {
@@ -533,7 +569,8 @@ async fn open_stream(
         })),
         Ok(Err(status)) => Err(classify_status(url, &status)),
         Ok(Ok(resp)) => Ok(Stream {
-            url: url.to_owned(),
+            url: url.clone(),
+            forwarded_to: target.forwarded_to.clone(),
             requests: tx,
             responses: resp.into_inner(),
         }),

@@ -7,7 +7,22 @@
 //!
 //! With several PD members (`MockClusterBuilder::pd_members`) each member serves these routes
 //! on its own address over the same state; followers answer `GetMembers` and `GetClusterInfo`
-//! and refuse everything else as a PD follower does ([`check_leader`]).
+//! and refuse everything else as a PD follower does ([`check_leader`]), with PD's two
+//! exceptions, both decided from the request's metadata ([`route`], [`Role`]):
+//!
+//! - forwarding: a request carrying `pd-forwarded-host` that names the leader is handled by the
+//!   leader on the client's behalf (unary calls and every message of a `Tso` stream), as PD's
+//!   `unaryFollowerMiddleware` and `Tso` proxy do. The mock forwards in process: the leader only
+//!   has to be running, not reachable by the client, which is exactly the partition
+//!   `MockCluster::isolate_pd_member` creates. Forwarded requests are counted per (receiving
+//!   member, leader).
+//! - follower handle: region reads (`GetRegion`, `GetPrevRegion`, `GetRegionByID`,
+//!   `ScanRegions`, `BatchScanRegions`) carrying `pd-allow-follower-handle` are answered by a
+//!   follower from its copy of the region map (the shared state: the mock's followers are never
+//!   behind), and `QueryRegion` streams are answered by followers without asking, as PD does. A
+//!   follower whose region syncer is stopped (`MockCluster::set_pd_region_sync`), or that finds
+//!   no region, answers with PD's `REGION_NOT_FOUND` header. Store reads stay leader-only, as in
+//!   PD.
 //!
 //! Every handler is short: it asks the fault engine (phase Before), takes the state lock,
 //! validates the request header, computes the answer, releases the lock, and asks the fault
@@ -27,7 +42,7 @@ mod http;
 mod keyspace;
 mod service;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -35,6 +50,7 @@ use tikv_proto::keyspacepb::keyspace_server::KeyspaceServer;
 use tikv_proto::pdpb::{self, pd_server::PdServer};
 use tonic::Status;
 use tonic::codec::CompressionEncoding;
+use tonic::metadata::MetadataMap;
 use tonic::service::Routes;
 
 use crate::Shared;
@@ -49,6 +65,17 @@ const MEMBER_NAME_PREFIX: &str = "pd-";
 const MEMBER_ID: u64 = 0x6d6f_636b_5044_0001;
 /// What a PD follower answers to a request only the leader serves (PD's `ErrNotLeader`).
 const NOT_LEADER: &str = "not leader";
+/// What a PD follower answers to a region read that did not allow follower handling (PD's
+/// `ErrFollowerHandlingNotAllowed`).
+const FOLLOWER_HANDLING_NOT_ALLOWED: &str = "not leader and follower handling not allowed";
+/// The metadata key naming the PD leader a follower should forward a request to (PD's
+/// `ForwardMetadataKey`).
+const FORWARDED_HOST: &str = "pd-forwarded-host";
+/// The metadata key allowing a follower to answer a region read itself (PD's
+/// `FollowerHandleMetadataKey`; its value is empty).
+const FOLLOWER_HANDLE: &str = "pd-allow-follower-handle";
+/// The header error text of PD's `grpcutil.RegionNotFound`.
+const REGION_NOT_FOUND: &str = "region not found";
 /// How a follower's TSO allocator fails a TSO request (PD's `ErrGenerateTimestamp`, which the
 /// TSO stream returns as an UNKNOWN status).
 const TSO_NOT_LEADER: &str =
@@ -72,12 +99,90 @@ pub(crate) struct PdState {
     /// Bumped whenever a keyspace is created or changes, so keyspace watchers push the change at
     /// once.
     keyspace_changed: tokio::sync::watch::Sender<u64>,
+    /// Members whose process is stopped: requests forwarded to them fail as a refused dial.
+    down_members: HashSet<usize>,
+    /// Members cut off from clients while their process runs (`isolate_pd_member`).
+    isolated_members: HashSet<usize>,
+    /// Followers whose region syncer is stopped (`set_pd_region_sync`).
+    unsynced_members: HashSet<usize>,
+    /// Requests forwarded, by (receiving member, member that handled them).
+    forwarded: HashMap<(usize, usize), u64>,
+    /// Requests a member handled itself (forwarded ones count for the member they were
+    /// forwarded to; refusals are not counted), by (member, gRPC method).
+    handled: HashMap<(usize, &'static str), u64>,
 }
 
 impl PdState {
     /// Wakes keyspace watchers; called by whatever changed a keyspace (PD or the control API).
     pub(crate) fn notify_keyspace_changed(&self) {
         self.keyspace_changed.send_modify(|v| *v += 1);
+    }
+
+    /// Records that a member's process stopped (`true`) or runs again (`false`).
+    pub(crate) fn set_member_down(&mut self, member: usize, down: bool) {
+        if down {
+            self.down_members.insert(member);
+            self.isolated_members.remove(&member);
+        } else {
+            self.down_members.remove(&member);
+        }
+    }
+
+    /// Whether a member's process is stopped.
+    pub(crate) fn is_member_down(&self, member: usize) -> bool {
+        self.down_members.contains(&member)
+    }
+
+    /// Records that a running member is cut off from clients (`true`) or reachable again.
+    pub(crate) fn set_member_isolated(&mut self, member: usize, isolated: bool) {
+        if isolated {
+            self.isolated_members.insert(member);
+        } else {
+            self.isolated_members.remove(&member);
+        }
+    }
+
+    /// Whether a member is cut off from clients while it runs.
+    pub(crate) fn is_member_isolated(&self, member: usize) -> bool {
+        self.isolated_members.contains(&member)
+    }
+
+    /// Starts or stops a member's region syncer.
+    pub(crate) fn set_region_sync(&mut self, member: usize, running: bool) {
+        if running {
+            self.unsynced_members.remove(&member);
+        } else {
+            self.unsynced_members.insert(member);
+        }
+    }
+
+    /// Requests `via` forwarded to `to`.
+    pub(crate) fn forwarded_count(&self, via: usize, to: usize) -> u64 {
+        self.forwarded.get(&(via, to)).copied().unwrap_or(0)
+    }
+
+    /// Every forwarded-request count, by (receiving member, handling member).
+    pub(crate) fn forwarded_counts(&self) -> BTreeMap<(usize, usize), u64> {
+        self.forwarded.iter().map(|(k, n)| (*k, *n)).collect()
+    }
+
+    /// Requests of one method a member handled itself.
+    pub(crate) fn request_count(&self, member: usize, command: &str) -> u64 {
+        self.handled
+            .iter()
+            .filter(|((m, c), _)| *m == member && *c == command)
+            .map(|(_, n)| *n)
+            .sum()
+    }
+
+    /// Forgets the forwarded and handled request counts.
+    pub(crate) fn reset_counts(&mut self) {
+        self.forwarded.clear();
+        self.handled.clear();
+    }
+
+    fn count_handled(&mut self, member: usize, command: &'static str) {
+        *self.handled.entry((member, command)).or_default() += 1;
     }
 }
 
@@ -89,6 +194,11 @@ impl Default for PdState {
             external_ts: 0,
             store_resolved_ts: HashMap::new(),
             keyspace_changed: tokio::sync::watch::Sender::new(0),
+            down_members: HashSet::new(),
+            isolated_members: HashSet::new(),
+            unsynced_members: HashSet::new(),
+            forwarded: HashMap::new(),
+            handled: HashMap::new(),
         }
     }
 }
@@ -151,6 +261,141 @@ fn check_leader(shared: &Shared, member: usize) -> Result<(), Status> {
     } else {
         Err(Status::unavailable(NOT_LEADER))
     }
+}
+
+/// Which requests a follower may answer itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Only the leader serves it (PD's `unaryMiddleware`).
+    LeaderOnly,
+    /// A follower serves it when the request allows follower handling (PD's
+    /// `unaryFollowerMiddleware` with `allowFollower`).
+    FollowerRead,
+}
+
+/// How the member that handles a request serves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// As the leader, from the cluster state.
+    Leader,
+    /// As a follower whose region syncer runs: from its region map, "region not found" when the
+    /// region is missing.
+    Follower,
+    /// As a follower whose region syncer is stopped: "region not found" for everything.
+    UnsyncedFollower,
+}
+
+/// Where a request that reached a member is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// By the member it reached.
+    Local,
+    /// By the leader, on the client's behalf.
+    Forward {
+        /// The leader.
+        to: usize,
+    },
+}
+
+/// PD's forwarding decision (`unaryFollowerMiddleware`, `validatePDForwardedHost`,
+/// `isLocalRequest`): without `pd-forwarded-host` (or with an empty one) the request is local;
+/// otherwise the host must be a client URL of the leader (the scheme may differ), and the
+/// request goes to the leader unless this member is the leader.
+fn route(shared: &Shared, member: usize, metadata: &MetadataMap) -> Result<Route, Status> {
+    let host = metadata
+        .get(FORWARDED_HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if host.is_empty() {
+        return Ok(Route::Local);
+    }
+    let leader = shared.pd_leader.load(std::sync::atomic::Ordering::SeqCst);
+    let leader_url = shared
+        .pd_addrs
+        .get(leader)
+        .map(|a| format!("http://{a}"))
+        .unwrap_or_default();
+    if !same_client_url(&leader_url, host) {
+        // PD keeps the not-leader marker so that clients refresh their member list.
+        return Err(Status::invalid_argument(format!(
+            "forwarded host {host:?} is not a client URL of the PD leader: pd {NOT_LEADER} of \
+             cluster"
+        )));
+    }
+    Ok(if leader == member {
+        Route::Local
+    } else {
+        Route::Forward { to: leader }
+    })
+}
+
+/// PD's `isSamePDClientURL`: both must be http(s) URLs that differ at most in the scheme.
+fn same_client_url(a: &str, b: &str) -> bool {
+    fn base(url: &str) -> Option<&str> {
+        url.strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
+    }
+    matches!((base(a), base(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// The member that handles a request routed `route` from `member`, counting a forward. A
+/// forward to a member whose process is stopped fails as grpc-go's dial to it would.
+fn handler(shared: &Shared, member: usize, route: Route) -> Result<usize, Status> {
+    let Route::Forward { to } = route else {
+        return Ok(member);
+    };
+    let mut state = shared.lock();
+    if state.pd.is_member_down(to) {
+        let addr = shared
+            .pd_addrs
+            .get(to)
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        return Err(Status::unavailable(format!(
+            "connection error: desc = \"transport: Error while dialing: dial tcp {addr}: connect: \
+             connection refused\""
+        )));
+    }
+    *state.pd.forwarded.entry((member, to)).or_default() += 1;
+    Ok(to)
+}
+
+/// PD's `validateRoleInRequest`: the leader serves everything; a follower serves a region read
+/// that carries `pd-allow-follower-handle`, and refuses everything else.
+fn role(
+    shared: &Shared,
+    member: usize,
+    access: Access,
+    metadata: &MetadataMap,
+) -> Result<Role, Status> {
+    if check_leader(shared, member).is_ok() {
+        return Ok(Role::Leader);
+    }
+    match access {
+        Access::LeaderOnly => Err(Status::unavailable(NOT_LEADER)),
+        Access::FollowerRead if metadata.get(FOLLOWER_HANDLE).is_none() => {
+            Err(Status::unavailable(FOLLOWER_HANDLING_NOT_ALLOWED))
+        }
+        Access::FollowerRead => Ok(follower_role(shared, member)),
+    }
+}
+
+/// A follower's role for reads it serves: synced unless its region syncer was stopped.
+fn follower_role(shared: &Shared, member: usize) -> Role {
+    if shared.lock().pd.unsynced_members.contains(&member) {
+        Role::UnsyncedFollower
+    } else {
+        Role::Follower
+    }
+}
+
+/// The header of PD's `grpcutil.RegionNotFound`.
+fn region_not_found_header(cluster_id: u64) -> Option<pdpb::ResponseHeader> {
+    error_header(
+        cluster_id,
+        pdpb::ErrorType::RegionNotFound,
+        REGION_NOT_FOUND,
+    )
 }
 
 /// Every PD member as `GetMembers` lists it.

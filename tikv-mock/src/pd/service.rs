@@ -10,6 +10,11 @@
 //! GC APIs (`UpdateGCSafePoint`, `GetGCSafePoint`, `UpdateServiceGCSafePoint`) and scatter
 //! failures return UNKNOWN statuses because PD returns plain Go errors there; TSO failures end
 //! the stream. Region boundaries and request keys are storage keys, used as given.
+//!
+//! Every unary handler goes through [`PdService::handle`], which follows PD's middleware:
+//! forwarding to the leader when `pd-forwarded-host` asks for it (the `Tso` stream does the same
+//! per message), then the role check (leader only, or region reads a follower may answer with
+//! `pd-allow-follower-handle`), then the request itself.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,12 +24,14 @@ use tikv_proto::pdpb::{self, pd_server::Pd};
 use tikv_proto::{keyspacepb, metapb};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::gc::{self, GcError, NULL_KEYSPACE_ID};
 use super::{
-    OPERATOR_STATUS_REMAIN_MS, OperatorRecord, TSO_NOT_LEADER, check_cluster_id, check_leader,
-    error_header, fault, go_error, members, ok_header, request_cluster_id,
+    Access, OPERATOR_STATUS_REMAIN_MS, OperatorRecord, Role, TSO_NOT_LEADER, check_cluster_id,
+    check_leader, error_header, fault, follower_role, go_error, handler, members, ok_header,
+    region_not_found_header, request_cluster_id, role, route,
 };
 use crate::Shared;
 use crate::cluster::{ClusterState, RegionState};
@@ -49,22 +56,52 @@ impl PdService {
         PdService { shared, member }
     }
 
-    /// The common shape of a unary PD handler: fault hook, then under the lock the cluster id
-    /// check and `f`, then the after-apply fault hook.
+    /// The common shape of a unary PD handler that only the leader serves: forwarding, fault
+    /// hook, the leader check, then under the lock the cluster id check and `f`, then the
+    /// after-apply fault hook.
     async fn unary<T>(
         &self,
-        command: &str,
+        metadata: &MetadataMap,
+        command: &'static str,
         requested_cluster_id: u64,
         region_id: Option<u64>,
         keys: &[Bytes],
         f: impl FnOnce(&mut ClusterState) -> Result<T, Status>,
     ) -> Result<Response<T>, Status> {
+        self.handle(
+            metadata,
+            Access::LeaderOnly,
+            command,
+            requested_cluster_id,
+            region_id,
+            keys,
+            |state, _| f(state),
+        )
+        .await
+    }
+
+    /// Like [`PdService::unary`] for the region reads a follower may serve; `f` learns the role
+    /// it answers in.
+    #[allow(clippy::too_many_arguments)]
+    async fn handle<T>(
+        &self,
+        metadata: &MetadataMap,
+        access: Access,
+        command: &'static str,
+        requested_cluster_id: u64,
+        region_id: Option<u64>,
+        keys: &[Bytes],
+        f: impl FnOnce(&mut ClusterState, Role) -> Result<T, Status>,
+    ) -> Result<Response<T>, Status> {
+        let route = route(&self.shared, self.member, metadata)?;
+        let member = handler(&self.shared, self.member, route)?;
         fault(&self.shared, Phase::Before, command, region_id, keys).await?;
-        check_leader(&self.shared, self.member)?;
+        let role = role(&self.shared, member, access, metadata)?;
         let out = {
             let mut state = self.shared.lock();
             check_cluster_id(requested_cluster_id, state.cluster_id)?;
-            f(&mut state)?
+            state.pd.count_handled(member, command);
+            f(&mut state, role)?
         };
         fault(&self.shared, Phase::AfterApply, command, region_id, keys).await?;
         Ok(Response::new(out))
@@ -92,6 +129,22 @@ fn get_region_response(cluster_id: u64, region: Option<&RegionState>) -> pdpb::G
         region: region.map(|r| r.meta.clone()),
         leader: region.and_then(|r| r.leader_peer().copied()),
         ..Default::default()
+    }
+}
+
+/// A `GetRegion`-style answer in `role`: a follower reports a region it does not have (or
+/// everything, with its syncer stopped) as "region not found" instead of an empty answer.
+fn region_answer(
+    cluster_id: u64,
+    region: Option<&RegionState>,
+    role: Role,
+) -> pdpb::GetRegionResponse {
+    match (role, region) {
+        (Role::Leader, _) | (Role::Follower, Some(_)) => get_region_response(cluster_id, region),
+        (Role::Follower, None) | (Role::UnsyncedFollower, _) => pdpb::GetRegionResponse {
+            header: region_not_found_header(cluster_id),
+            ..Default::default()
+        },
     }
 }
 
@@ -481,10 +534,21 @@ impl Pd for PdService {
         request: Request<Streaming<pdpb::TsoRequest>>,
     ) -> Result<Response<Self::TsoStream>, Status> {
         let member = self.member;
+        let (metadata, _, inbound) = request.into_parts();
+        let metadata = Arc::new(metadata);
         Ok(answer_stream(
             self.shared.clone(),
-            request.into_inner(),
-            move |shared, request| async move { allocate_tso(&shared, member, &request).await },
+            inbound,
+            move |shared, request| {
+                let metadata = metadata.clone();
+                async move {
+                    // PD's TSO proxy: a stream opened with the forwarded host sends every request
+                    // on to the leader it names.
+                    let route = route(&shared, member, &metadata)?;
+                    let handler = handler(&shared, member, route)?;
+                    allocate_tso(&shared, handler, &request).await
+                }
+            },
         ))
     }
 
@@ -492,9 +556,9 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::GetStoreRequest>,
     ) -> Result<Response<pdpb::GetStoreResponse>, Status> {
-        let req = request.into_inner();
+        let (meta, _, req) = request.into_parts();
         let cid = request_cluster_id(req.header.as_ref());
-        self.unary("GetStore", cid, None, &[], |state| {
+        self.unary(&meta, "GetStore", cid, None, &[], |state| {
             let Some(store) = state.stores.get(&req.store_id) else {
                 return Ok(pdpb::GetStoreResponse {
                     header: error_header(
@@ -518,9 +582,9 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::GetAllStoresRequest>,
     ) -> Result<Response<pdpb::GetAllStoresResponse>, Status> {
-        let req = request.into_inner();
+        let (meta, _, req) = request.into_parts();
         let cid = request_cluster_id(req.header.as_ref());
-        self.unary("GetAllStores", cid, None, &[], |state| {
+        self.unary(&meta, "GetAllStores", cid, None, &[], |state| {
             // PD's filter is on node_state Removed, not on the Tombstone store state.
             let stores = state
                 .stores
@@ -543,15 +607,24 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::GetRegionRequest>,
     ) -> Result<Response<pdpb::GetRegionResponse>, Status> {
-        let req = request.into_inner();
+        let (meta, _, req) = request.into_parts();
         let cid = request_cluster_id(req.header.as_ref());
         let keys = [req.region_key.clone()];
-        self.unary("GetRegion", cid, None, &keys, |state| {
-            Ok(get_region_response(
-                state.cluster_id,
-                state.region_by_key(&req.region_key),
-            ))
-        })
+        self.handle(
+            &meta,
+            Access::FollowerRead,
+            "GetRegion",
+            cid,
+            None,
+            &keys,
+            |state, role| {
+                Ok(region_answer(
+                    state.cluster_id,
+                    state.region_by_key(&req.region_key),
+                    role,
+                ))
+            },
+        )
         .await
     }
 
@@ -559,15 +632,24 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::GetRegionRequest>,
     ) -> Result<Response<pdpb::GetRegionResponse>, Status> {
-        let req = request.into_inner();
+        let (meta, _, req) = request.into_parts();
         let cid = request_cluster_id(req.header.as_ref());
         let keys = [req.region_key.clone()];
-        self.unary("GetPrevRegion", cid, None, &keys, |state| {
-            Ok(get_region_response(
-                state.cluster_id,
-                state.prev_region(&req.region_key),
-            ))
-        })
+        self.handle(
+            &meta,
+            Access::FollowerRead,
+            "GetPrevRegion",
+            cid,
+            None,
+            &keys,
+            |state, role| {
+                Ok(region_answer(
+                    state.cluster_id,
+                    state.prev_region(&req.region_key),
+                    role,
+                ))
+            },
+        )
         .await
     }
 
@@ -575,14 +657,23 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::GetRegionByIdRequest>,
     ) -> Result<Response<pdpb::GetRegionResponse>, Status> {
-        let req = request.into_inner();
+        let (meta, _, req) = request.into_parts();
         let cid = request_cluster_id(req.header.as_ref());
-        self.unary("GetRegionByID", cid, Some(req.region_id), &[], |state| {
-            Ok(get_region_response(
-                state.cluster_id,
-                state.region(req.region_id),
-            ))
-        })
+        self.handle(
+            &meta,
+            Access::FollowerRead,
+            "GetRegionByID",
+            cid,
+            Some(req.region_id),
+            &[],
+            |state, role| {
+                Ok(region_answer(
+                    state.cluster_id,
+                    state.region(req.region_id),
+                    role,
+                ))
+            },
+        )
         .await
     }
 
@@ -596,10 +687,7 @@ impl Pd for PdService {
         Ok(answer_stream(
             self.shared.clone(),
             request.into_inner(),
-            move |shared, request| async move {
-                check_leader(&shared, member)?;
-                query_region(&shared, &request).await
-            },
+            move |shared, request| async move { query_region(&shared, member, &request).await },
         ))
     }
 
@@ -607,24 +695,44 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::ScanRegionsRequest>,
     ) -> Result<Response<pdpb::ScanRegionsResponse>, Status> {
-        let req = request.into_inner();
+        let (meta, _, req) = request.into_parts();
         let cid = request_cluster_id(req.header.as_ref());
         let keys = [req.start_key.clone()];
-        self.unary("ScanRegions", cid, None, &keys, |state| {
-            let limit = usize::try_from(req.limit).unwrap_or(0);
-            let regions = state.regions_in_range(&req.start_key, &req.end_key, limit);
-            let mut resp = pdpb::ScanRegionsResponse {
-                header: ok_header(state.cluster_id),
-                ..Default::default()
-            };
-            for region in regions {
-                let scanned = scanned_region(region);
-                resp.region_metas.push(region.meta.clone());
-                resp.leaders.push(scanned.leader.unwrap_or_default());
-                resp.regions.push(scanned);
-            }
-            Ok(resp)
-        })
+        self.handle(
+            &meta,
+            Access::FollowerRead,
+            "ScanRegions",
+            cid,
+            None,
+            &keys,
+            |state, role| {
+                let limit = usize::try_from(req.limit).unwrap_or(0);
+                let regions = match role {
+                    Role::UnsyncedFollower => Vec::new(),
+                    Role::Leader | Role::Follower => {
+                        state.regions_in_range(&req.start_key, &req.end_key, limit)
+                    }
+                };
+                // A follower that finds nothing says so instead of answering an empty scan.
+                if role != Role::Leader && regions.is_empty() {
+                    return Ok(pdpb::ScanRegionsResponse {
+                        header: region_not_found_header(state.cluster_id),
+                        ..Default::default()
+                    });
+                }
+                let mut resp = pdpb::ScanRegionsResponse {
+                    header: ok_header(state.cluster_id),
+                    ..Default::default()
+                };
+                for region in regions {
+                    let scanned = scanned_region(region);
+                    resp.region_metas.push(region.meta.clone());
+                    resp.leaders.push(scanned.leader.unwrap_or_default());
+                    resp.regions.push(scanned);
+                }
+                Ok(resp)
+            },
+        )
         .await
     }
 
@@ -632,23 +740,43 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::BatchScanRegionsRequest>,
     ) -> Result<Response<pdpb::BatchScanRegionsResponse>, Status> {
-        let req = request.into_inner();
+        let (meta, _, req) = request.into_parts();
         let cid = request_cluster_id(req.header.as_ref());
         let keys: Vec<Bytes> = req.ranges.iter().map(|r| r.start_key.clone()).collect();
-        self.unary("BatchScanRegions", cid, None, &keys, |state| {
-            Ok(
-                match batch_scan(state, &req.ranges, req.limit, req.contain_all_key_range) {
-                    Ok(regions) => pdpb::BatchScanRegionsResponse {
-                        header: ok_header(state.cluster_id),
-                        regions,
-                    },
-                    Err((kind, message)) => pdpb::BatchScanRegionsResponse {
-                        header: error_header(state.cluster_id, kind, message),
+        self.handle(
+            &meta,
+            Access::FollowerRead,
+            "BatchScanRegions",
+            cid,
+            None,
+            &keys,
+            |state, role| {
+                if role == Role::UnsyncedFollower {
+                    return Ok(pdpb::BatchScanRegionsResponse {
+                        header: region_not_found_header(state.cluster_id),
                         regions: Vec::new(),
+                    });
+                }
+                Ok(
+                    match batch_scan(state, &req.ranges, req.limit, req.contain_all_key_range) {
+                        Ok(regions) if role == Role::Follower && regions.is_empty() => {
+                            pdpb::BatchScanRegionsResponse {
+                                header: region_not_found_header(state.cluster_id),
+                                regions,
+                            }
+                        }
+                        Ok(regions) => pdpb::BatchScanRegionsResponse {
+                            header: ok_header(state.cluster_id),
+                            regions,
+                        },
+                        Err((kind, message)) => pdpb::BatchScanRegionsResponse {
+                            header: error_header(state.cluster_id, kind, message),
+                            regions: Vec::new(),
+                        },
                     },
-                },
-            )
-        })
+                )
+            },
+        )
         .await
     }
 
@@ -656,11 +784,11 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::ScatterRegionRequest>,
     ) -> Result<Response<pdpb::ScatterRegionResponse>, Status> {
-        let req = request.into_inner();
+        let (meta, _, req) = request.into_parts();
         let cid = request_cluster_id(req.header.as_ref());
         let legacy_id = req.region_id;
         let region = req.regions_id.first().copied().or(Some(legacy_id));
-        self.unary("ScatterRegion", cid, region, &[], |state| {
+        self.unary(&meta, "ScatterRegion", cid, region, &[], |state| {
             if !req.regions_id.is_empty() {
                 let (finished_percentage, failed_regions_id) =
                     scatter_regions(state, &req.regions_id)?;
@@ -701,9 +829,9 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::GetGcSafePointRequest>,
     ) -> Result<Response<pdpb::GetGcSafePointResponse>, Status> {
-        let req = request.into_inner();
+        let (meta, _, req) = request.into_parts();
         let cid = request_cluster_id(req.header.as_ref());
-        self.unary("GetGCSafePoint", cid, None, &[], |state| {
+        self.unary(&meta, "GetGCSafePoint", cid, None, &[], |state| {
             Ok(pdpb::GetGcSafePointResponse {
                 header: ok_header(state.cluster_id),
                 safe_point: state.pd.gc.scope(NULL_KEYSPACE_ID).gc_safe_point,
@@ -716,9 +844,9 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::UpdateGcSafePointRequest>,
     ) -> Result<Response<pdpb::UpdateGcSafePointResponse>, Status> {
-        let req = request.into_inner();
+        let (meta, _, req) = request.into_parts();
         let cid = request_cluster_id(req.header.as_ref());
-        self.unary("UpdateGCSafePoint", cid, None, &[], |state| {
+        self.unary(&meta, "UpdateGCSafePoint", cid, None, &[], |state| {
             let (_, new) = state
                 .pd
                 .gc
@@ -738,9 +866,9 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::UpdateServiceGcSafePointRequest>,
     ) -> Result<Response<pdpb::UpdateServiceGcSafePointResponse>, Status> {
-        let req = request.into_inner();
+        let (meta, _, req) = request.into_parts();
         let cid = request_cluster_id(req.header.as_ref());
-        self.unary("UpdateServiceGCSafePoint", cid, None, &[], |state| {
+        self.unary(&meta, "UpdateServiceGCSafePoint", cid, None, &[], |state| {
             let now = state.clock.now_ms();
             let service_id = String::from_utf8_lossy(&req.service_id).into_owned();
             let st = &mut *state;
@@ -817,9 +945,9 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::AdvanceGcSafePointRequest>,
     ) -> Result<Response<pdpb::AdvanceGcSafePointResponse>, Status> {
-        let req = request.into_inner();
+        let (meta, _, req) = request.into_parts();
         let cid = request_cluster_id(req.header.as_ref());
-        self.unary("AdvanceGCSafePoint", cid, None, &[], |state| {
+        self.unary(&meta, "AdvanceGCSafePoint", cid, None, &[], |state| {
             let keyspace = scope_keyspace(req.keyspace_scope.as_ref());
             let st = &mut *state;
             let result = gc::redirect(&st.keyspaces, keyspace, false).and_then(|scope| {
@@ -843,9 +971,9 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::AdvanceTxnSafePointRequest>,
     ) -> Result<Response<pdpb::AdvanceTxnSafePointResponse>, Status> {
-        let req = request.into_inner();
+        let (meta, _, req) = request.into_parts();
         let cid = request_cluster_id(req.header.as_ref());
-        self.unary("AdvanceTxnSafePoint", cid, None, &[], |state| {
+        self.unary(&meta, "AdvanceTxnSafePoint", cid, None, &[], |state| {
             let keyspace = scope_keyspace(req.keyspace_scope.as_ref());
             let now = state.clock.now_ms();
             let st = &mut *state;
@@ -872,9 +1000,9 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::SetGcBarrierRequest>,
     ) -> Result<Response<pdpb::SetGcBarrierResponse>, Status> {
-        let req = request.into_inner();
+        let (meta, _, req) = request.into_parts();
         let cid = request_cluster_id(req.header.as_ref());
-        self.unary("SetGCBarrier", cid, None, &[], |state| {
+        self.unary(&meta, "SetGCBarrier", cid, None, &[], |state| {
             let keyspace = scope_keyspace(req.keyspace_scope.as_ref());
             let now = state.clock.now_ms();
             let st = &mut *state;
@@ -902,9 +1030,9 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::DeleteGcBarrierRequest>,
     ) -> Result<Response<pdpb::DeleteGcBarrierResponse>, Status> {
-        let req = request.into_inner();
+        let (meta, _, req) = request.into_parts();
         let cid = request_cluster_id(req.header.as_ref());
-        self.unary("DeleteGCBarrier", cid, None, &[], |state| {
+        self.unary(&meta, "DeleteGCBarrier", cid, None, &[], |state| {
             let keyspace = scope_keyspace(req.keyspace_scope.as_ref());
             let now = state.clock.now_ms();
             let st = &mut *state;
@@ -923,9 +1051,9 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::SetGlobalGcBarrierRequest>,
     ) -> Result<Response<pdpb::SetGlobalGcBarrierResponse>, Status> {
-        let req = request.into_inner();
+        let (meta, _, req) = request.into_parts();
         let cid = request_cluster_id(req.header.as_ref());
-        self.unary("SetGlobalGCBarrier", cid, None, &[], |state| {
+        self.unary(&meta, "SetGlobalGCBarrier", cid, None, &[], |state| {
             let now = state.clock.now_ms();
             let st = &mut *state;
             let result = gc::check_ttl(req.ttl_seconds)
@@ -952,9 +1080,9 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::DeleteGlobalGcBarrierRequest>,
     ) -> Result<Response<pdpb::DeleteGlobalGcBarrierResponse>, Status> {
-        let req = request.into_inner();
+        let (meta, _, req) = request.into_parts();
         let cid = request_cluster_id(req.header.as_ref());
-        self.unary("DeleteGlobalGCBarrier", cid, None, &[], |state| {
+        self.unary(&meta, "DeleteGlobalGCBarrier", cid, None, &[], |state| {
             let now = state.clock.now_ms();
             let result = gc::check_global_barrier_id(&req.barrier_id)
                 .map(|()| state.pd.gc.delete_global_barrier(&req.barrier_id));
@@ -971,9 +1099,9 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::GetGcStateRequest>,
     ) -> Result<Response<pdpb::GetGcStateResponse>, Status> {
-        let req = request.into_inner();
+        let (meta, _, req) = request.into_parts();
         let cid = request_cluster_id(req.header.as_ref());
-        self.unary("GetGCState", cid, None, &[], |state| {
+        self.unary(&meta, "GetGCState", cid, None, &[], |state| {
             let keyspace = scope_keyspace(req.keyspace_scope.as_ref());
             let now = state.clock.now_ms();
             match gc::redirect(&state.keyspaces, keyspace, true) {
@@ -1004,9 +1132,9 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::GetAllKeyspacesGcStatesRequest>,
     ) -> Result<Response<pdpb::GetAllKeyspacesGcStatesResponse>, Status> {
-        let req = request.into_inner();
+        let (meta, _, req) = request.into_parts();
         let cid = request_cluster_id(req.header.as_ref());
-        self.unary("GetAllKeyspacesGCStates", cid, None, &[], |state| {
+        self.unary(&meta, "GetAllKeyspacesGCStates", cid, None, &[], |state| {
             let now = state.clock.now_ms();
             let mut gc_states = Vec::new();
             // PD answers from a Go map (no order); the mock lists keyspaces by id, NullKeyspace
@@ -1055,32 +1183,38 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::GetOperatorRequest>,
     ) -> Result<Response<pdpb::GetOperatorResponse>, Status> {
-        let req = request.into_inner();
+        let (meta, _, req) = request.into_parts();
         let cid = request_cluster_id(req.header.as_ref());
-        self.unary("GetOperator", cid, Some(req.region_id), &[], |state| {
-            let now = state.clock.now_ms();
-            state
-                .pd
-                .operators
-                .retain(|_, op| now.saturating_sub(op.finished_at_ms) < OPERATOR_STATUS_REMAIN_MS);
-            Ok(match state.pd.operators.get(&req.region_id) {
-                None => pdpb::GetOperatorResponse {
-                    header: error_header(
-                        state.cluster_id,
-                        pdpb::ErrorType::RegionNotFound,
-                        "Not Found",
-                    ),
-                    ..Default::default()
-                },
-                Some(op) => pdpb::GetOperatorResponse {
-                    header: ok_header(state.cluster_id),
-                    region_id: req.region_id,
-                    desc: Bytes::from_static(op.desc.as_bytes()),
-                    status: op.status as i32,
-                    kind: Bytes::from_static(op.kind.as_bytes()),
-                },
-            })
-        })
+        self.unary(
+            &meta,
+            "GetOperator",
+            cid,
+            Some(req.region_id),
+            &[],
+            |state| {
+                let now = state.clock.now_ms();
+                state.pd.operators.retain(|_, op| {
+                    now.saturating_sub(op.finished_at_ms) < OPERATOR_STATUS_REMAIN_MS
+                });
+                Ok(match state.pd.operators.get(&req.region_id) {
+                    None => pdpb::GetOperatorResponse {
+                        header: error_header(
+                            state.cluster_id,
+                            pdpb::ErrorType::RegionNotFound,
+                            "Not Found",
+                        ),
+                        ..Default::default()
+                    },
+                    Some(op) => pdpb::GetOperatorResponse {
+                        header: ok_header(state.cluster_id),
+                        region_id: req.region_id,
+                        desc: Bytes::from_static(op.desc.as_bytes()),
+                        status: op.status as i32,
+                        kind: Bytes::from_static(op.kind.as_bytes()),
+                    },
+                })
+            },
+        )
         .await
     }
 
@@ -1088,9 +1222,10 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::SplitRegionsRequest>,
     ) -> Result<Response<pdpb::SplitRegionsResponse>, Status> {
-        let req = request.into_inner();
+        let (meta, _, req) = request.into_parts();
         let cid = request_cluster_id(req.header.as_ref());
         self.unary(
+            &meta,
             "SplitRegions",
             cid,
             None,
@@ -1111,9 +1246,10 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::SplitAndScatterRegionsRequest>,
     ) -> Result<Response<pdpb::SplitAndScatterRegionsResponse>, Status> {
-        let req = request.into_inner();
+        let (meta, _, req) = request.into_parts();
         let cid = request_cluster_id(req.header.as_ref());
         self.unary(
+            &meta,
             "SplitAndScatterRegions",
             cid,
             None,
@@ -1136,9 +1272,9 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::SetExternalTimestampRequest>,
     ) -> Result<Response<pdpb::SetExternalTimestampResponse>, Status> {
-        let req = request.into_inner();
+        let (meta, _, req) = request.into_parts();
         let cid = request_cluster_id(req.header.as_ref());
-        self.unary("SetExternalTimestamp", cid, None, &[], |state| {
+        self.unary(&meta, "SetExternalTimestamp", cid, None, &[], |state| {
             // PD compares against a freshly allocated global timestamp.
             let now = state.clock.now_ms();
             let global = state.tso.next(now);
@@ -1166,9 +1302,9 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::GetExternalTimestampRequest>,
     ) -> Result<Response<pdpb::GetExternalTimestampResponse>, Status> {
-        let req = request.into_inner();
+        let (meta, _, req) = request.into_parts();
         let cid = request_cluster_id(req.header.as_ref());
-        self.unary("GetExternalTimestamp", cid, None, &[], |state| {
+        self.unary(&meta, "GetExternalTimestamp", cid, None, &[], |state| {
             Ok(pdpb::GetExternalTimestampResponse {
                 header: ok_header(state.cluster_id),
                 timestamp: state.pd.external_ts,
@@ -1181,9 +1317,9 @@ impl Pd for PdService {
         &self,
         request: Request<pdpb::GetMinTsRequest>,
     ) -> Result<Response<pdpb::GetMinTsResponse>, Status> {
-        let req = request.into_inner();
+        let (meta, _, req) = request.into_parts();
         let cid = request_cluster_id(req.header.as_ref());
-        self.unary("GetMinTS", cid, None, &[], |state| {
+        self.unary(&meta, "GetMinTS", cid, None, &[], |state| {
             // Without TSO microservices, PD answers with a freshly allocated timestamp.
             let now = state.clock.now_ms();
             let (physical, logical) = state.tso.allocate(now, 1);
@@ -1235,6 +1371,7 @@ async fn allocate_tso(
                  number of retries exceeded",
             ));
         }
+        state.pd.count_handled(member, "Tso");
         let now = state.clock.now_ms();
         let (physical, logical) = state.tso.allocate(now, request.count);
         pdpb::TsoResponse {
@@ -1248,19 +1385,34 @@ async fn allocate_tso(
 }
 
 /// One `QueryRegion` batch: regions by key, by previous key and by id, deduplicated by id.
+/// Followers answer too, without being asked to (PD's `QueryRegion` has no forwarding and no
+/// follower-handle check); one whose region syncer is stopped answers "region not found".
 async fn query_region(
     shared: &Shared,
+    member: usize,
     request: &pdpb::QueryRegionRequest,
 ) -> Result<pdpb::QueryRegionResponse, Status> {
     let mut keys = request.keys.clone();
     keys.extend(request.prev_keys.iter().cloned());
     fault(shared, Phase::Before, "QueryRegion", None, &keys).await?;
+    let role = if check_leader(shared, member).is_ok() {
+        Role::Leader
+    } else {
+        follower_role(shared, member)
+    };
     let response = {
-        let state = shared.lock();
+        let mut state = shared.lock();
         check_cluster_id(
             request_cluster_id(request.header.as_ref()),
             state.cluster_id,
         )?;
+        state.pd.count_handled(member, "QueryRegion");
+        if role == Role::UnsyncedFollower {
+            return Ok(pdpb::QueryRegionResponse {
+                header: region_not_found_header(state.cluster_id),
+                ..Default::default()
+            });
+        }
         let mut by_id: HashMap<u64, pdpb::RegionResponse> = HashMap::new();
         let mut add = |region: Option<&RegionState>| -> u64 {
             let Some(region) = region else { return 0 };
