@@ -26,7 +26,10 @@
 //!
 //! - [`cluster`](crate::MockCluster) state: regions with epochs, stores, keyspaces, TSO, raw
 //!   data, all behind one lock so every request is atomic and linearizable;
-//! - the PD service (`pdpb.PD`, `keyspacepb.Keyspace`) and the PD HTTP API subset clients use;
+//! - the PD service (`pdpb.PD`, `keyspacepb.Keyspace`) and the PD HTTP API subset clients use,
+//!   with N members: followers forward `pd-forwarded-host` calls and TSO streams to the leader
+//!   and serve region reads under `pd-allow-follower-handle`, as PD does; a leader can be cut
+//!   off from clients only ([`MockCluster::isolate_pd_member`]);
 //! - a `tikvpb.Tikv` service per store (unary and BatchCommands) plus gRPC health, gzip
 //!   accepted and offered by every store and PD;
 //! - request forwarding: a request carrying `tikv-forwarded-host` is handled as the named store
