@@ -30,6 +30,10 @@
 //!   with N members: followers forward `pd-forwarded-host` calls and TSO streams to the leader
 //!   and serve region reads under `pd-allow-follower-handle`, as PD does; a leader can be cut
 //!   off from clients only ([`MockCluster::isolate_pd_member`]);
+//! - optionally PD's microservice mode ([`MockClusterBuilder::tso_microservice`]): N TSO
+//!   servers serving `tsopb.TSO` (keyspace groups, primaries, `FindGroupByKeyspaceID`,
+//!   `GetMinTS`), `GetClusterInfo` reporting `API_SVC_MODE` and PD forwarding its own `Tso`,
+//!   with control over primaries, server stops and keyspace-to-group assignment;
 //! - a `tikvpb.Tikv` service per store (unary and BatchCommands) plus gRPC health, gzip
 //!   accepted and offered by every store and PD;
 //! - request forwarding: a request carrying `tikv-forwarded-host` is handled as the named store

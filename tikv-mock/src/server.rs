@@ -43,6 +43,7 @@ pub struct MockClusterBuilder {
     cluster_id: u64,
     pd_members: usize,
     invalid_max_ts_action: crate::InvalidMaxTsAction,
+    tso_servers: usize,
 }
 
 impl Default for MockClusterBuilder {
@@ -60,6 +61,7 @@ impl Default for MockClusterBuilder {
             cluster_id: DEFAULT_CLUSTER_ID,
             pd_members: 1,
             invalid_max_ts_action: crate::InvalidMaxTsAction::default(),
+            tso_servers: 0,
         }
     }
 }
@@ -149,6 +151,14 @@ impl MockClusterBuilder {
         self
     }
 
+    /// Runs PD in microservice mode with `n` TSO servers serving `tsopb.TSO` (0, the default,
+    /// keeps PD serving timestamps itself). All servers are members of the default keyspace
+    /// group, server 0 its primary; `GetClusterInfo` reports `API_SVC_MODE` and their URLs.
+    pub fn tso_microservice(mut self, n: usize) -> Self {
+        self.tso_servers = n;
+        self
+    }
+
     /// Binds every listener and starts serving.
     pub async fn start(self) -> Result<MockCluster, MockError> {
         if self.stores == 0 {
@@ -188,6 +198,15 @@ impl MockClusterBuilder {
             .map(|l| local_addr(l).map(|a| a.to_string()))
             .collect::<Result<_, _>>()?;
 
+        let mut tso_listeners = Vec::with_capacity(self.tso_servers);
+        for _ in 0..self.tso_servers {
+            tso_listeners.push(bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?);
+        }
+        let tso_addrs: Vec<SocketAddr> = tso_listeners
+            .iter()
+            .map(local_addr)
+            .collect::<Result<_, _>>()?;
+
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
         let mut state = ClusterState::new(
             self.cluster_id,
@@ -210,6 +229,9 @@ impl MockClusterBuilder {
         spread_leaders(&mut state);
 
         state.invalid_max_ts_action = self.invalid_max_ts_action;
+        if !tso_addrs.is_empty() {
+            state.pd.tso_service = Some(crate::pd::tso_service::TsoServiceState::new(tso_addrs));
+        }
         let (crashes, mut crashed) = tokio::sync::mpsc::unbounded_channel::<u64>();
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
@@ -240,6 +262,14 @@ impl MockClusterBuilder {
                 ServerKey::Pd(member),
                 listener,
                 crate::pd::routes(shared.clone(), member),
+                None,
+            );
+        }
+        for (server, listener) in tso_listeners.into_iter().enumerate() {
+            servers.spawn(
+                ServerKey::Tso(server),
+                listener,
+                crate::pd::tso_service::routes(shared.clone(), server),
                 None,
             );
         }
@@ -296,6 +326,8 @@ enum ServerKey {
     /// A PD member, by index.
     Pd(usize),
     Store(u64),
+    /// A TSO microservice server, by index.
+    Tso(usize),
 }
 
 /// One running server: its accept loop, its gRPC server, and a duplicate handle of every
@@ -965,5 +997,123 @@ impl MockCluster {
     /// Stops every server and frees every port. Other clones become inert.
     pub async fn shutdown(self) {
         reap(self.servers.stop_all()).await;
+    }
+}
+
+/// Control of the TSO microservice ([`MockClusterBuilder::tso_microservice`]).
+impl MockCluster {
+    fn with_tso_service<T>(
+        &self,
+        f: impl FnOnce(&mut crate::pd::tso_service::TsoServiceState) -> Result<T, MockError>,
+    ) -> Result<T, MockError> {
+        let mut state = self.shared.lock();
+        let svc = state.pd.tso_service.as_mut().ok_or_else(|| {
+            MockError::Config("the cluster was built without a TSO microservice".to_owned())
+        })?;
+        f(svc)
+    }
+
+    /// The addresses of the TSO servers, by index (empty without a TSO microservice).
+    pub fn tso_server_addrs(&self) -> Vec<SocketAddr> {
+        self.with_tso_service(|svc| Ok(svc.addrs.clone()))
+            .unwrap_or_default()
+    }
+
+    /// Turns microservice mode on (PD reports `API_SVC_MODE` and forwards its `Tso`) or off
+    /// (PD reports `PD_SVC_MODE` and allocates itself; the TSO servers keep running).
+    pub fn set_tso_microservice_mode(&self, enabled: bool) -> Result<(), MockError> {
+        self.with_tso_service(|svc| {
+            svc.enabled = enabled;
+            Ok(())
+        })
+    }
+
+    /// Makes TSO server `server` the primary of keyspace group `group`, as a primary election
+    /// would; streams to the former primary get "not served" errors from then on.
+    pub fn transfer_tso_primary(&self, group: u32, server: usize) -> Result<(), MockError> {
+        self.with_tso_service(|svc| svc.set_primary(group, server))
+    }
+
+    /// The TSO server that is primary of keyspace group `group`, if any.
+    pub fn tso_primary(&self, group: u32) -> Option<usize> {
+        self.with_tso_service(|svc| Ok(svc.primary(group)))
+            .ok()
+            .flatten()
+    }
+
+    /// Stops TSO server `server` (listener and connections). Groups it was primary of elect
+    /// the first running member; it disappears from `GetClusterInfo`'s `tso_urls`.
+    pub async fn stop_tso_server(&self, server: usize) -> Result<(), MockError> {
+        self.servers
+            .stop(ServerKey::Tso(server))
+            .await
+            .ok_or_else(|| MockError::Topology(format!("TSO server {server} is not running")))?;
+        self.with_tso_service(|svc| {
+            svc.set_down(server, true);
+            Ok(())
+        })
+    }
+
+    /// Starts a stopped TSO server again on its address.
+    pub async fn start_tso_server(&self, server: usize) -> Result<(), MockError> {
+        let addr = self
+            .tso_server_addrs()
+            .get(server)
+            .copied()
+            .ok_or_else(|| MockError::Topology(format!("unknown TSO server {server}")))?;
+        let listener = bind(addr).await?;
+        self.servers.spawn(
+            ServerKey::Tso(server),
+            listener,
+            crate::pd::tso_service::routes(self.shared.clone(), server),
+            None,
+        );
+        self.with_tso_service(|svc| {
+            svc.set_down(server, false);
+            Ok(())
+        })
+    }
+
+    /// Assigns keyspace `keyspace_id` to TSO keyspace group `group` (created if new) and
+    /// records it in the keyspace's config as `tso_keyspace_group_id`, as PD does.
+    pub fn assign_keyspace_to_tso_group(
+        &self,
+        keyspace_id: u32,
+        group: u32,
+    ) -> Result<(), MockError> {
+        let mut state = self.shared.lock();
+        let svc = state.pd.tso_service.as_mut().ok_or_else(|| {
+            MockError::Config("the cluster was built without a TSO microservice".to_owned())
+        })?;
+        svc.assign(keyspace_id, group)?;
+        if let Some(keyspace) = state.keyspaces.get_mut(&keyspace_id) {
+            keyspace.meta.config.insert(
+                crate::pd::tso_service::TSO_KEYSPACE_GROUP_ID_KEY.to_owned(),
+                group.to_string(),
+            );
+        }
+        state.pd.notify_keyspace_changed();
+        Ok(())
+    }
+
+    /// Requests TSO server `server` served, by gRPC method (`"Tso"`, `"FindGroupByKeyspaceID"`,
+    /// `"GetMinTS"`); `Tso` requests PD forwarded count for the primary that served them.
+    pub fn tso_server_request_count(&self, server: usize, method: &str) -> u64 {
+        self.with_tso_service(|svc| Ok(svc.count(server, method)))
+            .unwrap_or(0)
+    }
+
+    /// `Tso` requests PD received in microservice mode and forwarded to the TSO service.
+    pub fn tso_forwarded_from_pd(&self) -> u64 {
+        self.with_tso_service(|svc| Ok(svc.forwarded_from_pd()))
+            .unwrap_or(0)
+    }
+
+    /// The `(keyspace_id, keyspace_group_id)` header of the last `Tso` request TSO server
+    /// `server` served.
+    pub fn tso_last_request_header(&self, server: usize) -> Option<(u32, u32)> {
+        self.with_tso_service(|svc| Ok(svc.last_tso_header(server)))
+            .ok()
+            .flatten()
     }
 }

@@ -30,8 +30,9 @@
 //! Each service module has a tonic client (`*_client`) and server (`*_server`):
 //! `tikvpb::tikv_client::TikvClient`, `pdpb::pd_client::PdClient`,
 //! `keyspacepb::keyspace_client::KeyspaceClient`,
-//! `resource_manager::resource_manager_client::ResourceManagerClient` and
-//! `deadlock::deadlock_client::DeadlockClient`. The gRPC health service comes from `tonic-health`.
+//! `resource_manager::resource_manager_client::ResourceManagerClient`,
+//! `deadlock::deadlock_client::DeadlockClient` and `tsopb::tso_client::TsoClient`. The gRPC health
+//! service comes from `tonic-health`.
 
 macro_rules! generated {
     ($($(#[$meta:meta])* $name:ident),* $(,)?) => {
@@ -77,4 +78,6 @@ generated! {
     tikvpb,
     /// Trace context propagated to TiKV.
     tracepb,
+    /// The TSO microservice (`tsopb.TSO`): keyspace-group timestamps in PD's microservice mode.
+    tsopb,
 }

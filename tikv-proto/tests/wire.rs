@@ -9,7 +9,7 @@
 
 use bytes::Bytes;
 use prost::Message;
-use tikv_proto::{errorpb, kvrpcpb, metapb, pdpb, tikvpb};
+use tikv_proto::{errorpb, kvrpcpb, metapb, pdpb, tikvpb, tsopb};
 
 /// Protobuf base-128 varint.
 fn varint(mut v: u64) -> Vec<u8> {
@@ -497,4 +497,47 @@ fn errorpb_variant_field_numbers() {
     for (msg, field) in cases {
         assert_wire(&msg, &len(field, &[]));
     }
+}
+
+#[test]
+fn tsopb_tso_request_and_find_group() {
+    let request = tsopb::TsoRequest {
+        header: Some(tsopb::RequestHeader {
+            cluster_id: 7,
+            sender_id: 0,
+            keyspace: Some(tsopb::request_header::Keyspace::KeyspaceId(5)),
+            keyspace_group_id: 2,
+            callee_id: String::new(),
+        }),
+        count: 3,
+        dc_location: String::new(),
+    };
+    let header = cat(&[uint(1, 7), uint(3, 5), uint(4, 2)]);
+    assert_wire(&request, &cat(&[len(1, &header), uint(2, 3)]));
+
+    let response = tsopb::FindGroupByKeyspaceIdResponse {
+        header: Some(tsopb::ResponseHeader {
+            cluster_id: 7,
+            error: None,
+            keyspace: None,
+            keyspace_group_id: 2,
+        }),
+        keyspace_group: Some(tsopb::KeyspaceGroup {
+            id: 2,
+            user_kind: "basic".to_owned(),
+            split_state: None,
+            members: vec![tsopb::KeyspaceGroupMember {
+                address: "a".to_owned(),
+                is_primary: true,
+            }],
+        }),
+        mod_revision: 9,
+    };
+    let member = cat(&[len(1, b"a"), uint(2, 1)]);
+    let group = cat(&[uint(1, 2), len(2, b"basic"), len(4, &member)]);
+    let header = cat(&[uint(1, 7), uint(4, 2)]);
+    assert_wire(
+        &response,
+        &cat(&[len(1, &header), len(2, &group), uint(3, 9)]),
+    );
 }

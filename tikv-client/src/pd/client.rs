@@ -55,6 +55,7 @@ use super::keyspace::KeyspaceMeta;
 use super::retry::{Backoff, Failure, classify_status, is_leader_change, is_network_failure};
 use super::router::{Query, Router, RouterDispatcher};
 use super::tso::{Dispatcher, Tso, TsoStats};
+use super::tso_discovery::{SERVICE_CHECK_INTERVAL, TSO_KEYSPACE_GROUP_ID_KEY, TsoDiscovery};
 use super::{BoxFuture, RegionInfo, RegionSource};
 use crate::config::{CircuitBreakerSettings, Config};
 use crate::error::GrpcCode;
@@ -207,8 +208,9 @@ pub(crate) struct Core {
     pub(crate) options: Arc<Options>,
     pub(crate) region_meta_breaker: CircuitBreaker,
     timeout: Duration,
-    /// Whether PD runs TSO as a separate service (`API_SVC_MODE`), learned at connect.
-    microservices: bool,
+    /// PD mode or TSO microservice mode (`API_SVC_MODE`), and the keyspace group's primary;
+    /// checked at connect and in the background.
+    pub(crate) tso_service: Arc<TsoDiscovery>,
     keyspace: OnceLock<KeyspaceMeta>,
     closed: AtomicBool,
 }
@@ -219,6 +221,7 @@ pub struct PdClientBuilder {
     endpoints: Vec<String>,
     config: Config,
     keyspace: Option<String>,
+    tso_keyspace_id: Option<u32>,
     max_tso_batch_wait: Duration,
     member_refresh_interval: Duration,
     member_health_check_interval: Duration,
@@ -231,6 +234,14 @@ impl PdClientBuilder {
     /// `GetKeyspaceID` rule).
     pub fn keyspace(mut self, name: impl Into<String>) -> Self {
         self.keyspace = Some(name.into());
+        self
+    }
+
+    /// The keyspace id whose keyspace group serves this client's timestamps when PD runs TSO
+    /// as a microservice (default: the null keyspace `0xFFFFFFFF`, served by the default
+    /// keyspace group). [`keyspace`](Self::keyspace) sets it from the loaded keyspace.
+    pub fn tso_keyspace_id(mut self, keyspace_id: u32) -> Self {
+        self.tso_keyspace_id = Some(keyspace_id);
         self
     }
 
@@ -305,7 +316,7 @@ impl PdClientBuilder {
             pd_config.enable_follower_handle,
             pd_config.enable_router_client,
         ));
-        let mut core = Core {
+        let core = Core {
             discovery: discovery.clone(),
             tso: Arc::new(Tso::new(timeout)),
             router: Arc::new(Router::default()),
@@ -315,11 +326,21 @@ impl PdClientBuilder {
                 pd_config.region_meta_circuit_breaker.clone(),
             ),
             timeout,
-            microservices: false,
+            tso_service: Arc::new(TsoDiscovery::new(discovery.clone())),
             keyspace: OnceLock::new(),
             closed: AtomicBool::new(false),
         };
-        core.microservices = core.service_mode_is_microservices().await;
+        if let Some(id) = self.tso_keyspace_id {
+            core.tso_service.set_keyspace(id, None);
+        }
+        if let Err(e) = core
+            .tso_service
+            .check_service_mode(Instant::now() + timeout)
+            .await
+        {
+            // The dispatcher finds the mode again on its first batch; PD mode until then.
+            tracing::debug!(error = %e, "TSO service mode check failed at connect");
+        }
         let core = Arc::new(core);
         let (shutdown, _) = watch::channel(false);
         tokio::spawn(
@@ -338,9 +359,15 @@ impl PdClientBuilder {
         ));
         let router = RouterDispatcher::new(core.router.clone(), discovery.clone(), options.clone());
         tokio::spawn(router.run(shutdown.subscribe()));
+        tokio::spawn(
+            core.tso_service
+                .clone()
+                .run(SERVICE_CHECK_INTERVAL, shutdown.subscribe()),
+        );
         let dispatcher = Dispatcher::new(
             core.tso.clone(),
             discovery,
+            core.tso_service.clone(),
             self.max_tso_batch_wait,
             options.forwarding,
         );
@@ -352,6 +379,7 @@ impl PdClientBuilder {
             // On failure the client is dropped here, which stops its tasks.
             let meta = client.load_keyspace(&name).await?;
             meta.ensure_enabled()?;
+            client.set_tso_keyspace(&meta);
             let _ = client.core().keyspace.set(meta);
         }
         Ok(client)
@@ -382,6 +410,7 @@ impl PdClient {
                 .collect(),
             config: config.clone(),
             keyspace: None,
+            tso_keyspace_id: None,
             max_tso_batch_wait: Duration::ZERO,
             member_refresh_interval: DEFAULT_MEMBER_REFRESH,
             member_health_check_interval: MEMBER_HEALTH_CHECK_INTERVAL,
@@ -479,6 +508,22 @@ impl PdClient {
         self.core().tso.get_timestamp().await
     }
 
+    /// Tells the TSO client which keyspace it serves, so that in TSO microservice mode its
+    /// stream goes to that keyspace's keyspace group (and a keyspace pinned to a non-default
+    /// group by its `tso_keyspace_group_id` config never falls back to the default group).
+    /// Clients that open a keyspace call this once they loaded it. One `PdClient` has one TSO
+    /// stream, so a client shared by several keyspaces serves the last one set (PD's own
+    /// client is per keyspace too).
+    pub fn set_tso_keyspace(&self, keyspace: &KeyspaceMeta) {
+        self.core().tso_service.set_keyspace(
+            keyspace.id,
+            keyspace
+                .config
+                .get(TSO_KEYSPACE_GROUP_ID_KEY)
+                .map(String::as_str),
+        );
+    }
+
     /// Counters of the TSO stream: requests sent and timestamps received.
     pub fn tso_stats(&self) -> TsoStats {
         self.core().tso.stats()
@@ -488,7 +533,7 @@ impl PdClient {
     /// With PD serving TSO itself that is a fresh timestamp, taken from the TSO stream as
     /// PD's client does; with TSO microservices PD is asked.
     pub async fn get_min_ts(&self) -> Result<Timestamp> {
-        if !self.core().microservices {
+        if !self.core().tso_service.is_microservice() {
             return self.get_timestamp().await;
         }
         match self.core().get_min_ts_rpc().await {
@@ -1107,27 +1152,6 @@ impl Core {
                     self.timeout
                 ),
             },
-        }
-    }
-
-    /// Whether PD serves TSO as a separate service (PD's `checkServiceModeChanged`; a PD
-    /// without `GetClusterInfo` runs everything itself).
-    async fn service_mode_is_microservices(&self) -> bool {
-        let result = self
-            .call("GetClusterInfo", |ch| async move {
-                PdGrpc::new(ch)
-                    .get_cluster_info(pdpb::GetClusterInfoRequest::default())
-                    .await
-            })
-            .await;
-        match result {
-            Ok(info) => {
-                info.service_modes.first().copied() == Some(pdpb::ServiceMode::ApiSvcMode as i32)
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "GetClusterInfo failed; assuming PD serves TSO");
-                false
-            }
         }
     }
 

@@ -237,6 +237,17 @@ impl Discovery {
         self.cluster_id
     }
 
+    /// A (lazily connected, cached) channel to `url` with the client's TLS and timeouts; the
+    /// TSO service discovery reaches TSO servers through it.
+    pub(crate) fn channel(&self, url: &str) -> Result<Channel> {
+        self.connector.channel(url)
+    }
+
+    /// How long one member-discovery round may take (`pd-server-timeout`).
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     pub(crate) fn view(&self) -> Arc<MemberView> {
         self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
     }

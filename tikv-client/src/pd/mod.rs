@@ -6,16 +6,17 @@
 //! members that report another cluster id are never used), follows the leader as it moves,
 //! and runs every call under `pd-client.pd-server-timeout`: PD's error answers become
 //! [`Error::Pd`](crate::Error::Pd) with PD's text, and a leader that cannot be found in time
-//! becomes a retryable [`Error::PdServerTimeout`](crate::Error::PdServerTimeout). Four
+//! becomes a retryable [`Error::PdServerTimeout`](crate::Error::PdServerTimeout). Five
 //! background tasks per client, stopped when the last clone is dropped or
 //! [`PdClient::close`] is called: the member refresh, the member health checks, the TSO
-//! dispatcher and the router dispatcher.
+//! service-mode check, the TSO dispatcher and the router dispatcher.
 //!
 //! | submodule | owns | ports (tikv/pd `client/`) |
 //! |---|---|---|
 //! | `client` | [`PdClient`], [`PdClientBuilder`], the call discipline (deadline, leader failover, forwarding, follower reads, the breaker), region/store/scatter/operator/external-ts queries, `RegionSource` and the oracle's `TimestampSource` | `client.go`, `inner_client.go` |
 //! | `discovery` | cluster id, member list, leader, single-flight refresh, member health checks, where a call goes | `servicediscovery/service_discovery.go` |
-//! | `tso` | the TSO stream (to the leader, or through a follower), batching, the dispatcher task, [`TsoStats`] | `clients/tso/{client,dispatcher,request,stream}.go` |
+//! | `tso` | the TSO stream (to the leader, through a follower, or to a TSO microservice primary), batching, the dispatcher task, [`TsoStats`] | `clients/tso/{client,dispatcher,request,stream}.go` |
+//! | `tso_discovery` | PD mode vs TSO microservice mode (`GetClusterInfo`), the keyspace group and its primary (`FindGroupByKeyspaceID`), the fallback rule | `servicediscovery/tso_service_discovery.go`, `service_discovery.go` (`checkServiceModeChanged`) |
 //! | `router` | the `QueryRegion` stream, batching region lookups, the router dispatcher task | `clients/router/{client,request}.go` |
 //! | `circuit_breaker` | the region-meta breaker, [`CircuitBreakerState`] | `pkg/circuitbreaker/circuit_breaker.go` |
 //! | `conn` | endpoint URLs, TLS from [`Security`](crate::Security), the channel cache, routing metadata | `pkg/utils/tlsutil`, `pkg/utils/grpcutil` |
@@ -23,8 +24,8 @@
 //! | `gc` | the GC states API: safe points and barriers | `gc_client.go` |
 //! | `keyspace` | [`KeyspaceMeta`], `LoadKeyspace` | `keyspace_client.go` (+ client-go `internal/locate/pd_codec.go`) |
 //!
-//! Not ported: TSO microservices (`tsopb` streams, keyspace groups; PD forwards `Tso` to them
-//! itself), the TSO follower proxy, the router and scheduling microservices (`routerpb`),
+//! Not ported: the legacy etcd discovery of TSO servers (`discoverWithLegacyPath`; without
+//! listed TSO servers the stream falls back to PD, which forwards), the TSO follower proxy, the router and scheduling microservices (`routerpb`),
 //! resource groups and meta-storage.
 //!
 //! # The contract with the caches
@@ -48,6 +49,9 @@ mod router;
 #[cfg(test)]
 mod tests;
 mod tso;
+mod tso_discovery;
+#[cfg(test)]
+mod tso_mcs_tests;
 
 use std::future::Future;
 use std::pin::Pin;

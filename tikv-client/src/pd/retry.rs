@@ -101,6 +101,14 @@ pub(crate) fn classify_status(address: &str, status: &tonic::Status) -> Failure 
         // Connection failures surface as UNAVAILABLE, as do PD's `not leader` and
         // `server not started`; a server-side deadline is worth another attempt too.
         Code::Unavailable | Code::DeadlineExceeded => Failure::Retry(grpc_error(address, status)),
+        // A TSO server at the address of the one the client meant: find the primary again.
+        Code::FailedPrecondition if message.starts_with("mismatch callee id") => {
+            Failure::Retry(grpc_error(address, status))
+        }
+        // PD in microservice mode with no TSO primary to forward to: one may be elected.
+        Code::NotFound if message == "not found tso address" => {
+            Failure::Retry(grpc_error(address, status))
+        }
         Code::FailedPrecondition if message.starts_with("mismatch cluster id") => {
             Failure::Fatal(cluster_id_mismatch(message).unwrap_or_else(|| Error::Pd {
                 message: message.to_owned(),

@@ -27,10 +27,22 @@
 //! batch the dispatcher checks where the stream should go; once the health checks see the
 //! leader again, the forwarded stream is replaced by one to the leader (PD's `checkLeader`).
 //!
+//! Microservice mode. When PD runs TSO as a separate service (`API_SVC_MODE`, see
+//! [`super::tso_discovery`]), the same batches go over a `tsopb.TSO/Tso` stream to the primary
+//! of the client's keyspace group, each request's header carrying the keyspace id and the
+//! keyspace group id. A failed or refused ("is not served") stream makes the dispatcher ask
+//! PD for the service mode and the TSO servers for the group's primary again, then resend, with
+//! the same backoff and per-batch deadlines as in PD mode. Before every batch the dispatcher
+//! reads the current route, so a primary change or a switch between PD mode and microservice
+//! mode found by the background check moves the stream without failing anybody. The batch
+//! semantics (one request per batch, `first + i` per caller, the monotonicity check) are the
+//! same in both modes.
+//!
 //! Ports tikv/pd `client/clients/tso/client.go` (leader stream, reconnection, follower
 //! forwarding),
 //! `dispatcher.go` (the batch loop, `processRequests`, `checkMonotonicity`, one RPC in flight
-//! as with the default `TSOClientRPCConcurrency` of 1, the optional max batch wait),
+//! as with the default `TSOClientRPCConcurrency` of 1, the optional max batch wait;
+//! `tsoServiceDiscovery`'s stream switch when the primary moves),
 //! `request.go` (`tsoRequestFinisher`: `firstLogical + idx`) and `stream.go` (the count check,
 //! `ErrTSOLength`). `client.go`'s `GetTS` retry on leader change is folded into the resend.
 
@@ -40,6 +52,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tikv_proto::pdpb::{self, pd_client::PdClient as PdGrpc};
+use tikv_proto::tsopb::{self, tso_client::TsoClient};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -47,6 +60,7 @@ use tonic::Streaming;
 
 use super::discovery::{Discovery, Target};
 use super::retry::{Backoff, Failure, classify_status, is_leader_change};
+use super::tso_discovery::{Primary, TsoDiscovery, TsoRoute};
 use crate::oracle::{LOGICAL_BITS, Timestamp};
 use crate::{Error, Result};
 
@@ -94,6 +108,24 @@ impl Pending {
     fn complete(&self, result: Result<(u64, u64)>) {
         if self.batch.result.set(result).is_ok() {
             self.batch.done.notify_waiters();
+        }
+    }
+
+    /// The same request for a TSO microservice primary: the header names the keyspace and
+    /// its keyspace group (PD's `tsoTSOStreamAdapter`).
+    fn mcs_request(&self, cluster_id: u64, primary: &Primary) -> tsopb::TsoRequest {
+        tsopb::TsoRequest {
+            header: Some(tsopb::RequestHeader {
+                cluster_id,
+                keyspace: Some(tsopb::request_header::Keyspace::KeyspaceId(
+                    primary.keyspace_id,
+                )),
+                keyspace_group_id: primary.keyspace_group_id,
+                callee_id: primary.callee_id.clone(),
+                ..Default::default()
+            }),
+            count: self.count,
+            dc_location: String::new(),
         }
     }
 
@@ -263,15 +295,72 @@ impl Tso {
     }
 }
 
-/// An open `Tso` stream to one member.
+/// An open `Tso` stream to one PD member or one TSO microservice primary.
 #[derive(Debug)]
 struct Stream {
-    /// The member the stream is open on.
+    /// The member (or TSO server) the stream is open on.
     url: String,
     /// The leader that member forwards to, when it is a follower doing so.
     forwarded_to: Option<String>,
-    requests: mpsc::UnboundedSender<pdpb::TsoRequest>,
-    responses: Streaming<pdpb::TsoResponse>,
+    wire: Wire,
+}
+
+/// The two protocols a TSO stream speaks; their answers carry the same facts.
+#[derive(Debug)]
+enum Wire {
+    Pd {
+        requests: mpsc::UnboundedSender<pdpb::TsoRequest>,
+        responses: Streaming<pdpb::TsoResponse>,
+    },
+    Microservice {
+        primary: Arc<Primary>,
+        requests: mpsc::UnboundedSender<tsopb::TsoRequest>,
+        responses: Streaming<tsopb::TsoResponse>,
+    },
+}
+
+impl Stream {
+    fn send(&self, pending: &Pending, cluster_id: u64) -> bool {
+        match &self.wire {
+            Wire::Pd { requests, .. } => requests.send(pending.request(cluster_id)).is_ok(),
+            Wire::Microservice {
+                primary, requests, ..
+            } => requests
+                .send(pending.mcs_request(cluster_id, primary))
+                .is_ok(),
+        }
+    }
+
+    /// The next answer, in PD's shape.
+    async fn next(&mut self) -> std::result::Result<Option<pdpb::TsoResponse>, tonic::Status> {
+        match &mut self.wire {
+            Wire::Pd { responses, .. } => responses.message().await,
+            Wire::Microservice { responses, .. } => {
+                Ok(responses.message().await?.map(|r| pdpb::TsoResponse {
+                    header: r.header.map(|h| pdpb::ResponseHeader {
+                        cluster_id: h.cluster_id,
+                        error: h.error.map(|e| pdpb::Error {
+                            r#type: pdpb::ErrorType::Unknown as i32,
+                            message: e.message,
+                        }),
+                    }),
+                    count: r.count,
+                    timestamp: r.timestamp,
+                }))
+            }
+        }
+    }
+
+    /// Whether this stream is the one `route` wants.
+    fn serves(&self, route: &TsoRoute) -> bool {
+        match (&self.wire, route) {
+            (Wire::Microservice { primary, .. }, TsoRoute::Microservice(wanted)) => {
+                Arc::ptr_eq(primary, wanted)
+            }
+            (Wire::Pd { .. }, TsoRoute::Pd) => true,
+            _ => false,
+        }
+    }
 }
 
 /// The dispatcher task's state.
@@ -279,6 +368,8 @@ struct Stream {
 pub(crate) struct Dispatcher {
     tso: Arc<Tso>,
     discovery: Arc<Discovery>,
+    /// PD mode or microservice mode, and the keyspace group's primary.
+    service: Arc<TsoDiscovery>,
     max_batch_wait: Duration,
     /// Open the stream through a follower when the leader is unreachable.
     forwarding: bool,
@@ -304,12 +395,14 @@ impl Dispatcher {
     pub(crate) fn new(
         tso: Arc<Tso>,
         discovery: Arc<Discovery>,
+        service: Arc<TsoDiscovery>,
         max_batch_wait: Duration,
         forwarding: bool,
     ) -> Self {
         Dispatcher {
             tso,
             discovery,
+            service,
             max_batch_wait,
             forwarding,
             stream: None,
@@ -362,7 +455,145 @@ impl Dispatcher {
 
     /// Sends the batches and completes them with PD's answers; on failure, requeues what is
     /// left and refreshes the members.
-    async fn process(&mut self, mut batches: VecDeque<Pending>) {
+    async fn process(&mut self, batches: VecDeque<Pending>) {
+        let mut route = self.service.route();
+        if matches!(route, TsoRoute::Unknown) {
+            let deadline = self.batch_deadline(&batches);
+            if let Err(e) = self.service.update_member(deadline).await {
+                self.tso.requeue(batches);
+                self.on_service_failure(e).await;
+                return;
+            }
+            route = self.service.route();
+        }
+        match route {
+            TsoRoute::Pd => {
+                // A stream left over from microservice mode is not reused for PD.
+                if self.stream.as_ref().is_some_and(|s| !s.serves(&route)) {
+                    self.stream = None;
+                }
+                self.process_pd(batches).await;
+            }
+            TsoRoute::Microservice(primary) => self.process_mcs(batches, primary).await,
+            TsoRoute::Unknown => {
+                self.tso.requeue(batches);
+                let e = Error::PdServerTimeout {
+                    message: "no primary known for the TSO keyspace group".to_owned(),
+                };
+                self.on_service_failure(e).await;
+            }
+        }
+    }
+
+    fn batch_deadline(&self, batches: &VecDeque<Pending>) -> Instant {
+        batches
+            .iter()
+            .map(|p| p.deadline)
+            .min()
+            .unwrap_or_else(|| Instant::now() + self.tso.timeout)
+    }
+
+    /// Microservice mode: the batches go to the keyspace group's primary over `tsopb.TSO`.
+    async fn process_mcs(&mut self, batches: VecDeque<Pending>, primary: Arc<Primary>) {
+        let cluster_id = self.discovery.cluster_id();
+        let route = TsoRoute::Microservice(primary.clone());
+        if !self.stream.as_ref().is_some_and(|s| s.serves(&route)) {
+            self.stream = None;
+        }
+        let sent = match &self.stream {
+            Some(stream) => batches.iter().all(|p| stream.send(p, cluster_id)),
+            None => false,
+        };
+        if !sent {
+            self.stream = None;
+            let deadline = self.batch_deadline(&batches);
+            match open_mcs_stream(&primary, &batches, cluster_id, deadline).await {
+                Ok(stream) => {
+                    self.tso.streams.fetch_add(1, Ordering::Relaxed);
+                    self.stream = Some(stream);
+                }
+                Err(failure) => {
+                    self.tso.requeue(batches);
+                    let (Failure::Retry(e) | Failure::Fatal(e)) = failure;
+                    self.on_service_failure(e).await;
+                    return;
+                }
+            }
+        }
+        if let Err(e) = self.receive(batches).await {
+            self.on_service_failure(e).await;
+        }
+    }
+
+    /// After a failed attempt in microservice mode: find the primary again; if that fails
+    /// too, ask PD whether the service mode changed. Bounded by the earliest waiting batch.
+    async fn on_service_failure(&mut self, e: Error) {
+        tracing::debug!(error = %e, "TSO microservice stream failed; rediscovering");
+        self.last_error = Some(e);
+        self.failures += 1;
+        let deadline = self
+            .tso
+            .earliest_deadline()
+            .unwrap_or_else(|| Instant::now() + self.tso.timeout);
+        if let Err(e) = self.service.check_service_mode(deadline).await {
+            tracing::debug!(error = %e, "TSO service rediscovery failed");
+            // Keep the more telling error: "no TSO microservice" beats a timeout.
+            if e.to_string().contains("no TSO microservice") {
+                self.last_error = Some(e);
+            }
+        }
+    }
+
+    /// Completes the sent batches with the stream's answers. A retryable failure drops the
+    /// stream, requeues what is left and is returned; a definite one fails its batch only.
+    async fn receive(&mut self, mut batches: VecDeque<Pending>) -> std::result::Result<(), Error> {
+        self.tso
+            .requests
+            .fetch_add(batches.len() as u64, Ordering::Relaxed);
+        while let Some(pending) = batches.pop_front() {
+            let Some(stream) = self.stream.as_mut() else {
+                batches.push_front(pending);
+                break;
+            };
+            let answer = tokio::time::timeout_at(pending.deadline, stream.next()).await;
+            let outcome = match answer {
+                Err(_) => Err(Failure::Retry(Error::PdServerTimeout {
+                    message: format!("TSO stream to {} did not answer in time", stream.url),
+                })),
+                Ok(Err(status)) => Err(classify_status(&stream.url, &status)),
+                Ok(Ok(None)) => Err(Failure::Retry(Error::Grpc {
+                    address: stream.url.clone(),
+                    code: crate::error::GrpcCode::Unavailable,
+                    message: "TSO stream closed by the server".to_owned(),
+                })),
+                Ok(Ok(Some(resp))) => self.accept(&pending, resp),
+            };
+            match outcome {
+                Ok(()) => {
+                    self.failures = 0;
+                    self.backoff.reset();
+                    self.last_error = None;
+                }
+                Err(Failure::Fatal(e)) => {
+                    self.stream = None;
+                    pending.complete(Err(e));
+                    self.tso.requeue(batches);
+                    return Ok(());
+                }
+                Err(Failure::Retry(e)) => {
+                    self.stream = None;
+                    batches.push_front(pending);
+                    self.tso.requeue(batches);
+                    return Err(e);
+                }
+            }
+        }
+        self.tso.requeue(batches);
+        Ok(())
+    }
+
+    /// PD mode: the batches go to the leader's `pdpb.PD/Tso` (or through a follower).
+    async fn process_pd(&mut self, mut batches: VecDeque<Pending>) {
         let cluster_id = self.discovery.cluster_id();
         let (generation, target) = self.discovery.leader_target(self.forwarding);
         let Some(target) = target else {
@@ -385,9 +616,7 @@ impl Dispatcher {
             self.stream = None;
         }
         let sent = match &self.stream {
-            Some(stream) => batches
-                .iter()
-                .all(|p| stream.requests.send(p.request(cluster_id)).is_ok()),
+            Some(stream) => batches.iter().all(|p| stream.send(p, cluster_id)),
             None => false,
         };
         if !sent {
@@ -414,8 +643,7 @@ impl Dispatcher {
                 batches.push_front(pending);
                 break;
             };
-            let answer =
-                tokio::time::timeout_at(pending.deadline, stream.responses.message()).await;
+            let answer = tokio::time::timeout_at(pending.deadline, stream.next()).await;
             let outcome = match answer {
                 Err(_) => Err(Failure::Retry(Error::PdServerTimeout {
                     message: format!("TSO stream to {} did not answer in time", stream.url),
@@ -521,6 +749,8 @@ impl Dispatcher {
             Failure::Retry(e) | Failure::Fatal(e) => e,
         };
         tracing::debug!(error = %e, "TSO stream failed; reconnecting");
+        // PD may have moved TSO to a microservice (or back): have the mode checked.
+        self.service.schedule_check();
         self.last_error = Some(e);
         self.failures += 1;
         let deadline = self
@@ -571,8 +801,43 @@ async fn open_stream(
         Ok(Ok(resp)) => Ok(Stream {
             url: url.clone(),
             forwarded_to: target.forwarded_to.clone(),
-            requests: tx,
-            responses: resp.into_inner(),
+            wire: Wire::Pd {
+                requests: tx,
+                responses: resp.into_inner(),
+            },
+        }),
+    }
+}
+
+/// Opens a `tsopb.TSO/Tso` stream to the keyspace group's primary with the batches' requests
+/// already queued on it (as [`open_stream`], for the same reason).
+async fn open_mcs_stream(
+    primary: &Arc<Primary>,
+    batches: &VecDeque<Pending>,
+    cluster_id: u64,
+    deadline: Instant,
+) -> std::result::Result<Stream, Failure> {
+    let url = &primary.url;
+    let (tx, rx) = mpsc::unbounded_channel();
+    for p in batches {
+        // The receiver is alive (it is right here), so this cannot fail.
+        let _ = tx.send(p.mcs_request(cluster_id, primary));
+    }
+    let mut grpc = TsoClient::new(primary.channel.clone());
+    let call = grpc.tso(UnboundedReceiverStream::new(rx));
+    match tokio::time::timeout_at(deadline, call).await {
+        Err(_) => Err(Failure::Retry(Error::PdServerTimeout {
+            message: format!("opening a TSO stream to {url} timed out"),
+        })),
+        Ok(Err(status)) => Err(classify_status(url, &status)),
+        Ok(Ok(resp)) => Ok(Stream {
+            url: url.clone(),
+            forwarded_to: None,
+            wire: Wire::Microservice {
+                primary: primary.clone(),
+                requests: tx,
+                responses: resp.into_inner(),
+            },
         }),
     }
 }

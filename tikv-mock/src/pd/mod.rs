@@ -41,6 +41,7 @@ mod gc;
 mod http;
 mod keyspace;
 mod service;
+pub(crate) mod tso_service;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -110,6 +111,8 @@ pub(crate) struct PdState {
     /// Requests a member handled itself (forwarded ones count for the member they were
     /// forwarded to; refusals are not counted), by (member, gRPC method).
     handled: HashMap<(usize, &'static str), u64>,
+    /// The TSO microservice, when the cluster was built with one.
+    pub(crate) tso_service: Option<tso_service::TsoServiceState>,
 }
 
 impl PdState {
@@ -199,6 +202,7 @@ impl Default for PdState {
             unsynced_members: HashSet::new(),
             forwarded: HashMap::new(),
             handled: HashMap::new(),
+            tso_service: None,
         }
     }
 }

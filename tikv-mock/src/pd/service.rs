@@ -453,12 +453,12 @@ fn in_header<T>(
     }
 }
 
-type Stream<T> = ReceiverStream<Result<T, Status>>;
+pub(super) type Stream<T> = ReceiverStream<Result<T, Status>>;
 
 /// Answers a bidirectional stream one request at a time, in order, as PD's TSO and router
 /// streams do: the first error ends the stream after it is sent, and a client that goes away
 /// ends the task even while a fault rule holds a request.
-fn answer_stream<Req, Resp, F, Fut>(
+pub(super) fn answer_stream<Req, Resp, F, Fut>(
     shared: Arc<Shared>,
     mut inbound: Streaming<Req>,
     handle: F,
@@ -496,10 +496,17 @@ impl Pd for PdService {
         &self,
         _request: Request<pdpb::GetClusterInfoRequest>,
     ) -> Result<Response<pdpb::GetClusterInfoResponse>, Status> {
-        self.unchecked("GetClusterInfo", |state| pdpb::GetClusterInfoResponse {
-            header: ok_header(state.cluster_id),
-            service_modes: vec![pdpb::ServiceMode::PdSvcMode as i32],
-            tso_urls: Vec::new(),
+        self.unchecked("GetClusterInfo", |state| {
+            // With the TSO microservice on, PD reports API mode and the registered TSO servers.
+            let (mode, tso_urls) = match state.pd.tso_service.as_ref().filter(|s| s.enabled) {
+                Some(svc) => (pdpb::ServiceMode::ApiSvcMode, svc.running_urls()),
+                None => (pdpb::ServiceMode::PdSvcMode, Vec::new()),
+            };
+            pdpb::GetClusterInfoResponse {
+                header: ok_header(state.cluster_id),
+                service_modes: vec![mode as i32],
+                tso_urls,
+            }
         })
         .await
     }
@@ -1320,8 +1327,29 @@ impl Pd for PdService {
         let (meta, _, req) = request.into_parts();
         let cid = request_cluster_id(req.header.as_ref());
         self.unary(&meta, "GetMinTS", cid, None, &[], |state| {
-            // Without TSO microservices, PD answers with a freshly allocated timestamp.
             let now = state.clock.now_ms();
+            // In microservice mode PD asks every TSO server instead (`GetMinTSFromTSOService`).
+            let peek = state.tso.peek(now);
+            if let Some(svc) = state.pd.tso_service.as_ref().filter(|s| s.enabled) {
+                return Ok(match svc.min_ts(peek) {
+                    Ok(ts) => pdpb::GetMinTsResponse {
+                        header: ok_header(state.cluster_id),
+                        timestamp: Some(timestamp(
+                            ts >> tso::LOGICAL_BITS,
+                            ts & ((1 << tso::LOGICAL_BITS) - 1),
+                        )),
+                    },
+                    Err(message) => pdpb::GetMinTsResponse {
+                        header: error_header(
+                            state.cluster_id,
+                            pdpb::ErrorType::Unknown,
+                            format!("[PD:tso:ErrGetMinTS]get min ts failed, {message}"),
+                        ),
+                        timestamp: Some(pdpb::Timestamp::default()),
+                    },
+                });
+            }
+            // Without TSO microservices, PD answers with a freshly allocated timestamp.
             let (physical, logical) = state.tso.allocate(now, 1);
             Ok(pdpb::GetMinTsResponse {
                 header: ok_header(state.cluster_id),
@@ -1354,8 +1382,14 @@ async fn allocate_tso(
             request_cluster_id(request.header.as_ref()),
             state.cluster_id,
         )?;
+        // In microservice mode PD allocates nothing itself: the stream is forwarded to the
+        // default keyspace group's primary (counted there, not as this member's).
+        let forwarded = match state.pd.tso_service.as_mut().filter(|s| s.enabled) {
+            Some(svc) => Some(svc.forward_from_pd()?),
+            None => None,
+        };
         // PD serves TSO streams on every member; a follower's allocator refuses to allocate.
-        if check_leader(shared, member).is_err() {
+        if forwarded.is_none() && check_leader(shared, member).is_err() {
             return Err(go_error(TSO_NOT_LEADER));
         }
         if request.count == 0 {
@@ -1371,7 +1405,9 @@ async fn allocate_tso(
                  number of retries exceeded",
             ));
         }
-        state.pd.count_handled(member, "Tso");
+        if forwarded.is_none() {
+            state.pd.count_handled(member, "Tso");
+        }
         let now = state.clock.now_ms();
         let (physical, logical) = state.tso.allocate(now, request.count);
         pdpb::TsoResponse {
