@@ -12,17 +12,24 @@
 //! `markStoreNeedCheck`, and the periodic `storeCacheUpdater`. Each store carries its
 //! [`StoreHealth`] (liveness, slowness, load, tokens); the probes that update it are the
 //! request sender's.
+//!
+//! Each store also keeps the transport's [`StoreClient`] for its current address
+//! ([`Store::with_client`]), so that sending to a store is an atomic pointer load rather than a
+//! lookup of the address in the transport's map; the client is replaced when the address
+//! changes or the transport closed its connections to the store.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tikv_proto::metapb;
 use tokio::sync::Notify;
 
 use super::health::StoreHealth;
 use crate::pd::RegionSource;
+use crate::transport::{StoreClient, Transport};
 use crate::{Error, Result};
 
 /// The store label that names a store's engine (client-go `tikvrpc.EngineLabelKey`).
@@ -158,10 +165,30 @@ impl StoreMeta {
     }
 }
 
+/// The transport's client of a store, with what it was made for.
+struct CachedClient {
+    /// The transport it came from ([`Transport::id`]): a cache shared by two transports must
+    /// not hand one's client to the other.
+    transport: usize,
+    addr: Arc<str>,
+    client: StoreClient,
+}
+
+impl CachedClient {
+    fn serves(&self, transport: &Transport, addr: &Arc<str>) -> bool {
+        self.transport == transport.id()
+            && (Arc::ptr_eq(&self.addr, addr) || *self.addr == **addr)
+            && self.client.is_open()
+    }
+}
+
 /// A store known to the client.
 pub(crate) struct Store {
     id: u64,
-    meta: RwLock<Arc<StoreMeta>>,
+    /// Read on every request (the address): a lock-free load, replaced whole on a change.
+    meta: ArcSwap<StoreMeta>,
+    /// The transport's client for the address last sent to (see [`Store::with_client`]).
+    client: ArcSwapOption<CachedClient>,
     resolve_state: AtomicU8,
     epoch: AtomicU32,
     /// Serializes PD lookups of this store, so that concurrent first uses make one `GetStore`.
@@ -185,7 +212,8 @@ impl Store {
     fn new(id: u64) -> Store {
         Store {
             id,
-            meta: RwLock::new(Arc::new(StoreMeta::empty())),
+            meta: ArcSwap::from_pointee(StoreMeta::empty()),
+            client: ArcSwapOption::empty(),
             resolve_state: AtomicU8::new(ResolveState::Unresolved as u8),
             epoch: AtomicU32::new(0),
             resolve_lock: tokio::sync::Mutex::new(()),
@@ -203,19 +231,66 @@ impl Store {
     }
 
     pub(crate) fn meta(&self) -> Arc<StoreMeta> {
-        self.meta
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.meta.load_full()
     }
 
     /// The address to connect to; empty until resolved.
     pub(crate) fn address(&self) -> Arc<str> {
-        self.meta().address.clone()
+        self.meta.load().address.clone()
     }
 
     pub(crate) fn store_type(&self) -> StoreType {
-        self.meta().store_type
+        self.meta.load().store_type
+    }
+
+    /// Calls `f` with the transport's client for this store at `addr`: the one kept from an
+    /// earlier call when it was made by the same transport for the same address and is still
+    /// open, otherwise a fresh one from [`Transport::store`], which is kept in its place. A
+    /// store that moved therefore gets a client for its new address on the first send there,
+    /// and one whose connections the transport closed (`close_store`) gets new connections.
+    ///
+    /// `f` runs synchronously: what it returns (a send future holds its own handle) may
+    /// outlive the call, the borrowed client may not.
+    pub(crate) fn with_client<T>(
+        &self,
+        transport: &Transport,
+        addr: &Arc<str>,
+        f: impl FnOnce(&StoreClient) -> T,
+    ) -> Result<T> {
+        {
+            let cached = self.client.load();
+            if let Some(cached) = cached.as_deref()
+                && cached.serves(transport, addr)
+            {
+                return Ok(f(&cached.client));
+            }
+        }
+        let client = transport.store(addr)?;
+        let out = f(&client);
+        self.client.store(Some(Arc::new(CachedClient {
+            transport: transport.id(),
+            addr: addr.clone(),
+            client,
+        })));
+        Ok(out)
+    }
+
+    /// The slow score the store last reported to the kept client, if any (see
+    /// [`StoreClient::slow_score`]).
+    pub(crate) fn client_slow_score(&self) -> Option<i64> {
+        self.client
+            .load()
+            .as_deref()
+            .and_then(|c| c.client.slow_score())
+    }
+
+    /// The address of the kept transport client, if one is kept.
+    #[cfg(test)]
+    pub(crate) fn kept_client_address(&self) -> Option<String> {
+        self.client
+            .load()
+            .as_deref()
+            .map(|c| c.client.address().to_owned())
     }
 
     #[cfg_attr(not(test), allow(dead_code))]
@@ -276,7 +351,7 @@ impl Store {
     }
 
     fn set_meta(&self, meta: StoreMeta) {
-        *self.meta.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(meta);
+        self.meta.store(Arc::new(meta));
     }
 
     pub(crate) fn info(&self) -> StoreInfo {
@@ -522,5 +597,69 @@ impl StoreCache {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Config;
+
+    fn kept(store: &Store) -> Option<Arc<CachedClient>> {
+        store.client.load_full()
+    }
+
+    #[tokio::test]
+    async fn the_kept_client_follows_the_address_the_transport_and_closes() {
+        let transport = Transport::new(&Config::default()).unwrap();
+        let store = Store::new(1);
+        let a: Arc<str> = Arc::from("127.0.0.1:1");
+        let b: Arc<str> = Arc::from("127.0.0.1:2");
+        let address = |t: &Transport, addr: &Arc<str>| {
+            store
+                .with_client(t, addr, |c| c.address().to_owned())
+                .unwrap()
+        };
+
+        assert_eq!(address(&transport, &a), "127.0.0.1:1");
+        let first = kept(&store).unwrap();
+        // The same address, even in another buffer, is served by the kept client.
+        assert_eq!(
+            address(&transport, &Arc::from("127.0.0.1:1")),
+            "127.0.0.1:1"
+        );
+        assert!(Arc::ptr_eq(&first, &kept(&store).unwrap()));
+
+        // The store moved: the next send gets (and keeps) a client for the new address.
+        assert_eq!(address(&transport, &b), "127.0.0.1:2");
+        assert_eq!(store.kept_client_address().as_deref(), Some("127.0.0.1:2"));
+
+        // The transport closed the connections to it: a fresh, open client replaces the kept
+        // one.
+        let closed = store
+            .with_client(&transport, &b, StoreClient::clone)
+            .unwrap();
+        transport.close_store(&b);
+        assert!(!closed.is_open());
+        assert!(
+            store
+                .with_client(&transport, &b, StoreClient::is_open)
+                .unwrap()
+        );
+        assert!(!Arc::ptr_eq(&first, &kept(&store).unwrap()));
+
+        // Another transport never gets this one's client.
+        let other = Transport::new(&Config::default()).unwrap();
+        let before = kept(&store).unwrap();
+        assert!(store.with_client(&other, &b, StoreClient::is_open).unwrap());
+        assert!(!Arc::ptr_eq(&before, &kept(&store).unwrap()));
+        assert_eq!(kept(&store).unwrap().transport, other.id());
+
+        // A closed transport refuses, and the store keeps nothing new from it.
+        other.close();
+        assert!(matches!(
+            store.with_client(&other, &b, |_| ()),
+            Err(Error::Closed)
+        ));
     }
 }

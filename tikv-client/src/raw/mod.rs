@@ -19,7 +19,6 @@
 
 mod scan;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -147,6 +146,7 @@ impl RawClientBuilder {
                 "a keyspace needs API V2 (RawClientBuilder::api_version)",
             ));
         }
+        let owns_cluster = matches!(self.target, Target::Endpoints(_));
         let cluster = match self.target {
             Target::Cluster(cluster) => cluster,
             Target::Endpoints(endpoints) => Cluster::connect(endpoints, self.config).await?,
@@ -157,6 +157,11 @@ impl RawClientBuilder {
                 let name = self.keyspace.unwrap_or_default();
                 let meta = cluster.pd_client().load_keyspace(&name).await?;
                 meta.ensure_enabled()?;
+                // A cluster of our own serves this keyspace only, so its TSO stream follows
+                // the keyspace's TSO group; a shared cluster keeps what its owner set.
+                if owns_cluster {
+                    cluster.pd_client().set_tso_keyspace(&meta);
+                }
                 ApiCodec::for_keyspace(KeyMode::Raw, &meta)?
             }
         };
@@ -203,9 +208,22 @@ struct RawInner {
 #[derive(Debug, Clone)]
 struct Item<V> {
     encoded: Bytes,
-    route: Bytes,
+    /// The region-key form when it differs from the wire form (API V2); `None` under API V1,
+    /// where routing uses `encoded` itself.
+    route: Option<Bytes>,
     value: V,
 }
+
+impl<V> Item<V> {
+    fn route(&self) -> &[u8] {
+        self.route.as_ref().unwrap_or(&self.encoded)
+    }
+}
+
+/// What a `batch_get` item carries: the key's position in the caller's list, where its value
+/// goes back.
+#[derive(Debug, Clone, Copy)]
+struct Slot(usize);
 
 impl RawClient {
     /// A builder connecting to the PD members `pd_endpoints`.
@@ -277,12 +295,13 @@ impl RawClient {
     /// The value of `key`, or `None`.
     pub async fn get(&self, key: impl Into<Key>) -> Result<Option<Value>> {
         let key = self.encode_key(key.into())?;
-        let req = kvrpcpb::RawGetRequest {
-            context: Some(self.inner.context.clone()),
-            key: key.clone(),
-            cf: self.inner.cf.clone(),
-        };
-        let resp = self.send_single(&key, req).await?;
+        let resp = self
+            .send_single(&key, || kvrpcpb::RawGetRequest {
+                context: Some(self.inner.context.clone()),
+                key: key.clone(),
+                cf: self.inner.cf.clone(),
+            })
+            .await?;
         raw_error(&resp.error)?;
         Ok((!resp.not_found).then_some(resp.value))
     }
@@ -293,10 +312,10 @@ impl RawClient {
         let key = self.encode_key(key.into())?;
         let req = kvrpcpb::RawGetKeyTtlRequest {
             context: Some(self.inner.context.clone()),
-            key: key.clone(),
+            key,
             cf: self.inner.cf.clone(),
         };
-        let resp = self.send_single(&key, req).await?;
+        let resp = self.send_single(&req.key, || req.clone()).await?;
         raw_error(&resp.error)?;
         Ok((!resp.not_found).then_some(resp.ttl))
     }
@@ -318,28 +337,30 @@ impl RawClient {
         let value = value.into();
         check_entry(&key, &value)?;
         let key = self.encode_key(key)?;
-        let req = kvrpcpb::RawPutRequest {
-            context: Some(self.inner.context.clone()),
-            key: key.clone(),
-            value,
-            cf: self.inner.cf.clone(),
-            ttl: ttl_secs,
-            for_cas: self.inner.atomic,
-        };
-        let resp = self.send_single(&key, req).await?;
+        let resp = self
+            .send_single(&key, || kvrpcpb::RawPutRequest {
+                context: Some(self.inner.context.clone()),
+                key: key.clone(),
+                value: value.clone(),
+                cf: self.inner.cf.clone(),
+                ttl: ttl_secs,
+                for_cas: self.inner.atomic,
+            })
+            .await?;
         raw_error(&resp.error)
     }
 
     /// Deletes `key` (no error if it does not exist).
     pub async fn delete(&self, key: impl Into<Key>) -> Result<()> {
         let key = self.encode_key(key.into())?;
-        let req = kvrpcpb::RawDeleteRequest {
-            context: Some(self.inner.context.clone()),
-            key: key.clone(),
-            cf: self.inner.cf.clone(),
-            for_cas: self.inner.atomic,
-        };
-        let resp = self.send_single(&key, req).await?;
+        let resp = self
+            .send_single(&key, || kvrpcpb::RawDeleteRequest {
+                context: Some(self.inner.context.clone()),
+                key: key.clone(),
+                cf: self.inner.cf.clone(),
+                for_cas: self.inner.atomic,
+            })
+            .await?;
         raw_error(&resp.error)
     }
 
@@ -363,7 +384,7 @@ impl RawClient {
         let key = self.encode_key(key)?;
         let req = kvrpcpb::RawCasRequest {
             context: Some(self.inner.context.clone()),
-            key: key.clone(),
+            key,
             value: new,
             previous_not_exist: previous.is_none(),
             previous_value: previous.unwrap_or_default(),
@@ -371,7 +392,7 @@ impl RawClient {
             ttl: 0,
             delete: false,
         };
-        let resp = self.send_single(&key, req).await?;
+        let resp = self.send_single(&req.key, || req.clone()).await?;
         raw_error(&resp.error)?;
         let found = (!resp.previous_not_exist).then_some(resp.previous_value);
         Ok((found, resp.succeed))
@@ -381,14 +402,22 @@ impl RawClient {
 
     /// The pairs of the keys that exist, in the order of `keys` (a key given twice appears
     /// twice).
+    ///
+    /// Each key carries its position in `keys`, and each answer is matched with the keys of
+    /// the request it answers: TiKV answers the keys it found in the order they were asked
+    /// for (a key asked twice, twice), so one forward walk pairs them; an answer out of that
+    /// order is matched by a search of the request's keys instead. The keys returned are the
+    /// request's, decoded (under API V1, the caller's own buffers).
     pub async fn batch_get(
         &self,
         keys: impl IntoIterator<Item = impl Into<Key>>,
     ) -> Result<Vec<KvPair>> {
-        let keys: Vec<Key> = keys.into_iter().map(Into::into).collect();
-        let items = self.encode_items(keys.iter().map(|k| (k.clone(), ())))?;
-        // The wire form of each key, to match the answers with (cheap `Bytes` clones).
-        let encoded: Vec<Bytes> = items.iter().map(|i| i.encoded.clone()).collect();
+        let keys = keys.into_iter();
+        let mut count = 0;
+        let items = self.encode_items(keys.map(|key| {
+            count += 1;
+            (key.into(), Slot(count - 1))
+        }))?;
         let cf = &self.inner.cf;
         let answers = self
             .fan_out(items, BatchLimit::keys(RAW_BATCH_PAIR_COUNT), |items| {
@@ -399,21 +428,16 @@ impl RawClient {
                 }
             })
             .await?;
-        let mut found: HashMap<Bytes, Bytes> = HashMap::new();
-        for resp in answers {
-            for pair in resp.pairs {
-                if let Some(e) = pair.error {
-                    return Err(Error::from_key_error(e));
-                }
-                found.insert(pair.key, pair.value);
-            }
+        // The answer of each key, at its position in the caller's list.
+        let mut found: Vec<Option<KvPair>> = (0..count).map(|_| None).collect();
+        let mut hits = 0;
+        let mut answers = answers;
+        for (asked, resp) in &mut answers {
+            let pairs = std::mem::take(&mut resp.pairs);
+            hits += place_answers(asked, pairs, &mut found, |k| self.decode_key(k))?;
         }
-        let mut out = Vec::with_capacity(found.len());
-        for (key, encoded) in keys.into_iter().zip(&encoded) {
-            if let Some(value) = found.get(encoded) {
-                out.push(KvPair::new(key, value.clone()));
-            }
-        }
+        let mut out = Vec::with_capacity(hits);
+        out.extend(found.into_iter().flatten());
         Ok(out)
     }
 
@@ -485,7 +509,7 @@ impl RawClient {
                 },
             )
             .await?;
-        answers.iter().try_for_each(|r| raw_error(&r.error))
+        answers.iter().try_for_each(|(_, r)| raw_error(&r.error))
     }
 
     /// Deletes every key.
@@ -503,7 +527,7 @@ impl RawClient {
                 }
             })
             .await?;
-        answers.iter().try_for_each(|r| raw_error(&r.error))
+        answers.iter().try_for_each(|(_, r)| raw_error(&r.error))
     }
 
     /// Deletes every key in `range`, region by region.
@@ -590,6 +614,9 @@ impl RawClient {
 
     fn encode_key(&self, key: Key) -> Result<Bytes> {
         check_key(&key)?;
+        if self.inner.codec.is_identity() {
+            return Ok(key.into_bytes());
+        }
         Ok(self.inner.codec.encode_key(key.as_bytes_ref()))
     }
 
@@ -618,17 +645,18 @@ impl RawClient {
     }
 
     fn encode_items<V>(&self, items: impl IntoIterator<Item = (Key, V)>) -> Result<Vec<Item<V>>> {
-        items
-            .into_iter()
-            .map(|(key, value)| {
-                let encoded = self.encode_key(key)?;
-                Ok(Item {
-                    route: self.route_key(&encoded),
-                    encoded,
-                    value,
-                })
-            })
-            .collect()
+        let items = items.into_iter();
+        // Sized up front: collecting through `Result` would grow the vector step by step.
+        let mut out = Vec::with_capacity(items.size_hint().0);
+        for (key, value) in items {
+            let encoded = self.encode_key(key)?;
+            out.push(Item {
+                route: self.inner.encoded_regions.then(|| self.route_key(&encoded)),
+                encoded,
+                value,
+            });
+        }
+        Ok(out)
     }
 
     /// The form of a wire key the region cache is searched with.
@@ -649,33 +677,36 @@ impl RawClient {
         Ok(Bytes::from(decoded))
     }
 
-    /// Sends a one-key request to the key's region.
-    async fn send_single<R: KvRequest>(&self, key: &Bytes, req: R) -> Result<R::Response> {
+    /// Sends a one-key request to the region of `key` (its wire form); `build` makes each
+    /// attempt's request.
+    async fn send_single<R: KvRequest>(
+        &self,
+        key: &Bytes,
+        build: impl Fn() -> R + Sync,
+    ) -> Result<R::Response> {
         let mut bo = self.backoffer();
-        let (reply, _) = self
-            .cluster
-            .sender()
-            .send_by_key(
-                &mut bo,
-                &self.route_key(key),
-                LocateBy::Key,
-                &self.call_options(),
-                |_| Ok(req.clone()),
-            )
-            .await?;
+        let opts = self.call_options();
+        let sender = self.cluster.sender();
+        let reply = if self.inner.encoded_regions {
+            let route = self.route_key(key);
+            sender.send_to_key(&mut bo, &route, &opts, build).await?
+        } else {
+            sender.send_to_key(&mut bo, key, &opts, build).await?
+        };
         Ok(reply.resp)
     }
 
     /// Sends `items` grouped by region and cut by `batch`, one request per shard built by
-    /// `build`. A shard too large for one Raft entry is halved until it fits.
+    /// `build`, and returns each request's items with its answer. A shard too large for one
+    /// Raft entry is halved until it fits.
     async fn fan_out<V, R>(
         &self,
         items: Vec<Item<V>>,
         batch: BatchLimit,
-        build: impl Fn(&[Item<V>]) -> R,
-    ) -> Result<Vec<R::Response>>
+        build: impl Fn(&[Item<V>]) -> R + Sync,
+    ) -> Result<Vec<(Vec<Item<V>>, R::Response)>>
     where
-        V: Clone + ItemSize,
+        V: Clone + Sync + ItemSize,
         R: KvRequest,
     {
         if items.is_empty() {
@@ -689,7 +720,7 @@ impl RawClient {
                 &mut bo,
                 self.cluster.fan_out_limit(),
                 items,
-                |i| &i.route,
+                |i| i.route(),
                 |i| i.encoded.len() + i.value.size(),
                 batch,
                 |location: KeyLocation, items: Vec<Item<V>>, mut bo: Backoffer| {
@@ -697,16 +728,17 @@ impl RawClient {
                     let opts = &opts;
                     async move {
                         let mut done = Vec::new();
-                        let mut todo = vec![items];
+                        // Halves of a part TiKV found too large; the first part needs no list.
+                        let mut todo = Vec::new();
+                        let mut first = Some(items);
                         let mut relocate = Vec::new();
                         let mut relocate_error = None;
-                        while let Some(part) = todo.pop() {
-                            let req = build(&part);
-                            match sender
-                                .send_to_region(&mut bo, &req, location.region(), opts)
-                                .await
-                            {
-                                Ok(RegionOutcome::Done(reply)) => done.push(reply.resp),
+                        while let Some(part) = first.take().or_else(|| todo.pop()) {
+                            let outcome = sender
+                                .send_built(&mut bo, location.region(), opts, || build(&part))
+                                .await;
+                            match outcome {
+                                Ok(RegionOutcome::Done(reply)) => done.push((part, reply.resp)),
                                 Ok(RegionOutcome::Relocate(error)) => {
                                     relocate.extend(part);
                                     relocate_error = Some(error);
@@ -746,12 +778,66 @@ impl RawClient {
     }
 }
 
+/// Matches the pairs of one RawBatchGet answer with the items of its request, putting each
+/// found key (decoded by `decode`) and its value at the item's slot in `found`. Returns how
+/// many slots it filled; a pair with an error fails the call.
+///
+/// TiKV answers the keys it found in the order they were asked for, a key asked twice twice,
+/// so a forward walk over the items pairs them with one comparison per item. A pair the walk
+/// does not find (out of order, or not asked for) is matched with every item of an equal key
+/// still unanswered. Matched items give up their key buffer to the answer.
+fn place_answers(
+    asked: &mut [Item<Slot>],
+    mut pairs: Vec<kvrpcpb::KvPair>,
+    found: &mut [Option<KvPair>],
+    decode: impl Fn(Bytes) -> Result<Key>,
+) -> Result<usize> {
+    let mut filled = 0;
+    let mut next = 0;
+    // Walked in place: a pair is a kilobyte wide (its inline key error), and only its key and
+    // value are needed.
+    for pair in &mut pairs {
+        if let Some(e) = pair.error.take() {
+            return Err(Error::from_key_error(e));
+        }
+        if let Some(offset) = asked[next..].iter().position(|i| i.encoded == pair.key) {
+            let item = &mut asked[next + offset];
+            next += offset + 1;
+            let slot = &mut found[item.value.0];
+            filled += usize::from(slot.is_none());
+            *slot = Some(KvPair::new(
+                decode(std::mem::take(&mut item.encoded))?,
+                std::mem::take(&mut pair.value),
+            ));
+            continue;
+        }
+        // A matched item's buffer was taken: an empty key equals no pair's key.
+        for item in asked.iter().filter(|i| i.encoded == pair.key) {
+            let slot = &mut found[item.value.0];
+            if slot.is_none() {
+                filled += 1;
+                *slot = Some(KvPair::new(
+                    decode(item.encoded.clone())?,
+                    pair.value.clone(),
+                ));
+            }
+        }
+    }
+    Ok(filled)
+}
+
 /// The bytes an item adds to a request beyond its key.
 trait ItemSize {
     fn size(&self) -> usize;
 }
 
 impl ItemSize for () {
+    fn size(&self) -> usize {
+        0
+    }
+}
+
+impl ItemSize for Slot {
     fn size(&self) -> usize {
         0
     }
@@ -811,4 +897,105 @@ fn clamp_end(end: &Bytes, region_end: &Bytes) -> Bytes {
         return region_end.clone();
     }
     end.clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn items(keys: &[&str]) -> Vec<Item<Slot>> {
+        keys.iter()
+            .enumerate()
+            .map(|(i, k)| Item {
+                encoded: Bytes::copy_from_slice(k.as_bytes()),
+                route: None,
+                value: Slot(i),
+            })
+            .collect()
+    }
+
+    fn pair(key: &str, value: &str) -> kvrpcpb::KvPair {
+        kvrpcpb::KvPair {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+            ..Default::default()
+        }
+    }
+
+    fn place(
+        asked: &[&str],
+        pairs: Vec<kvrpcpb::KvPair>,
+    ) -> (usize, Vec<Option<(String, String)>>) {
+        let mut asked = items(asked);
+        let mut found: Vec<Option<KvPair>> = (0..asked.len()).map(|_| None).collect();
+        let filled = place_answers(&mut asked, pairs, &mut found, |k| Ok(Key::from(k))).unwrap();
+        let found = found
+            .into_iter()
+            .map(|p| {
+                p.map(|p| {
+                    let (k, v) = p.into();
+                    (
+                        String::from_utf8(k.to_vec()).unwrap(),
+                        String::from_utf8(v.to_vec()).unwrap(),
+                    )
+                })
+            })
+            .collect();
+        (filled, found)
+    }
+
+    fn kv(k: &str, v: &str) -> Option<(String, String)> {
+        Some((k.to_owned(), v.to_owned()))
+    }
+
+    #[test]
+    fn answers_in_request_order_fill_their_own_slots() {
+        // Unsorted, a duplicate, and keys TiKV did not find.
+        let (filled, found) = place(
+            &["q", "b", "missing", "q", "a"],
+            vec![
+                pair("q", "1"),
+                pair("b", "2"),
+                pair("q", "1"),
+                pair("a", "3"),
+            ],
+        );
+        assert_eq!(filled, 4);
+        assert_eq!(
+            found,
+            vec![kv("q", "1"), kv("b", "2"), None, kv("q", "1"), kv("a", "3")]
+        );
+    }
+
+    #[test]
+    fn answers_out_of_order_fill_every_slot_of_their_key() {
+        // A server answering in another order (here also once for the key asked twice): every
+        // unanswered slot of an answered key is filled, as a lookup by key would.
+        let (filled, found) = place(
+            &["a", "b", "a", "c"],
+            vec![pair("c", "3"), pair("a", "1"), pair("b", "2")],
+        );
+        assert_eq!(filled, 4);
+        assert_eq!(
+            found,
+            vec![kv("a", "1"), kv("b", "2"), kv("a", "1"), kv("c", "3")]
+        );
+        // A pair nobody asked for is ignored.
+        let (filled, found) = place(&["a"], vec![pair("zz", "9"), pair("a", "1")]);
+        assert_eq!((filled, found), (1, vec![kv("a", "1")]));
+    }
+
+    #[test]
+    fn a_key_error_in_an_answer_fails_the_call() {
+        let mut asked = items(&["a"]);
+        let mut found = vec![None];
+        let bad = kvrpcpb::KvPair {
+            error: Some(kvrpcpb::KeyError {
+                abort: "boom".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(place_answers(&mut asked, vec![bad], &mut found, |k| Ok(Key::from(k))).is_err());
+    }
 }

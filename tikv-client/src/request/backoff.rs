@@ -20,6 +20,7 @@
 //! lock-fast base). Per-kind state lives in a fixed array indexed by kind, so reporting a
 //! failure allocates nothing.
 
+use std::cell::Cell;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -280,6 +281,28 @@ struct KindState {
 
 /// Gives every backoffer an identity so a fork can be merged back only into its ancestor.
 static NEXT_BACKOFFER_ID: AtomicU64 = AtomicU64::new(1);
+/// Identities each thread takes from [`NEXT_BACKOFFER_ID`] at a time: every request makes a
+/// backoffer, and one shared counter bumped by every thread would bounce between the cores.
+const ID_BLOCK: u64 = 1024;
+
+fn next_backoffer_id() -> u64 {
+    thread_local! {
+        /// The next identity of this thread's block, and the block's end.
+        static IDS: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+    }
+    IDS.with(|ids| {
+        let (mut next, mut end) = ids.get();
+        if next == end {
+            next = NEXT_BACKOFFER_ID.fetch_add(ID_BLOCK, Ordering::Relaxed);
+            end = next + ID_BLOCK;
+        }
+        ids.set((next + 1, end));
+        next
+    })
+}
+
+/// The per-kind state of a backoffer.
+type Kinds = [KindState; BackoffKind::COUNT];
 
 /// Sleeps between retries within a budget; see the module documentation.
 #[derive(Debug, Clone)]
@@ -295,7 +318,9 @@ pub struct Backoffer {
     /// live mock cluster, where paused time would also fire the transport's timeouts).
     skip_sleep: bool,
     vars: BackoffVars,
-    kinds: [KindState; BackoffKind::COUNT],
+    /// Made on the first backoff: most requests never back off, and the array is over half a
+    /// kilobyte that every request's future would otherwise carry and copy.
+    kinds: Option<Box<Kinds>>,
     /// Kinds in the order they were used, for [`Backoffer::kinds_used`].
     history: Vec<BackoffKind>,
     rng: fastrand::Rng,
@@ -321,7 +346,7 @@ impl Backoffer {
             base
         };
         Backoffer {
-            id: NEXT_BACKOFFER_ID.fetch_add(1, Ordering::Relaxed),
+            id: next_backoffer_id(),
             ancestors: Vec::new(),
             max_sleep_ms: weighted,
             total_sleep_ms: 0,
@@ -330,7 +355,7 @@ impl Backoffer {
             noop: false,
             skip_sleep: false,
             vars,
-            kinds: [KindState::default(); BackoffKind::COUNT],
+            kinds: None,
             history: Vec::new(),
             rng: fastrand::Rng::new(),
         }
@@ -379,17 +404,30 @@ impl Backoffer {
 
     /// Time slept so far on a kind.
     pub fn sleep_of(&self, kind: BackoffKind) -> Duration {
-        Duration::from_millis(self.kinds[kind.index()].slept_ms)
+        Duration::from_millis(self.kind_state(kind).slept_ms)
     }
 
     /// How many times a kind has slept.
     pub fn times_of(&self, kind: BackoffKind) -> u32 {
-        self.kinds[kind.index()].times
+        self.kind_state(kind).times
     }
 
     /// How many backoffs happened, all kinds together.
     pub fn total_times(&self) -> u32 {
-        self.kinds.iter().map(|k| k.times).sum()
+        self.kinds
+            .as_deref()
+            .map_or(0, |kinds| kinds.iter().map(|k| k.times).sum())
+    }
+
+    fn kind_state(&self, kind: BackoffKind) -> KindState {
+        self.kinds
+            .as_deref()
+            .map_or_else(KindState::default, |kinds| kinds[kind.index()])
+    }
+
+    fn kinds_mut(&mut self) -> &mut Kinds {
+        self.kinds
+            .get_or_insert_with(|| Box::new([KindState::default(); BackoffKind::COUNT]))
     }
 
     /// The kinds reported so far, oldest first (with repeats).
@@ -463,7 +501,10 @@ impl Backoffer {
         } else {
             schedule.base_ms
         };
-        let state = &mut self.kinds[kind.index()];
+        let state = &mut self
+            .kinds
+            .get_or_insert_with(|| Box::new([KindState::default(); BackoffKind::COUNT]))
+            [kind.index()];
         if !state.started {
             state.started = true;
             state.attempts = 0;
@@ -526,7 +567,7 @@ impl Backoffer {
             if kind.excluded_limit_ms().is_some() {
                 continue;
             }
-            let slept = self.kinds[kind.index()].slept_ms;
+            let slept = self.kind_state(kind).slept_ms;
             if slept > 0 && best.is_none_or(|(_, b)| slept > b) {
                 best = Some((kind, slept));
             }
@@ -539,7 +580,7 @@ impl Backoffer {
     /// identity.
     pub fn fork(&self) -> Backoffer {
         let mut child = self.clone();
-        child.id = NEXT_BACKOFFER_ID.fetch_add(1, Ordering::Relaxed);
+        child.id = next_backoffer_id();
         child.ancestors.push(self.id);
         child
     }
@@ -553,9 +594,16 @@ impl Backoffer {
         }
         self.total_sleep_ms = forked.total_sleep_ms;
         self.excluded_sleep_ms = forked.excluded_sleep_ms;
-        for (mine, theirs) in self.kinds.iter_mut().zip(forked.kinds.iter()) {
-            mine.slept_ms = theirs.slept_ms;
-            mine.times = theirs.times;
+        if let Some(theirs) = forked.kinds.as_deref() {
+            for (mine, theirs) in self.kinds_mut().iter_mut().zip(theirs.iter()) {
+                mine.slept_ms = theirs.slept_ms;
+                mine.times = theirs.times;
+            }
+        } else if let Some(mine) = self.kinds.as_deref_mut() {
+            for mine in mine.iter_mut() {
+                mine.slept_ms = 0;
+                mine.times = 0;
+            }
         }
         true
     }
@@ -565,7 +613,7 @@ impl Backoffer {
     pub fn reset(&mut self) {
         self.total_sleep_ms = 0;
         self.excluded_sleep_ms = 0;
-        for k in &mut self.kinds {
+        for k in self.kinds.iter_mut().flat_map(|kinds| kinds.iter_mut()) {
             k.started = false;
         }
     }

@@ -11,6 +11,11 @@
 //! semaphore: a single huge batch cannot flood the cluster, and many small calls cannot
 //! multiply the limit. A call with one shard sends inline, without a permit.
 //!
+//! Grouping costs one cache lookup per region, not per key: the regions found so far are kept
+//! sorted by start key, and a key that falls in one of them joins its group after a binary
+//! search of that short list. Only a key outside every known region is looked up in the
+//! cache, and the region found then bounds every later key it holds.
+//!
 //! Ports the common shape of client-go `rawkv/rawkv.go` (`sendReq`, `sendBatchReq`,
 //! `doBatchReq`) and `txnkv/transaction/2pc.go` (`doActionOnGroupMutations`, batches by region
 //! and size), and `retry.MayBackoffForRegionError`.
@@ -18,7 +23,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::future::join_all;
 use tikv_proto::errorpb;
 use tokio::sync::Semaphore;
 
@@ -117,6 +122,29 @@ pub(crate) async fn backoff_for_relocation(
 }
 
 impl SenderCore {
+    /// Sends the request `build` makes to the region holding `key`, locating the key again and
+    /// resending after a relocation, until an answer comes. For requests that do not depend on
+    /// the region: each attempt's request is built by `build`
+    /// ([`send_built`](SenderCore::send_built)), and no [`KeyLocation`] is kept.
+    pub(crate) async fn send_to_key<R: KvRequest>(
+        &self,
+        bo: &mut Backoffer,
+        key: &[u8],
+        opts: &CallOptions,
+        build: impl Fn() -> R + Sync,
+    ) -> Result<Reply<R::Response>> {
+        loop {
+            let region = self.cache.locate_key(key).await?.region();
+            // Unpacked in its own statement, so that the answer (about a kilobyte) is not kept
+            // in this future across the backoff below.
+            let error = match self.send_built(bo, region, opts, &build).await? {
+                RegionOutcome::Done(reply) => return Ok(reply),
+                RegionOutcome::Relocate(error) => error,
+            };
+            backoff_for_relocation(bo, Some(region.id()), &error).await?;
+        }
+    }
+
     /// Sends a request to the region `key` selects, building the request for the region found
     /// (`build` may clamp a range to it). Relocates and resends until an answer comes.
     pub(crate) async fn send_by_key<R: KvRequest>(
@@ -133,22 +161,24 @@ impl SenderCore {
                 LocateBy::EndKey => self.cache.locate_end_key(key).await?,
             };
             let req = build(&location)?;
-            match self
+            // The outcome is unpacked in its own statement so that the answer, about a
+            // kilobyte, is not kept in this future across the backoff below.
+            let error = match self
                 .send_to_region(bo, &req, location.region(), opts)
                 .await?
             {
                 RegionOutcome::Done(reply) => return Ok((reply, location)),
-                RegionOutcome::Relocate(error) => {
-                    backoff_for_relocation(bo, Some(location.region_id()), &error).await?;
-                }
-            }
+                RegionOutcome::Relocate(error) => error,
+            };
+            backoff_for_relocation(bo, Some(location.region_id()), &error).await?;
         }
     }
 
-    /// Sends `items` to the regions of their keys: groups them by region, cuts each group by
-    /// `limit`, runs the shards concurrently under the client's shared limit, and relocates
-    /// the items of any shard that comes back with [`ShardOutcome::Relocate`]. Returns every
-    /// shard's answer, in no particular order.
+    /// Sends `items` to the regions of their keys: groups them by region
+    /// ([`group_by_region`](SenderCore::group_by_region)), cuts each group by `limit`, runs the
+    /// shards concurrently under the client's shared limit, and relocates the items of any
+    /// shard that comes back with [`ShardOutcome::Relocate`]. Returns every shard's answer, in
+    /// no particular order.
     ///
     /// `send` gets the shard's region, its items (in input order) and a backoffer forked from
     /// `bo`; it builds the request and usually calls
@@ -170,7 +200,7 @@ impl SenderCore {
         let mut answers = Vec::new();
         let mut pending = items;
         while !pending.is_empty() {
-            let groups = self.cache.group_by_region(pending, &key_of).await?;
+            let groups = self.group_by_region(pending, &key_of).await?;
             let mut shards = Vec::with_capacity(groups.len());
             for (location, group) in groups {
                 cut(location, group, &size_of, batch, &mut shards);
@@ -206,20 +236,19 @@ impl SenderCore {
                 let outcome = send(location, items, bo.fork()).await?;
                 record(outcome, id);
             } else {
-                let mut running: FuturesUnordered<_> = shards
-                    .into_iter()
-                    .map(|(location, items)| {
-                        let id = location.region_id();
-                        let forked = bo.fork();
-                        let send = &send;
-                        async move {
-                            let _permit = limit.0.acquire().await.map_err(|_| Error::Closed)?;
-                            send(location, items, forked).await.map(|o| (o, id))
-                        }
-                    })
-                    .collect();
+                // All shards in one allocation, polled together on each wake-up: cheaper than
+                // a task per shard for the handful of regions a call usually spans.
+                let running = shards.into_iter().map(|(location, items)| {
+                    let id = location.region_id();
+                    let forked = bo.fork();
+                    let send = &send;
+                    async move {
+                        let _permit = limit.0.acquire().await.map_err(|_| Error::Closed)?;
+                        send(location, items, forked).await.map(|o| (o, id))
+                    }
+                });
                 let mut first_error = None;
-                while let Some(result) = running.next().await {
+                for result in join_all(running).await {
                     match result {
                         Ok((outcome, id)) => record(outcome, id),
                         Err(err) => {
@@ -240,6 +269,96 @@ impl SenderCore {
         }
         Ok(answers)
     }
+}
+
+impl SenderCore {
+    /// Groups items by the region holding each one's key (client-go `GroupKeysByRegion`), with
+    /// one cache lookup per region (see the module docs).
+    ///
+    /// Groups come in the order their first item appears, and items keep their input order
+    /// within a group, as the cache's own grouping does. A region that changes while the items
+    /// are grouped may leave a stale group; sending it gets a region error, which relocates
+    /// its items.
+    pub(crate) async fn group_by_region<P>(
+        &self,
+        items: Vec<P>,
+        key_of: &impl Fn(&P) -> &[u8],
+    ) -> Result<Vec<(KeyLocation, Vec<P>)>> {
+        // `regions[g]` is group g's region and `heads[g]` the heads of its start and end keys;
+        // `by_start` lists the groups by region start key.
+        let mut regions: Vec<KeyLocation> = Vec::new();
+        let mut heads: Vec<(u128, u128)> = Vec::new();
+        let mut by_start: Vec<usize> = Vec::new();
+        let mut group_of: Vec<usize> = Vec::with_capacity(items.len());
+        let mut sizes: Vec<usize> = Vec::new();
+        for item in &items {
+            let key = key_of(item);
+            let head = key_head(key);
+            // The last region starting at or before the key holds it if the key is below its
+            // end: one comparison per halving of the list, then one against the end.
+            let i = by_start.partition_point(|&g| {
+                key_le(heads[g].0, regions[g].start_key().as_bytes(), head, key)
+            });
+            let known = i.checked_sub(1).map(|i| by_start[i]).filter(|&g| {
+                let end = regions[g].end_key().as_bytes();
+                end.is_empty() || !key_le(heads[g].1, end, head, key)
+            });
+            let g = match known {
+                Some(g) => g,
+                None => {
+                    let location = self.cache.locate_key(key).await?;
+                    let g = regions.len();
+                    let start = location.start_key().as_bytes();
+                    let start_head = key_head(start);
+                    let at = by_start.partition_point(|&h| {
+                        key_le(
+                            heads[h].0,
+                            regions[h].start_key().as_bytes(),
+                            start_head,
+                            start,
+                        )
+                    });
+                    by_start.insert(at, g);
+                    heads.push((start_head, key_head(location.end_key().as_bytes())));
+                    regions.push(location);
+                    sizes.push(0);
+                    g
+                }
+            };
+            sizes[g] += 1;
+            group_of.push(g);
+        }
+        if regions.len() == 1 {
+            // Everything in one region: the items go as they are.
+            let mut groups = Vec::with_capacity(1);
+            groups.extend(regions.pop().map(|r| (r, items)));
+            return Ok(groups);
+        }
+        let mut groups: Vec<(KeyLocation, Vec<P>)> = regions
+            .into_iter()
+            .zip(sizes)
+            .map(|(r, n)| (r, Vec::with_capacity(n)))
+            .collect();
+        for (item, g) in items.into_iter().zip(group_of) {
+            groups[g].1.push(item);
+        }
+        Ok(groups)
+    }
+}
+
+/// The first 16 bytes of a key as a big-endian number, zero-padded. Heads order keys: a smaller
+/// head means a smaller key (a zero pad sorts before any byte, as a shorter key does), so only
+/// keys with equal heads need their bytes compared.
+fn key_head(key: &[u8]) -> u128 {
+    let mut head = [0u8; 16];
+    let n = key.len().min(16);
+    head[..n].copy_from_slice(&key[..n]);
+    u128::from_be_bytes(head)
+}
+
+/// `a <= b`, given their heads.
+fn key_le(a_head: u128, a: &[u8], b_head: u128, b: &[u8]) -> bool {
+    a_head < b_head || (a_head == b_head && a <= b)
 }
 
 /// Cuts one region's items into shards of at most `batch.max_items` items and about
@@ -280,6 +399,35 @@ fn cut<P>(
 mod tests {
     use super::*;
     use crate::locate::RegionVerId;
+
+    #[test]
+    fn key_heads_order_keys_as_their_bytes_do() {
+        let keys: Vec<&[u8]> = vec![
+            b"",
+            b"\0",
+            b"\0\0",
+            b"a",
+            b"a\0",
+            b"a\0\x01",
+            b"ab",
+            b"rawbench0000999",
+            b"rawbench00009999",
+            b"rawbench00009999\0",
+            b"rawbench000099990",
+            b"rawbench00010000",
+            b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff",
+            b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff",
+        ];
+        for a in &keys {
+            for b in &keys {
+                assert_eq!(
+                    key_le(key_head(a), a, key_head(b), b),
+                    a <= b,
+                    "{a:?} <= {b:?}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn cut_respects_count_and_bytes() {

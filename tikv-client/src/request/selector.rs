@@ -7,6 +7,13 @@
 //! is tried a bounded number of times, after which the region is invalidated and the caller
 //! relocates.
 //!
+//! Most requests are answered by the leader on the first attempt, so that attempt has a fast
+//! path: when the presumed leader is reachable and its store has not failed since the region
+//! trusted it, the selector sends there without building the replica list, allocating nothing
+//! and touching no reference count. The list (with the first attempt booked on the leader) is
+//! built only when something asks for a retry. Replicas name their store by index into the
+//! region's stores rather than holding a reference of their own.
+//!
 //! Who calls it: the retry loop in `sender.rs`, once per attempt ([`ReplicaSelector::next`])
 //! and on each failure (`on_*`). It reads and updates the shared [`CachedRegion`] (presumed
 //! leader, validity) and the stores' health (`locate::StoreHealth`).
@@ -32,6 +39,10 @@ use crate::locate::{
 };
 use crate::request::BackoffKind;
 
+/// TiKV peers whose store epochs a selector snapshots inline; a region with more (never seen
+/// in practice: 3 or 5 is the norm) builds its replica list at once instead.
+const INLINE_EPOCHS: usize = 8;
+
 /// How many times one replica may be tried by one request (client-go `maxReplicaAttempt`).
 pub(crate) const MAX_REPLICA_ATTEMPTS: u32 = 10;
 /// How long attempts on one replica may take in total before it counts as exhausted (client-go
@@ -52,13 +63,13 @@ mod flag {
     pub(super) const SUSPECT_NOT_LEADER: u8 = 1 << 2;
 }
 
-/// One TiKV peer of the region, as this request sees it.
+/// One TiKV peer of the region, as this request sees it. Its store is the region's
+/// `stores()[peer_idx]`.
 #[derive(Debug)]
 pub(crate) struct Replica {
     /// Index into the region's peers.
     pub(crate) peer_idx: usize,
     pub(crate) peer: metapb::Peer,
-    pub(crate) store: Arc<Store>,
     /// The store's failure epoch when the region last trusted it.
     epoch: u32,
     attempts: u32,
@@ -67,8 +78,8 @@ pub(crate) struct Replica {
 }
 
 impl Replica {
-    fn is_epoch_stale(&self) -> bool {
-        self.epoch != self.store.epoch()
+    fn is_epoch_stale(&self, store: &Store) -> bool {
+        self.epoch != store.epoch()
     }
 
     fn is_exhausted(&self, max_attempts: u32, max_time: Duration) -> bool {
@@ -90,36 +101,51 @@ impl Replica {
     }
 
     /// Whether the presumed leader may take the next attempt (client-go `isLeaderCandidate`).
-    fn is_leader_candidate(&self) -> bool {
-        self.store.health().liveness() == LivenessState::Reachable
+    fn is_leader_candidate(&self, store: &Store) -> bool {
+        store.health().liveness() == LivenessState::Reachable
             && !self.is_exhausted(MAX_REPLICA_ATTEMPTS, MAX_REPLICA_ATTEMPT_TIME)
             && !self.has(flag::NOT_LEADER)
-            && !self.is_epoch_stale()
+            && !self.is_epoch_stale(store)
     }
 }
 
-/// Where one attempt goes: the target replica, and the replica that forwards to it.
+/// Where one attempt goes: the target replica, and the replica that forwards to it. The
+/// replicas' stores are the selector's ([`ReplicaSelector::store`],
+/// [`ReplicaSelector::send_store`]).
 #[derive(Debug, Clone)]
 pub(crate) struct Route {
     pub(crate) region: RegionVerId,
     /// Index of the target among the selector's replicas.
     pub(crate) target: usize,
     pub(crate) peer: metapb::Peer,
-    pub(crate) store: Arc<Store>,
     pub(crate) addr: Arc<str>,
     /// The proxy's replica index and address, when the request is forwarded.
-    pub(crate) proxy: Option<(usize, Arc<Store>, Arc<str>)>,
+    pub(crate) proxy: Option<(usize, Arc<str>)>,
 }
 
 impl Route {
-    /// The store the request is physically sent to: the proxy's when forwarding.
-    pub(crate) fn send_store(&self) -> &Arc<Store> {
-        self.proxy.as_ref().map_or(&self.store, |(_, s, _)| s)
+    /// The replica the request is physically sent to: the proxy when forwarding.
+    pub(crate) fn send_replica(&self) -> usize {
+        self.proxy.as_ref().map_or(self.target, |(p, _)| *p)
     }
 
     /// The address the request is physically sent to.
     pub(crate) fn send_addr(&self) -> &Arc<str> {
-        self.proxy.as_ref().map_or(&self.addr, |(_, _, a)| a)
+        self.proxy.as_ref().map_or(&self.addr, |(_, a)| a)
+    }
+}
+
+/// The store epochs of a region's TiKV peers when a selector was made (each replica's
+/// `epoch`), kept inline until the replica list is built.
+#[derive(Debug)]
+struct EpochSnapshot {
+    len: usize,
+    epochs: [u32; INLINE_EPOCHS],
+}
+
+impl EpochSnapshot {
+    fn get(&self, i: usize) -> Option<u32> {
+        self.epochs[..self.len].get(i).copied()
     }
 }
 
@@ -136,7 +162,14 @@ struct PendingBackoff {
 #[derive(Debug)]
 pub(crate) struct ReplicaSelector {
     region: Arc<CachedRegion>,
+    /// Empty until built (see the module docs); then one entry per TiKV peer.
     replicas: Vec<Replica>,
+    built: bool,
+    /// What the replicas are built from, taken when the selector was made.
+    epochs: EpochSnapshot,
+    /// The first attempt, sent by the fast path before the replica list was built: its
+    /// replica and the time it took so far, booked on that replica when the list is built.
+    fast_attempt: Option<(usize, Duration)>,
     /// Send through a follower when the leader's store is unreachable.
     enable_forwarding: bool,
     /// The request may only be served by the leader (never retried on a follower).
@@ -166,22 +199,20 @@ impl ReplicaSelector {
         if !cache.is_region_valid(&cached) {
             return None;
         }
-        let replicas = cached
-            .tikv_peer_indexes()
-            .iter()
-            .map(|&peer_idx| Replica {
-                peer_idx,
-                peer: cached.peers()[peer_idx],
-                store: cached.stores()[peer_idx].clone(),
-                epoch: cached.store_epoch_at(peer_idx),
-                attempts: 0,
-                attempted_time: Duration::ZERO,
-                flags: 0,
-            })
-            .collect();
-        Some(ReplicaSelector {
+        let tikv_peers = cached.tikv_peer_indexes();
+        let mut epochs = EpochSnapshot {
+            len: tikv_peers.len().min(INLINE_EPOCHS),
+            epochs: [0; INLINE_EPOCHS],
+        };
+        for (slot, &peer_idx) in epochs.epochs.iter_mut().zip(tikv_peers) {
+            *slot = cached.store_epoch_at(peer_idx);
+        }
+        let mut selector = ReplicaSelector {
             region: cached,
-            replicas,
+            replicas: Vec::new(),
+            built: false,
+            epochs,
+            fast_attempt: None,
             enable_forwarding,
             leader_only,
             target: None,
@@ -192,7 +223,42 @@ impl ReplicaSelector {
             leader_busy_peer: 0,
             leader_busy_probed: false,
             pending: Vec::new(),
-        })
+        };
+        if selector.region.tikv_peer_indexes().len() > INLINE_EPOCHS {
+            selector.build_replicas();
+        }
+        Some(selector)
+    }
+
+    /// Builds the replica list (once), booking a first attempt made by the fast path.
+    fn build_replicas(&mut self) {
+        if self.built {
+            return;
+        }
+        self.built = true;
+        let region = &self.region;
+        let epochs = &self.epochs;
+        self.replicas = region
+            .tikv_peer_indexes()
+            .iter()
+            .enumerate()
+            .map(|(i, &peer_idx)| Replica {
+                peer_idx,
+                peer: region.peers()[peer_idx],
+                epoch: epochs
+                    .get(i)
+                    .unwrap_or_else(|| region.store_epoch_at(peer_idx)),
+                attempts: 0,
+                attempted_time: Duration::ZERO,
+                flags: 0,
+            })
+            .collect();
+        if let Some((target, took)) = self.fast_attempt.take()
+            && let Some(t) = self.replicas.get_mut(target)
+        {
+            t.attempts = 1;
+            t.attempted_time = took;
+        }
     }
 
     /// The cached region this selector works on.
@@ -202,7 +268,17 @@ impl ReplicaSelector {
 
     /// The index into the region's peers of replica `i`.
     pub(crate) fn peer_idx(&self, i: usize) -> usize {
-        self.replicas.get(i).map_or(0, |r| r.peer_idx)
+        self.region.tikv_peer_indexes().get(i).copied().unwrap_or(0)
+    }
+
+    /// The store of replica `i` (an index a [`Route`] of this selector names).
+    pub(crate) fn store(&self, i: usize) -> &Arc<Store> {
+        &self.region.stores()[self.peer_idx(i)]
+    }
+
+    /// The store `route` is physically sent to: the proxy's when forwarding.
+    pub(crate) fn send_store(&self, route: &Route) -> &Arc<Store> {
+        self.store(route.send_replica())
     }
 
     fn leader_idx(&self) -> usize {
@@ -225,11 +301,61 @@ impl ReplicaSelector {
         self.attempts += 1;
         self.target = None;
         self.proxy = None;
+        if !self.built
+            && self.attempts == 1
+            && let Some(leader) = self.untouched_leader()
+        {
+            self.target = Some(leader);
+            return self.build_fast_route(cache, leader).await;
+        }
+        self.build_replicas();
         self.pick_for_leader(cache.store_cache());
         let Some(target) = self.target else {
             return Ok(None);
         };
         self.build_route(cache, target, self.proxy).await
+    }
+
+    /// The presumed leader's replica index when the leader path would pick it, unproxied, for
+    /// a first attempt: its store is reachable and has not failed since the selector was made
+    /// (the other tests of `is_leader_candidate` hold for a replica not tried yet).
+    fn untouched_leader(&self) -> Option<usize> {
+        let leader = self.leader_idx();
+        let peer_idx = *self.region.tikv_peer_indexes().get(leader)?;
+        let store = self.region.stores().get(peer_idx)?;
+        (store.health().liveness() == LivenessState::Reachable
+            && self.epochs.get(leader) == Some(store.epoch()))
+        .then_some(leader)
+    }
+
+    /// `build_route` for the fast path's leader, before the replica list exists.
+    async fn build_fast_route(
+        &mut self,
+        cache: &RegionCache,
+        target: usize,
+    ) -> crate::Result<Option<Route>> {
+        let peer_idx = self.peer_idx(target);
+        let store = &self.region.stores()[peer_idx];
+        if self.epochs.get(target) != Some(store.epoch()) {
+            self.region.invalidate(InvalidReason::Other);
+            return Ok(None);
+        }
+        let Some(addr) = cache
+            .store_cache()
+            .resolve(store)
+            .await?
+            .filter(|a| !a.is_empty())
+        else {
+            return Ok(None);
+        };
+        self.fast_attempt = Some((target, Duration::ZERO));
+        Ok(Some(Route {
+            region: self.region.ver_id(),
+            target,
+            peer: self.region.peers()[peer_idx],
+            addr,
+            proxy: None,
+        }))
     }
 
     /// The leader path (client-go `nextForReplicaReadLeader`): the leader when it is a
@@ -249,7 +375,7 @@ impl ReplicaSelector {
         }
         let leader_idx = self.leader_idx();
         if let Some(leader) = self.replicas.get(leader_idx)
-            && leader.is_leader_candidate()
+            && leader.is_leader_candidate(&self.region.stores()[leader.peer_idx])
             && !leader.has(flag::SUSPECT_NOT_LEADER)
         {
             self.target = Some(leader_idx);
@@ -271,14 +397,16 @@ impl ReplicaSelector {
         let mut best: Option<u8> = None;
         let mut best_idxs: Vec<usize> = Vec::with_capacity(self.replicas.len());
         let mut reload = false;
+        let stores = self.region.stores();
         for (i, r) in self.replicas.iter().enumerate() {
+            let store = &stores[r.peer_idx];
             let is_leader = i == leader_idx;
-            let stale = r.is_epoch_stale();
-            let liveness = r.store.health().liveness();
+            let stale = r.is_epoch_stale(store);
+            let liveness = store.health().liveness();
             if stale
                 && (is_leader
                     || (liveness == LivenessState::Reachable
-                        && r.store.resolve_state() == ResolveState::Resolved))
+                        && store.resolve_state() == ResolveState::Resolved))
             {
                 reload = true;
             }
@@ -293,7 +421,7 @@ impl ReplicaSelector {
             if !is_leader {
                 score |= NORMAL_PEER;
             }
-            if !r.store.health().is_slow() {
+            if !store.health().is_slow() {
                 score |= NOT_SLOW;
             }
             if r.attempts == 0 {
@@ -323,7 +451,7 @@ impl ReplicaSelector {
             && leader.has(flag::SUSPECT_NOT_LEADER)
         {
             leader.flags &= !flag::SUSPECT_NOT_LEADER;
-            if leader.is_leader_candidate() {
+            if leader.is_leader_candidate(&self.region.stores()[leader.peer_idx]) {
                 return Some(leader_idx);
             }
         }
@@ -332,21 +460,24 @@ impl ReplicaSelector {
     }
 
     /// client-go `ReplicaSelectLeaderWithProxyStrategy`.
-    fn pick_leader_with_proxy(&mut self, stores: &StoreCache) -> ProxyPick {
+    fn pick_leader_with_proxy(&mut self, store_cache: &StoreCache) -> ProxyPick {
         let leader_idx = self.leader_idx();
+        let stores = self.region.stores();
         let Some(leader) = self.replicas.get(leader_idx) else {
             return ProxyPick::Direct;
         };
-        if leader.store.health().liveness() == LivenessState::Reachable
+        let leader_store = &stores[leader.peer_idx];
+        if leader_store.health().liveness() == LivenessState::Reachable
             || leader.has(flag::NOT_LEADER)
         {
             return ProxyPick::Direct;
         }
         let candidate = |i: usize, r: &Replica| {
+            let store = &stores[r.peer_idx];
             i != leader_idx
                 && !r.is_exhausted(1, Duration::ZERO)
-                && r.store.health().liveness() == LivenessState::Reachable
-                && !r.is_epoch_stale()
+                && store.health().liveness() == LivenessState::Reachable
+                && !r.is_epoch_stale(store)
         };
         if let Some(i) = self
             .replicas
@@ -358,7 +489,7 @@ impl ReplicaSelector {
         }
         // Every follower failed as a proxy: the leader's store is treated as failed, and the
         // region reloads on its next use.
-        invalidate_replica_store(stores, &leader.store, leader.epoch);
+        invalidate_replica_store(store_cache, leader_store, leader.epoch);
         self.region.set_flags(region_flags::NEED_RELOAD_ON_ACCESS);
         ProxyPick::Nothing
     }
@@ -369,15 +500,17 @@ impl ReplicaSelector {
         target: usize,
         proxy: Option<usize>,
     ) -> crate::Result<Option<Route>> {
-        let stale = self.replicas[target].is_epoch_stale()
-            || proxy.is_some_and(|p| self.replicas[p].is_epoch_stale());
+        let region = self.region.clone();
+        let store_of = |r: &Replica| &region.stores()[r.peer_idx];
+        let stale = self.replicas[target].is_epoch_stale(store_of(&self.replicas[target]))
+            || proxy.is_some_and(|p| self.replicas[p].is_epoch_stale(store_of(&self.replicas[p])));
         if stale {
             self.region.invalidate(InvalidReason::Other);
             return Ok(None);
         }
         let stores = cache.store_cache();
         let Some(addr) = stores
-            .resolve(&self.replicas[target].store)
+            .resolve(store_of(&self.replicas[target]))
             .await?
             .filter(|a| !a.is_empty())
         else {
@@ -387,14 +520,14 @@ impl ReplicaSelector {
             None => None,
             Some(p) => {
                 let Some(paddr) = stores
-                    .resolve(&self.replicas[p].store)
+                    .resolve(store_of(&self.replicas[p]))
                     .await?
                     .filter(|a| !a.is_empty())
                 else {
                     return Ok(None);
                 };
                 self.replicas[p].attempts += 1;
-                Some((p, self.replicas[p].store.clone(), paddr))
+                Some((p, paddr))
             }
         };
         let t = &mut self.replicas[target];
@@ -403,7 +536,6 @@ impl ReplicaSelector {
             region: self.region.ver_id(),
             target,
             peer: t.peer,
-            store: t.store.clone(),
             addr,
             proxy,
         }))
@@ -411,6 +543,10 @@ impl ReplicaSelector {
 
     /// Adds the time an attempt took to its replica's account.
     pub(crate) fn record_attempt_time(&mut self, took: Duration) {
+        if let Some((_, fast)) = &mut self.fast_attempt {
+            *fast += took;
+            return;
+        }
         if let Some(t) = self.target.and_then(|t| self.replicas.get_mut(t)) {
             t.attempted_time += took;
         }
@@ -419,6 +555,7 @@ impl ReplicaSelector {
     /// TiKV answered NotLeader (client-go `onNotLeader`). Returns whether to retry at once;
     /// with no leader named the caller backs off first.
     pub(crate) fn on_not_leader(&mut self, leader: Option<&metapb::Peer>) {
+        self.build_replicas();
         if let Some(t) = self.target.and_then(|t| self.replicas.get_mut(t)) {
             t.flags |= flag::NOT_LEADER;
         }
@@ -439,7 +576,8 @@ impl ReplicaSelector {
             return;
         };
         // Sending to an unreachable leader only times out; wait for the next election instead.
-        if self.replicas[i].store.health().liveness() != LivenessState::Reachable {
+        let store = &self.region.stores()[self.replicas[i].peer_idx];
+        if store.health().liveness() != LivenessState::Reachable {
             return;
         }
         self.replicas[i].on_update_leader();
@@ -452,6 +590,7 @@ impl ReplicaSelector {
     /// for everyone; this request may still try the leader once if it has not yet. Returns
     /// whether to retry.
     pub(crate) fn on_region_not_found(&mut self) -> bool {
+        self.build_replicas();
         let leader_idx = self.leader_idx();
         let leader_untried = self
             .replicas
@@ -474,7 +613,9 @@ impl ReplicaSelector {
         estimated_wait_ms: u32,
         error: Error,
     ) -> Option<(BackoffKind, Error)> {
-        let store = route.send_store();
+        self.build_replicas();
+        let region = self.region.clone();
+        let store = &region.stores()[self.peer_idx(route.send_replica())];
         if estimated_wait_ms != 0 {
             store.health().update_estimated_wait(estimated_wait_ms);
         } else {
@@ -515,7 +656,10 @@ impl ReplicaSelector {
     /// leader request must otherwise wait for, is out of the running.
     fn can_fast_retry(&self) -> bool {
         match self.replicas.get(self.leader_idx()) {
-            Some(leader) => !leader.is_leader_candidate() || leader.has(flag::SERVER_IS_BUSY),
+            Some(leader) => {
+                !leader.is_leader_candidate(&self.region.stores()[leader.peer_idx])
+                    || leader.has(flag::SERVER_IS_BUSY)
+            }
             None => true,
         }
     }
@@ -545,7 +689,8 @@ impl ReplicaSelector {
         route: &Route,
         liveness: LivenessState,
     ) -> bool {
-        let failed = route.proxy.as_ref().map_or(route.target, |(p, _, _)| *p);
+        self.build_replicas();
+        let failed = route.send_replica();
         let leader_peer = self.leader_peer_id();
         if route.proxy.is_none()
             && route.peer.id == leader_peer
@@ -558,7 +703,7 @@ impl ReplicaSelector {
         }
         if liveness != LivenessState::Reachable {
             let r = &self.replicas[failed];
-            return invalidate_replica_store(stores, &r.store, r.epoch);
+            return invalidate_replica_store(stores, &self.region.stores()[r.peer_idx], r.epoch);
         }
         false
     }

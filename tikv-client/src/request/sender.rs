@@ -15,13 +15,23 @@
 //! Differences from client-go, on purpose:
 //! - `UndeterminedResult` is returned as a typed undetermined error instead of a response
 //!   carrying the region error, so no caller can mistake it for "retry the write".
-//! - Each attempt clones the request (the transport consumes it); every key and value is a
-//!   `Bytes`, so a clone copies pointers, not data.
+//! - Each attempt sends its own copy of the request (the transport consumes it), cloned or
+//!   built afresh by the caller's builder; every key and value is a `Bytes`, so a copy
+//!   copies pointers, not data.
+//!
+//! Cost on the hot path: the future of a send is embedded in every caller's future and copied
+//! each time one moves, so the rare paths (a failed send with its liveness probe, a region
+//! error with its reactions, unary commands) are boxed and only cost an allocation when they
+//! happen; the common path (one attempt on the leader, answered) allocates nothing here. The
+//! store's transport client is the one kept beside the cached store (`Store::with_client`).
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use tikv_proto::errorpb;
 
 use crate::config::Config;
@@ -33,7 +43,7 @@ use crate::oracle::{Oracle, Timestamp};
 use crate::request::selector::{ReplicaSelector, Route};
 use crate::request::{BackoffKind, Backoffer};
 use crate::rpc::{KvRequest, KvResponse, Wire, WireResponse};
-use crate::transport::{Liveness, SendOptions, Transport};
+use crate::transport::{Liveness, SendOptions, StoreClient, Transport};
 use crate::{Error, Result};
 
 /// TiKV's message for a `max_ts` update it refused (client-go `isInvalidMaxTsUpdate`).
@@ -166,17 +176,27 @@ impl SenderCore {
 
     /// Checks a read's timestamp with the oracle (client-go `validateReadTS`): reading above
     /// the newest timestamp PD has handed out could miss writes committed later below it.
-    async fn validate_read_ts<R: KvRequest>(&self, req: &R) -> Result<()> {
-        let (Some(validator), Some(ts)) = (&self.read_ts_validator, req.read_ts()) else {
+    /// The request comes from `build`, called only when a validator is set: nothing of it is
+    /// kept across the await.
+    async fn validate_read_ts<R: KvRequest>(&self, build: impl FnOnce() -> R) -> Result<()> {
+        let Some(validator) = &self.read_ts_validator else {
             return Ok(());
         };
-        let stale = req.context().is_some_and(|c| c.stale_read);
+        let read = {
+            let req = build();
+            req.read_ts()
+                .map(|ts| (ts, req.context().is_some_and(|c| c.stale_read)))
+        };
+        let Some((ts, stale)) = read else {
+            return Ok(());
+        };
         validator
             .validate_read_ts(Timestamp::from_version(ts), stale)
             .await
     }
 
     /// Sends `req` to region `region`, retrying as the answers direct, within `bo`'s budget.
+    /// Each attempt sends a copy.
     pub(crate) async fn send_to_region<R: KvRequest>(
         &self,
         bo: &mut Backoffer,
@@ -184,7 +204,20 @@ impl SenderCore {
         region: RegionVerId,
         opts: &CallOptions,
     ) -> Result<RegionOutcome<R::Response>> {
-        self.validate_read_ts(req).await?;
+        self.send_built(bo, region, opts, || req.clone()).await
+    }
+
+    /// [`send_to_region`](SenderCore::send_to_region) with each attempt's request made by
+    /// `build` instead of copied from one made beforehand: a caller that can build the request
+    /// from what it holds anyway saves one whole request per call.
+    pub(crate) async fn send_built<R: KvRequest>(
+        &self,
+        bo: &mut Backoffer,
+        region: RegionVerId,
+        opts: &CallOptions,
+        build: impl Fn() -> R + Sync,
+    ) -> Result<RegionOutcome<R::Response>> {
+        self.validate_read_ts(&build).await?;
         let Some(mut selector) = ReplicaSelector::new(
             &self.cache,
             region,
@@ -205,10 +238,20 @@ impl SenderCore {
                 }
                 return Ok(RegionOutcome::Relocate(Box::new(no_replica_error())));
             };
-            if let Some((kind, err)) = selector.take_pending_backoff(route.send_store().id()) {
+            let send_store_id = selector.send_store(&route).id();
+            if let Some((kind, err)) = selector.take_pending_backoff(send_store_id) {
                 bo.backoff(kind, err).await?;
             }
-            let result = self.send_once(req, &route, attempts, opts, bo).await;
+            let result = self
+                .send_once(
+                    &build,
+                    &route,
+                    selector.send_store(&route),
+                    attempts,
+                    opts,
+                    bo,
+                )
+                .await;
             attempts += 1;
             let (wire, took) = match result {
                 Ok(answer) => answer,
@@ -216,7 +259,7 @@ impl SenderCore {
                 Err(Attempt::Failed(err, took)) => {
                     selector.record_attempt_time(took);
                     had_rpc_error = true;
-                    self.on_send_fail(bo, &mut selector, &route, err).await?;
+                    Box::pin(self.on_send_fail(bo, &mut selector, &route, err)).await?;
                     continue;
                 }
             };
@@ -227,42 +270,34 @@ impl SenderCore {
                 return Ok(RegionOutcome::Done(Reply {
                     resp,
                     region: route.region,
-                    store_id: route.store.id(),
+                    store_id: selector.store(route.target).id(),
                     attempts,
                     had_rpc_error,
                 }));
             };
-            match self
-                .on_region_error(bo, &mut selector, &route, &region_err)
-                .await?
-            {
+            // Neither the answer nor the error may stay in this future across the await: both
+            // are about a kilobyte, and this future is copied whenever its callers' move.
+            drop(resp);
+            let region_err = Box::new(region_err);
+            match Box::pin(self.on_region_error(bo, &mut selector, &route, &region_err)).await? {
                 Reaction::Retry => continue,
-                Reaction::Relocate => return Ok(RegionOutcome::Relocate(Box::new(region_err))),
+                Reaction::Relocate => return Ok(RegionOutcome::Relocate(region_err)),
             }
         }
     }
 
-    /// One attempt: addresses a copy of the request to `route` and sends it.
+    /// One attempt: addresses a request from `build` to `route` and sends it to `send_store`
+    /// (the target's store, or the proxy's when forwarding).
     async fn send_once<R: KvRequest>(
         &self,
-        req: &R,
+        build: &(impl Fn() -> R + Sync),
         route: &Route,
+        send_store: &Store,
         attempts: u32,
         opts: &CallOptions,
         bo: &Backoffer,
     ) -> std::result::Result<(WireResponse, Duration), Attempt> {
-        let mut timeout = opts.timeout;
-        if let Some(deadline) = bo.deadline() {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                return Err(Attempt::Fatal(Error::Timeout {
-                    operation: format!("{} to region {}", R::NAME, route.region),
-                    after: opts.timeout,
-                }));
-            }
-            timeout = timeout.min(left);
-        }
-        let send_store = route.send_store();
+        let timeout = attempt_timeout::<R>(route, opts, bo).map_err(Attempt::Fatal)?;
         let _token = match self.store_limit {
             0 => None,
             limit => Some(StoreToken::acquire(send_store, limit).ok_or(Attempt::Fatal(
@@ -271,7 +306,39 @@ impl SenderCore {
                 },
             ))?),
         };
-        let mut attempt = req.clone();
+        let started = Instant::now();
+        let in_flight = match self.start_attempt(build, route, send_store, attempts, timeout, opts)
+        {
+            Ok(in_flight) => in_flight,
+            Err(err) => return Err(Attempt::Fatal(err)),
+        };
+        let result = in_flight.await;
+        let took = started.elapsed();
+        match result {
+            Ok(wire) => {
+                if let Some(score) = send_store.client_slow_score() {
+                    send_store.health().update_tikv_slow_score(score);
+                }
+                Ok((wire, took))
+            }
+            Err(err @ (Error::Closed | Error::Cancelled)) => Err(Attempt::Fatal(err)),
+            Err(err) => Err(Attempt::Failed(err, took)),
+        }
+    }
+
+    /// Addresses a request from `build` to `route` and hands it to the transport, returning the
+    /// answer's future. Not async on purpose: the request and the command it becomes (each
+    /// over half a kilobyte) live only in this frame, never in the caller's future.
+    fn start_attempt<R: KvRequest, F: Fn() -> R>(
+        &self,
+        build: &F,
+        route: &Route,
+        send_store: &Store,
+        attempts: u32,
+        timeout: Duration,
+        opts: &CallOptions,
+    ) -> Result<impl Future<Output = Result<WireResponse>> + Send + use<R, F>> {
+        let mut attempt = build();
         attempt.set_route(route.region.id(), Some(route.region.epoch()), route.peer);
         {
             let ctx = attempt.context_mut();
@@ -289,29 +356,24 @@ impl SenderCore {
         if route.proxy.is_some() {
             send_opts = send_opts.with_forwarded_host(route.addr.clone());
         }
-        let client = self
-            .transport
-            .store(route.send_addr())
-            .map_err(Attempt::Fatal)?;
-        let started = Instant::now();
-        let result = match attempt.into_wire() {
-            Wire::Batch(cmd) => client.send(cmd, send_opts).await.map(WireResponse::Batch),
-            Wire::Unary(unary) => client
-                .unary(unary, send_opts)
-                .await
-                .map(|r| WireResponse::Unary(Box::new(r))),
-        };
-        let took = started.elapsed();
-        match result {
-            Ok(wire) => {
-                if let Some(score) = client.slow_score() {
-                    send_store.health().update_tikv_slow_score(score);
-                }
-                Ok((wire, took))
+        let addr = route.send_addr();
+        Ok(match attempt.into_wire() {
+            Wire::Batch(cmd) => Either::Left(
+                send_store
+                    .with_client(&self.transport, addr, |client| client.send(cmd, send_opts))?
+                    .map(|r| r.map(WireResponse::Batch)),
+            ),
+            Wire::Unary(unary) => {
+                let client = send_store.with_client(&self.transport, addr, StoreClient::clone)?;
+                // Boxed: a unary call's future is over 10 kB, and this path is rare.
+                Either::Right(Box::pin(async move {
+                    client
+                        .unary(unary, send_opts)
+                        .await
+                        .map(|r| WireResponse::Unary(Box::new(r)))
+                }))
             }
-            Err(err @ (Error::Closed | Error::Cancelled)) => Err(Attempt::Fatal(err)),
-            Err(err) => Err(Attempt::Failed(err, took)),
-        }
+        })
     }
 
     /// The transport failed (client-go `onSendFail`): probe the store, let the selector move
@@ -324,7 +386,8 @@ impl SenderCore {
         err: Error,
     ) -> Result<()> {
         tracing::debug!(region = %route.region, addr = %route.send_addr(), %err, "send failed");
-        let liveness = self.check_liveness(route.send_store()).await;
+        let store = selector.send_store(route).clone();
+        let liveness = self.check_liveness(&store).await;
         selector.on_send_failure(self.cache.store_cache(), route, liveness);
         bo.backoff(BackoffKind::TikvRpc, err).await
     }
@@ -339,7 +402,7 @@ impl SenderCore {
     ) -> Result<Reaction> {
         let region = route.region;
         let typed = || Error::from_region_error(Some(region.id()), err.clone());
-        tracing::debug!(%region, store = route.store.id(), error = ?RegionErrorKind::from_proto(err), "region error");
+        tracing::debug!(%region, store = selector.store(route.target).id(), error = ?RegionErrorKind::from_proto(err), "region error");
 
         if err.undetermined_result.is_some() {
             return Err(typed());
@@ -391,7 +454,7 @@ impl SenderCore {
                 peer: route.peer,
                 peer_idx: selector_peer_idx(selector, route),
                 access_idx: route.target,
-                store: route.store.clone(),
+                store: selector.store(route.target).clone(),
                 addr: route.addr.clone(),
             };
             if self
@@ -422,7 +485,9 @@ impl SenderCore {
             return Ok(Reaction::Retry);
         }
         if err.store_not_match.is_some() {
-            self.cache.store_cache().mark_need_check(&route.store);
+            self.cache
+                .store_cache()
+                .mark_need_check(selector.store(route.target));
             self.cache.invalidate_region(region, InvalidReason::Other);
             // The address may resolve elsewhere now (a moved pod keeps its name).
             self.transport.close_store(route.send_addr());
@@ -494,7 +559,7 @@ impl SenderCore {
         {
             return state;
         }
-        let state = match self.transport.store(&addr) {
+        let state = match store.with_client(&self.transport, &addr, StoreClient::clone) {
             Ok(client) => match client.check_liveness(self.liveness_timeout).await {
                 Liveness::Reachable => LivenessState::Reachable,
                 Liveness::Unreachable => LivenessState::Unreachable,
@@ -545,6 +610,26 @@ impl SenderCore {
             }
         });
     }
+}
+
+/// The time one attempt may wait for its answer: the call's timeout, cut to what is left
+/// before the backoffer's deadline. A passed deadline is a timeout error.
+fn attempt_timeout<R: KvRequest>(
+    route: &Route,
+    opts: &CallOptions,
+    bo: &Backoffer,
+) -> Result<Duration> {
+    let Some(deadline) = bo.deadline() else {
+        return Ok(opts.timeout);
+    };
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    if left.is_zero() {
+        return Err(Error::Timeout {
+            operation: format!("{} to region {}", R::NAME, route.region),
+            after: opts.timeout,
+        });
+    }
+    Ok(opts.timeout.min(left))
 }
 
 /// A failed attempt: `Fatal` ends the request, `Failed` is a transport failure to handle.

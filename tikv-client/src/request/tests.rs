@@ -681,3 +681,90 @@ async fn without_forwarding_an_unreachable_leader_is_not_proxied() {
     assert!(err.is_retryable(), "{err}");
     assert!(f.mock.forwarded_counts().is_empty());
 }
+
+#[tokio::test]
+async fn grouping_finds_each_region_once_and_keeps_the_input_order() {
+    let f = fixture(&["h", "p"]).await;
+    // Unsorted, duplicated, and on both sides of each boundary ("h" and "p" start regions).
+    let keys = ["p", "a", "h", "g~", "zz", "a", "o", "h", "q", "b"];
+    let items: Vec<(usize, Bytes)> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (i, Bytes::copy_from_slice(k.as_bytes())))
+        .collect();
+    let groups = f
+        .core
+        .group_by_region(items, &|(_, k): &(usize, Bytes)| k.as_ref())
+        .await
+        .unwrap();
+    let got: Vec<(Vec<u8>, Vec<usize>)> = groups
+        .iter()
+        .map(|(loc, items)| {
+            assert!(items.iter().all(|(_, k)| loc.contains(k)), "{loc:?}");
+            (
+                loc.start_key().to_vec(),
+                items.iter().map(|(i, _)| *i).collect(),
+            )
+        })
+        .collect();
+    // Groups in the order of their first key; keys in input order within each.
+    assert_eq!(
+        got,
+        vec![
+            (b"p".to_vec(), vec![0, 4, 8]),
+            (b"".to_vec(), vec![1, 3, 5, 9]),
+            (b"h".to_vec(), vec![2, 6, 7]),
+        ]
+    );
+
+    // After a split the cache still holds the old region until a request finds out; the
+    // grouping follows the cache, and the fan-out relocates what the split moved.
+    f.mock.split_raw(["c"]).unwrap();
+    let one = f
+        .core
+        .group_by_region(vec![Bytes::from_static(b"d")], &|k: &Bytes| k.as_ref())
+        .await
+        .unwrap();
+    assert_eq!(one.len(), 1);
+    assert!(one[0].0.contains(b"a") && one[0].0.contains(b"d"));
+}
+
+/// The sender keeps each store's transport client beside the cached store; when the store
+/// comes back on another address (here, two stores swap addresses), the old address reaches
+/// the wrong store, which answers StoreNotMatch, and the next send goes through a client made
+/// for the new address.
+#[tokio::test]
+async fn a_store_on_a_new_address_is_sent_to_through_a_client_for_it() {
+    let f = fixture(&[]).await;
+    f.put("k", "v").await;
+    let leader = f.leader_store("k");
+    let (region, _) = f.mock.region_for_raw_key(b"k").unwrap();
+    let other = region
+        .peers
+        .iter()
+        .map(|p| p.store_id)
+        .find(|&s| s != leader)
+        .unwrap();
+    let store = f.core.cache.store_cache().get(leader).unwrap();
+    let old = f.mock.store_address(leader).unwrap();
+    let new = f.mock.store_address(other).unwrap();
+    assert_eq!(store.kept_client_address(), Some(old.clone()));
+
+    for s in [leader, other] {
+        f.mock.stop_store(s).await.unwrap();
+    }
+    f.mock
+        .set_store_address(leader, new.parse().unwrap())
+        .unwrap();
+    f.mock
+        .set_store_address(other, old.parse().unwrap())
+        .unwrap();
+    for s in [leader, other] {
+        f.mock.start_store(s).await.unwrap();
+    }
+
+    let reply = f.get_with(&mut bo(), "k").await.unwrap();
+    assert_eq!(reply.resp.value.as_ref(), b"v");
+    assert_eq!(reply.store_id, leader);
+    assert_eq!(store.kept_client_address(), Some(new));
+}

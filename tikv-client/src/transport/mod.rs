@@ -211,6 +211,12 @@ impl Transport {
         Ok(store)
     }
 
+    /// This transport's identity, for caches that keep its [`StoreClient`]s (the address of its
+    /// shared state: equal for clones, distinct between live transports).
+    pub(crate) fn id(&self) -> usize {
+        Arc::as_ptr(&self.inner) as usize
+    }
+
     /// Closes the connections to one store (client-go `CloseAddr`): its pending requests fail
     /// with a retryable error, existing [`StoreClient`]s of it stop working, and the next
     /// [`Transport::store`] call for the address opens fresh connections.
@@ -258,6 +264,13 @@ impl StoreClient {
         self.pool.upgrade().ok_or_else(|| self.store.close_error())
     }
 
+    /// Whether the connections behind this handle still take requests: false once the
+    /// transport, or this store's pool ([`Transport::close_store`]), was closed. A handle kept
+    /// across requests is replaced when this turns false.
+    pub(crate) fn is_open(&self) -> bool {
+        !self.store.is_closed() && self.pool.strong_count() > 0
+    }
+
     /// The store's address.
     pub fn address(&self) -> &str {
         &self.store.address
@@ -278,7 +291,7 @@ impl StoreClient {
         &self,
         cmd: Cmd,
         opts: SendOptions,
-    ) -> impl Future<Output = Result<Box<RespCmd>>> + Send + 'static {
+    ) -> impl Future<Output = Result<Box<RespCmd>>> + Send + 'static + use<> {
         // Boxed before the future is built, so that the future (which callers' futures embed
         // and move) carries a pointer, not the command.
         let cmd = Box::new(cmd);

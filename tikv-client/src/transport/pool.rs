@@ -39,6 +39,8 @@ pub(crate) struct StoreShared {
     pub(crate) config: Arc<TransportConfig>,
     /// `Some(error)` once the pool is closed: what pending and new requests fail with.
     pub(crate) closed: watch::Sender<Option<Error>>,
+    /// Set with `closed`, readable without its lock (kept clients check it on every send).
+    is_closed: AtomicBool,
     health: Mutex<Option<HealthFeedback>>,
     /// The slow score of `health`, readable without the lock on every answer (`i64::MIN`
     /// before the first feedback).
@@ -92,6 +94,10 @@ impl StoreShared {
                 "store does not serve BatchCommands; sending its requests as unary RPCs"
             );
         }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.is_closed.load(Ordering::Acquire)
     }
 
     pub(crate) fn close_error(&self) -> Error {
@@ -195,6 +201,7 @@ impl StorePool {
             address: Arc::from(address),
             config: config.clone(),
             closed: watch::Sender::new(None),
+            is_closed: AtomicBool::new(false),
             health: Mutex::new(None),
             slow_score: AtomicI64::new(i64::MIN),
             load: AtomicU64::new(0),
@@ -239,6 +246,7 @@ impl StorePool {
 
     /// Closes every stream; pending and later requests fail with `error`.
     pub(crate) fn close(&self, error: Error) {
+        self.shared.is_closed.store(true, Ordering::Release);
         self.shared.closed.send_if_modified(|closed| {
             if closed.is_some() {
                 return false;
@@ -310,19 +318,17 @@ impl StorePool {
         if let Cmd::ResolveLock(req) = &*cmd
             && let Some(key) = collapse::key_of(req)
         {
-            return self.send_collapsed(key, cmd, opts).await;
+            // Boxed, like the unary fallback below: both are rare, and their futures (the
+            // unary one is over 10 kB) would otherwise be embedded in every send's future and
+            // copied each time it moves.
+            return Box::pin(self.send_collapsed(key, cmd, opts)).await;
         }
         self.send_one(cmd, &opts).await
     }
 
     async fn send_one(&self, cmd: Box<Cmd>, opts: &SendOptions) -> Result<Box<RespCmd>> {
         if !self.shared.batching() {
-            return match self.unary(UnaryRequest::Cmd(*cmd), opts).await? {
-                UnaryResponse::Cmd(resp) => Ok(Box::new(resp)),
-                other => Err(Error::internal(format!(
-                    "unary call answered with {other:?} for a command"
-                ))),
-            };
+            return Box::pin(self.send_unary_cmd(cmd, opts)).await;
         }
         let method = unary::cmd_method(&cmd);
         let arrived = Instant::now();
@@ -356,6 +362,16 @@ impl StorePool {
                 &self.shared.address,
                 opts.timeout,
             )),
+        }
+    }
+
+    /// A command sent as its own unary RPC (batching off, or the store refuses BatchCommands).
+    async fn send_unary_cmd(&self, cmd: Box<Cmd>, opts: &SendOptions) -> Result<Box<RespCmd>> {
+        match self.unary(UnaryRequest::Cmd(*cmd), opts).await? {
+            UnaryResponse::Cmd(resp) => Ok(Box::new(resp)),
+            other => Err(Error::internal(format!(
+                "unary call answered with {other:?} for a command"
+            ))),
         }
     }
 
