@@ -15,15 +15,26 @@
 //! - `sequential`: keys in order, about 8 per region, as when grouping sorted keys.
 //!
 //! Each lookup is timed as `locate_key(..).await` polled once (a hit completes immediately),
-//! and as the synchronous `try_locate_key`. Two threads run the same loop on their own key
-//! lists at once; "speedup" is their combined rate over one thread's.
+//! and as the synchronous `try_locate_key`; the answer is kept alive (`black_box` of a
+//! reference) until it is dropped, as a caller would, and the first 1000 answers of each run are
+//! checked to hold their key. Two threads run the same loop on their own key lists at once;
+//! "speedup" is their combined rate over one thread's.
+//!
+//! Last in each round, `writes`: the mean time of one cache write (a PD load being cached) on
+//! a cache of 100k regions, timed over random region splits, each cached as two writes
+//! (`RegionCache::split_for_benchmark`, not API either).
+//!
+//! The first version of this harness dropped each `locate_key` answer through
+//! `Result::ok()`, a copy into another layout that the compiler made with overlapping loads
+//! and stores; with the hand-written `locate_key` future that copy was about 14 ns of each
+//! `locate_key` figure (with the earlier `async fn` it made no measurable difference).
 //!
 //! The machine may be shared: each result line reports how busy the rest of the machine was
 //! during the run (from `/proc/stat` minus this process's own CPU time); results taken while
 //! it was above a few percent are not comparable.
 //!
-//! Usage: `region_cache [--regions 100000] [--lookups 2000000] [--rounds 3]
-//! [--only uniform|spread1k|hot1k|sequential] [--key-layout flat|vec]`
+//! Usage: `region_cache [--regions 100000] [--lookups 2000000] [--rounds 3] [--writes 10000]
+//! [--only uniform|spread1k|hot1k|sequential|writes] [--key-layout flat|vec]`
 
 use std::future::Future;
 use std::hint::black_box;
@@ -43,6 +54,8 @@ struct Args {
     regions: u64,
     lookups: usize,
     rounds: usize,
+    /// Cache writes timed after the lookups (each split of a region is two).
+    writes: usize,
     only: Option<String>,
     /// Each key in its own `Vec` (the layout of the first version of this benchmark) instead of
     /// one flat buffer.
@@ -54,6 +67,7 @@ fn parse_args() -> Result<Args, String> {
         regions: 100_000,
         lookups: 2_000_000,
         rounds: 3,
+        writes: 10_000,
         only: None,
         vec_keys: false,
     };
@@ -65,6 +79,7 @@ fn parse_args() -> Result<Args, String> {
             "--regions" => args.regions = num()?.max(2),
             "--lookups" => args.lookups = num()?.max(1000) as usize,
             "--rounds" => args.rounds = num()?.max(1) as usize,
+            "--writes" => args.writes = num()? as usize,
             "--only" => args.only = Some(value.clone()),
             "--key-layout" => match value.as_str() {
                 "flat" => args.vec_keys = false,
@@ -137,6 +152,7 @@ impl Keys {
 }
 
 /// Polls a future once; a cache hit is ready at once.
+#[inline(always)]
 fn poll_ready<F: Future>(fut: F) -> F::Output {
     let mut cx = Context::from_waker(Waker::noop());
     match pin!(fut).as_mut().poll(&mut cx) {
@@ -156,11 +172,10 @@ enum Api {
 fn run(cache: &RegionCache, keys: &Keys, api: Api) {
     match api {
         Api::LocateKey => keys.for_each(|k| {
-            let loc = poll_ready(cache.locate_key(k));
-            black_box(loc.ok());
+            black_box(&poll_ready(cache.locate_key(k)));
         }),
         Api::TryLocateKey => keys.for_each(|k| {
-            black_box(cache.try_locate_key(k));
+            black_box(&cache.try_locate_key(k));
         }),
     }
 }
@@ -195,9 +210,27 @@ fn others_busy(before: Option<(u64, u64, u64)>, after: Option<(u64, u64, u64)>) 
     }
 }
 
+/// The benchmark's own check: every key was preloaded, so each lookup must answer with the
+/// region holding it (a lookup that failed or found nothing would be timed as a fast one).
+fn check_hits(cache: &RegionCache, keys: &Keys, api: Api) {
+    let mut wrong = 0;
+    keys.for_each(|k| {
+        let found = match api {
+            Api::LocateKey => poll_ready(cache.locate_key(k)).ok(),
+            Api::TryLocateKey => cache.try_locate_key(k),
+        };
+        wrong += usize::from(!found.is_some_and(|loc| loc.contains(k)));
+    });
+    assert_eq!(
+        wrong, 0,
+        "lookups that did not answer with their key's region"
+    );
+}
+
 /// ns per lookup on one thread, aggregate ns per lookup on two threads, and the load of the
 /// rest of the machine during the two-thread run.
 fn measure(cache: &RegionCache, a: &Keys, b: &Keys, api: Api) -> (f64, f64, String) {
+    check_hits(cache, &a.head(1000), api);
     run(cache, &a.head(200_000), api); // warm up
     let start = Instant::now();
     run(cache, a, api);
@@ -218,7 +251,7 @@ fn main() -> Result<(), BoxError> {
         .map(|i| Key::from(row_key(i * HANDLES_PER_REGION)))
         .collect();
     let started = Instant::now();
-    let cache = RegionCache::new_for_benchmark(split_keys);
+    let cache = RegionCache::new_for_benchmark(split_keys.clone());
     eprintln!(
         "built a cache of {} regions in {:.2?}",
         cache.region_count(),
@@ -283,11 +316,39 @@ fn main() -> Result<(), BoxError> {
                 );
             }
         }
+        if args.writes > 0 && args.only.as_deref().is_none_or(|o| o == "writes") {
+            // On a cache of its own, so that the lookups of every round see the same regions.
+            let cache = RegionCache::new_for_benchmark(split_keys.clone());
+            let (per_write, regions) = measure_writes(&cache, &mut rng, args.writes / 2, handles);
+            println!(
+                "{:<11} {:<15} {:>7.2} us/write ({} regions after)",
+                "writes", "split", per_write, regions
+            );
+        }
         if round + 1 < args.rounds {
             println!();
         }
     }
     Ok(())
+}
+
+/// Splits `splits` random regions, each as two cache writes (the two halves, as PD loads would
+/// cache them), and returns the mean time per write in microseconds and the regions after.
+fn measure_writes(cache: &RegionCache, rng: &mut Rng, splits: usize, handles: u64) -> (f64, usize) {
+    let keys: Vec<Vec<u8>> = (0..splits).map(|_| row_key(rng.below(handles))).collect();
+    let mut writes = 0;
+    let start = Instant::now();
+    for (i, key) in keys.iter().enumerate() {
+        // Ids above the preloaded regions'.
+        if cache.split_for_benchmark(key, (1 << 40) + i as u64) {
+            writes += 2;
+        }
+    }
+    let elapsed = start.elapsed();
+    (
+        elapsed.as_secs_f64() * 1e6 / writes.max(1) as f64,
+        cache.region_count(),
+    )
 }
 
 /// A small xorshift generator: deterministic keys without a dependency.

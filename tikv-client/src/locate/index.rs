@@ -1,8 +1,8 @@
 //! The ordered index of cached regions by start key, built for lock-free reads.
 //!
 //! The index is immutable once published: readers load the current snapshot (an `ArcSwap` in
-//! the region cache) and search it without any lock or shared write. Writers clone the snapshot,
-//! change the clone and publish it. Cloning is cheap because the index is two levels of
+//! the region cache) and search it without any lock. Writers clone the snapshot, change the
+//! clone and publish it. Cloning is cheap because the index is two levels of
 //! reference-counted chunks: a root of a few thousand leaves, each leaf holding up to
 //! [`LEAF_CAP`] regions in key order. A change copies the root's vectors and the one or two
 //! leaves it touches; every other leaf is shared with the previous snapshot.
@@ -20,15 +20,19 @@
 //!
 //! - Root: the 16 bytes after the root's common prefix (`Lcp`) of each leaf's first key, as
 //!   `u128`, and a radix table over them ([`Radix`]) that narrows a search to one or two
-//!   entries; a binary search here took a dozen dependent steps.
+//!   entries; a binary search here took a dozen dependent steps. Copying the root (and
+//!   bumping, then dropping, the reference count of each of its 3,600 leaves at 100k regions)
+//!   is most of the 60-70 us a write takes at that size. A root of chunks of 64 leaves, with
+//!   one radix table over all of them, cut writes to about 10 us but cost 5-15 ns per hit (one
+//!   more dependent load, a chunk, before the leaf), so the root stays flat.
 //! - Leaf, first cache lines: the 8 bytes after the leaf's own common prefix of each start key,
 //!   as `u64`, line-aligned. The search compares the first entry of each line first (loads
 //!   that do not depend on each other, so the lines are fetched in parallel), then the entries
 //!   of one line. TiDB keys (`t`, table id, `_r`, handle) share their first 15 bytes across a
 //!   table, which is why prefixes are taken after a common prefix.
 //! - Leaf, per entry: the region's `HotState` slot, its id and epoch, and where its keys are in
-//!   the leaf's key arena. A hit returns its keys as slices of the arena: the reference count
-//!   it bumps is one per leaf (so it is likely in cache), not one per region.
+//!   the leaf's key arena. A hit returns its keys as slices of the arena, which bumps a
+//!   reference count per leaf and per stripe of threads ([`KeyArena`]), not per region.
 //! - A region's end is checked without reading it: if the next entry starts where it ends (a
 //!   bit per entry), the search already proved the key below its end; the last entry's end is
 //!   summarized in the leaf's header relative to the common prefix.
@@ -43,8 +47,10 @@
 //! starts before it and overlaps it survives and keeps answering for part of its range; here
 //! that region is removed too.
 
+use std::cell::Cell;
 use std::cmp::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{self, AtomicUsize};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
@@ -59,6 +65,101 @@ const LINE: usize = 8;
 const LINES: usize = LEAF_CAP / LINE;
 /// Bits of a root prefix that pick its bucket in the root's radix table.
 const RADIX_BITS: u32 = 12;
+/// Most handles on a leaf's key buffer, each with its own reference count (see [`KeyArena`]).
+const STRIPES: usize = 8;
+
+/// A leaf's key buffer, with handles on it for the threads that slice keys out of it.
+///
+/// A `KeyLocation` owns its keys, so a hit bumps a reference count for each key and the
+/// location drops it later. With one count per leaf, two threads hitting the same few hot
+/// regions write the same cache line on every lookup, and it moves between their cores: two
+/// threads on 1000 neighbouring regions did 1.5x one thread, and 1.8x once the keys were left
+/// out. Each thread therefore slices from the handle of its stripe: up to
+/// [`STRIPES`] handles, as many distinct counts as the machine has cores (the rest repeat
+/// them), each in its own cache line. Copying the keys into fresh buffers instead costs an
+/// allocation per key, and a count per region moves just as much between cores when the same
+/// regions are hot on both.
+#[derive(Clone, Default)]
+struct KeyArena {
+    handles: [Bytes; STRIPES],
+}
+
+/// A key buffer owned by one stripe's handles. `Bytes` keeps the count next to its owner, so
+/// aligning the owner gives the count a cache line that no other stripe writes.
+#[repr(align(64))]
+struct StripeOwner(Bytes);
+
+impl AsRef<[u8]> for StripeOwner {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl KeyArena {
+    fn new(keys: Vec<u8>) -> KeyArena {
+        let keys = Bytes::from(keys);
+        if keys.is_empty() {
+            return KeyArena::default();
+        }
+        let counts = distinct_stripes();
+        if counts == 1 {
+            return KeyArena {
+                handles: std::array::from_fn(|_| keys.clone()),
+            };
+        }
+        let owned: Vec<Bytes> = (0..counts)
+            .map(|_| Bytes::from_owner(StripeOwner(keys.clone())))
+            .collect();
+        KeyArena {
+            handles: std::array::from_fn(|i| owned[i % counts].clone()),
+        }
+    }
+
+    /// The keys, to compare against.
+    #[inline]
+    fn bytes(&self) -> &[u8] {
+        &self.handles[0]
+    }
+
+    /// The handle the calling thread slices keys from.
+    #[inline]
+    fn handle(&self) -> &Bytes {
+        &self.handles[stripe() % STRIPES]
+    }
+}
+
+/// How many handles of a key arena have a count of their own: one per core, up to
+/// [`STRIPES`].
+fn distinct_stripes() -> usize {
+    static COUNT: OnceLock<usize> = OnceLock::new();
+    *COUNT.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, STRIPES)
+    })
+}
+
+/// The calling thread's stripe: threads are numbered in the order of their first lookup.
+#[inline]
+fn stripe() -> usize {
+    thread_local! {
+        static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    STRIPE
+        .try_with(|s| match s.get() {
+            usize::MAX => assign_stripe(s),
+            stripe => stripe,
+        })
+        .unwrap_or(0)
+}
+
+#[cold]
+fn assign_stripe(slot: &Cell<usize>) -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let stripe = NEXT.fetch_add(1, atomic::Ordering::Relaxed) % STRIPES;
+    slot.set(stripe);
+    stripe
+}
 
 /// Where the last region of a leaf ends, relative to the keys that have the leaf's common
 /// prefix.
@@ -97,10 +198,8 @@ struct Leaf {
     /// table do), that length: key positions are then computed, not read from `offs`.
     stride: u32,
     /// The leaf's keys: each start key followed by its region's end key. A hit returns its
-    /// keys as slices of it, so the reference count it bumps is one per leaf (and likely in
-    /// the CPU caches), not one per region. One arena per run of 8 entries, to spread the
-    /// counts of a few hot regions, measured slower, for one thread and for two.
-    arena: Bytes,
+    /// keys as slices of it (see [`KeyArena`] for the reference counts that costs).
+    arena: KeyArena,
     /// Entry `i`'s start key is `arena[offs[2i]..offs[2i+1]]`; its end key runs from
     /// `offs[2i+1]` to the next entry's start, or to the arena's end for the last entry.
     offs: [u32; 2 * LEAF_CAP],
@@ -127,7 +226,7 @@ impl Leaf {
             last_end: LastEnd::Unbounded,
             contiguous: 0,
             stride: 0,
-            arena: Bytes::new(),
+            arena: KeyArena::default(),
             offs: [0; 2 * LEAF_CAP],
             regions: Vec::new(),
         }
@@ -161,7 +260,7 @@ impl Leaf {
             return at..at + self.stride as usize;
         }
         let end = if i + 1 >= self.len {
-            self.arena.len()
+            self.arena.bytes().len()
         } else {
             self.off(2 * i + 2)
         };
@@ -171,12 +270,12 @@ impl Leaf {
     /// Entry `i`'s start key, from the arena.
     #[inline]
     fn start_bytes(&self, i: usize) -> &[u8] {
-        self.arena.get(self.start_range(i)).unwrap_or(&[])
+        self.arena.bytes().get(self.start_range(i)).unwrap_or(&[])
     }
 
     #[inline]
     fn end_bytes(&self, i: usize) -> &[u8] {
-        self.arena.get(self.end_range(i)).unwrap_or(&[])
+        self.arena.bytes().get(self.end_range(i)).unwrap_or(&[])
     }
 
     /// Recomputes everything derived from `regions` after a change.
@@ -232,9 +331,7 @@ impl Leaf {
         } else {
             0
         };
-        self.arena = Bytes::from(arena);
-        // Make it a shared buffer now rather than on a reader's first slice.
-        drop(self.arena.clone());
+        self.arena = KeyArena::new(arena);
         self.last_end = match n.checked_sub(1) {
             None => LastEnd::Unbounded,
             Some(last) => {
@@ -521,12 +618,12 @@ impl<'a> Hit<'a> {
     /// The region's TTL, flags and bucket presence.
     #[inline]
     pub(crate) fn hot(&self) -> &'static HotState {
-        self.leaf.hot[self.slot]
+        self.leaf.hot[self.slot % LEAF_CAP]
     }
 
     #[inline]
     pub(crate) fn ver_id(&self) -> RegionVerId {
-        let (id, epoch) = self.leaf.vers[self.slot];
+        let (id, epoch) = self.leaf.vers[self.slot % LEAF_CAP];
         if epoch == WIDE_EPOCH {
             return self
                 .region()
@@ -535,18 +632,26 @@ impl<'a> Hit<'a> {
         RegionVerId::new(id, epoch >> 32, epoch & u64::from(u32::MAX))
     }
 
-    /// The start key, sharing the leaf's key buffer.
+    /// The start and end keys, sharing the leaf's key buffer.
     #[inline]
+    pub(crate) fn keys(&self) -> (Key, Key) {
+        let arena = self.leaf.arena.handle();
+        (
+            Key::from(arena.slice(self.leaf.start_range(self.slot))),
+            Key::from(arena.slice(self.leaf.end_range(self.slot))),
+        )
+    }
+
+    /// The start key, sharing the leaf's key buffer.
+    #[cfg(test)]
     pub(crate) fn start_key(&self) -> Key {
-        let range = self.leaf.start_range(self.slot);
-        Key::from(self.leaf.arena.slice(range))
+        self.keys().0
     }
 
     /// The end key, sharing the leaf's key buffer.
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn end_key(&self) -> Key {
-        let range = self.leaf.end_range(self.slot);
-        Key::from(self.leaf.arena.slice(range))
+        self.keys().1
     }
 
     /// The region object itself (for what the index does not copy: buckets).
@@ -934,7 +1039,15 @@ impl RegionIndex {
             rebuilt.rebuild();
             assert_eq!(rebuilt.prefixes, leaf.prefixes, "leaf {li} prefixes");
             assert_eq!(rebuilt.offs, leaf.offs, "leaf {li} offsets");
-            assert_eq!(rebuilt.arena, leaf.arena, "leaf {li} arena");
+            assert_eq!(rebuilt.arena.bytes(), leaf.arena.bytes(), "leaf {li} arena");
+            let arena = leaf.arena.bytes();
+            assert!(
+                leaf.arena
+                    .handles
+                    .iter()
+                    .all(|h| h.as_ptr() == arena.as_ptr() && h.len() == arena.len()),
+                "leaf {li} arena handles"
+            );
             assert_eq!(rebuilt.contiguous, leaf.contiguous, "leaf {li} contiguity");
             assert_eq!(rebuilt.stride, leaf.stride, "leaf {li} stride");
             assert_eq!(rebuilt.last_end, leaf.last_end, "leaf {li} end");
@@ -969,5 +1082,23 @@ impl RegionIndex {
             }
         }
         assert_eq!(count, self.len);
+    }
+
+    /// How many leaves the index has (tests only).
+    #[cfg(test)]
+    pub(crate) fn leaf_count(&self) -> usize {
+        self.leaves.len()
+    }
+
+    /// How many of this index's leaves are the very ones of `other` (tests only): what a write
+    /// did not copy.
+    #[cfg(test)]
+    pub(crate) fn shared_leaves(&self, other: &RegionIndex) -> usize {
+        let theirs: std::collections::HashSet<*const Leaf> =
+            other.leaves.iter().map(Arc::as_ptr).collect();
+        self.leaves
+            .iter()
+            .filter(|l| theirs.contains(&Arc::as_ptr(l)))
+            .count()
     }
 }

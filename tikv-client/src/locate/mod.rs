@@ -45,6 +45,10 @@
 //!   `stores_refresh_interval` instead of one `GetStore` per store;
 //! - `locate_end_key` of the empty key (+inf) finds the last region (client-go returns the
 //!   first);
+//! - use extends a region's TTL by at least one second more than `ttl` (client-go keeps the
+//!   TTL in whole seconds to the same effect), so a region in constant use has its TTL written
+//!   at most once a second; a region idle since its last use expires between `ttl` and
+//!   `ttl + max(jitter, 1 s)` after it;
 //! - PD answers that are unusable (no region, a gap, no leader) are retried a few times with a
 //!   short backoff inside the cache (about 300 ms in all), then reported as a retryable
 //!   [`Error::Region`](crate::Error::Region); PD transport errors are the PD client's to retry.

@@ -139,7 +139,18 @@ pub(crate) struct TtlPolicy {
     pub(crate) jitter_ms: u64,
 }
 
+/// The least time between two extensions of a region's TTL by its use, capped at the TTL.
+///
+/// A hit extends the deadline only once it comes within `ttl` of now, and an extension puts it
+/// at least this much further, so a region in constant use has its slot written at most once
+/// per interval instead of whenever the cache's clock moved (every miss moves it). A slot
+/// written by one core and read by another on every hit moves between their caches. client-go
+/// gets the same effect from a TTL kept in whole seconds.
+pub(crate) const TTL_TOUCH_INTERVAL_MS: u64 = 1000;
+
 impl TtlPolicy {
+    /// The deadline of a region loaded at `now_ms`: `ttl` plus a random share of `jitter`
+    /// ahead (client-go `nextTTL`), so that regions loaded together do not expire together.
     pub(crate) fn next_deadline(&self, now_ms: u64) -> u64 {
         let jitter = if self.jitter_ms > 0 {
             fastrand::u64(..self.jitter_ms)
@@ -147,6 +158,20 @@ impl TtlPolicy {
             0
         };
         now_ms.saturating_add(self.ttl_ms).saturating_add(jitter)
+    }
+
+    /// The deadline a use at `now_ms` extends the TTL to: between `ttl` plus the touch interval
+    /// and `ttl` plus the jitter ahead (or exactly `ttl` plus the interval when the jitter is
+    /// smaller). A region idle since its last use thus expires between `ttl` and
+    /// `ttl + max(jitter, interval)` after it.
+    pub(crate) fn extended_deadline(&self, now_ms: u64) -> u64 {
+        let interval = TTL_TOUCH_INTERVAL_MS.min(self.ttl_ms);
+        let ahead = if self.jitter_ms > interval {
+            fastrand::u64(interval..self.jitter_ms)
+        } else {
+            interval
+        };
+        now_ms.saturating_add(self.ttl_ms).saturating_add(ahead)
     }
 }
 
@@ -340,14 +365,14 @@ impl HotState {
             if now_ms >= deadline {
                 return false;
             }
-            // `>=`: right after a load without jitter the deadline is exactly now + ttl, and
-            // rewriting it on every lookup until the clock moves would be pure contention.
+            // Still `ttl` or more ahead: a use now is covered. `>=`: right after a load
+            // without jitter the deadline is exactly now + ttl.
             if deadline >= now_ms.saturating_add(policy.ttl_ms)
                 || current & flag_bits(flags::NEED_EXPIRE_AFTER_TTL) != 0
             {
                 return true;
             }
-            let next = (current & !DEADLINE_MASK) | pack_deadline(policy.next_deadline(now_ms));
+            let next = (current & !DEADLINE_MASK) | pack_deadline(policy.extended_deadline(now_ms));
             match self
                 .0
                 .compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)
@@ -775,9 +800,10 @@ impl CachedRegion {
     /// Returns false if the region's TTL passed; otherwise extends it, since the region is being
     /// used (client-go `checkRegionCacheTTL`).
     ///
-    /// The extension is written only when the deadline comes within `ttl` of now, so a region
-    /// in constant use is written about once per jitter period, not on every lookup. A region
-    /// flagged `NEED_EXPIRE_AFTER_TTL` is never extended.
+    /// The extension is written only when the deadline comes within `ttl` of now, and moves it
+    /// at least [`TTL_TOUCH_INTERVAL_MS`] further, so a region in constant use is written at
+    /// most once per interval, not on every lookup. A region flagged `NEED_EXPIRE_AFTER_TTL` is
+    /// never extended.
     #[inline]
     pub(crate) fn check_ttl(&self, now_ms: u64, policy: &TtlPolicy) -> bool {
         self.hot.check_ttl(now_ms, policy)

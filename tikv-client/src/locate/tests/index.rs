@@ -14,7 +14,8 @@ use crate::locate::index::{LEAF_CAP, RegionIndex};
 use crate::locate::location::Buckets;
 use crate::locate::prefix::{Lcp, key_prefix64};
 use crate::locate::region::{
-    CachedRegion, InvalidReason, RegionParts, RegionPeer, RegionVerId, TtlPolicy, flags,
+    CachedRegion, InvalidReason, RegionParts, RegionPeer, RegionVerId, TTL_TOUCH_INTERVAL_MS,
+    TtlPolicy, flags,
 };
 
 /// The model's answer: the region whose `[start, end)` holds `key`.
@@ -265,6 +266,84 @@ fn lookup_matches_model_under_churn() {
     }
 }
 
+/// Splits and merges of random regions, as PD reports them, over TiDB-style row keys: the
+/// index grows to many leaves and shrinks again (leaves split, empty out, change their first
+/// keys), with lookups, end-key lookups and scans matching the model and the structure
+/// rebuilt-equal throughout.
+#[test]
+fn index_under_splits_and_merges() {
+    let row = |h: u64| {
+        let mut k = b"t\x80\0\0\0\0\0\0\x2a_r".to_vec();
+        k.extend_from_slice(&h.to_be_bytes());
+        k
+    };
+    for seed in [7, 8] {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut index = RegionIndex::default();
+        index.insert(bare_region(1, b"", b"", 1));
+        let mut model: Model = BTreeMap::new();
+        model.insert(Vec::new(), (Vec::new(), 1));
+        let mut next_id = 2;
+        let mut max_leaves = 0;
+        for step in 0..4000 {
+            let key = row(rng.u64(0..1_000_000));
+            let region = index.search_by_key(&key).unwrap().clone();
+            let version = region.ver_id().version() + 1;
+            let (start, end) = (region.start_key().to_vec(), region.end_key().to_vec());
+            // Split while growing, then mostly merge.
+            let split = if step < 2500 {
+                rng.u8(0..4) > 0
+            } else {
+                rng.u8(0..4) == 0
+            };
+            if split && start != key {
+                assert!(index.remove(&region));
+                model.remove(&start);
+                for (s, e) in [(&start, &key), (&key, &end)] {
+                    index.insert(bare_region(next_id, s, e, version));
+                    model.insert(s.to_vec(), (e.to_vec(), next_id));
+                    next_id += 1;
+                }
+            } else if !split && !end.is_empty() {
+                let right = index.search_by_key(&end).unwrap().clone();
+                let merged_end = right.end_key().to_vec();
+                let version = version.max(right.ver_id().version() + 1);
+                assert!(index.remove(&region));
+                assert!(index.remove(&right));
+                model.remove(&start);
+                model.remove(&end);
+                index.insert(bare_region(next_id, &start, &merged_end, version));
+                model.insert(start.clone(), (merged_end, next_id));
+                next_id += 1;
+            }
+            max_leaves = max_leaves.max(index.leaf_count());
+            if step % 50 == 0 {
+                index.check_invariants();
+                for _ in 0..20 {
+                    let probe = row(rng.u64(0..1_000_000));
+                    check_lookup(&index, &model, &probe);
+                    let expect_end = model
+                        .range(..probe.clone())
+                        .next_back()
+                        .filter(|(_, (e, _))| e.is_empty() || probe <= *e)
+                        .map(|(_, (_, id))| *id);
+                    assert_eq!(index.search_by_end_key(&probe).map(|r| r.id()), expect_end);
+                    let expect_next = model.range(probe.clone()..).next().map(|(_, (_, id))| *id);
+                    assert_eq!(index.iter_from(&probe).next().map(|r| r.id()), expect_next);
+                }
+            }
+        }
+        index.check_invariants();
+        for probe in boundary_probes(&model) {
+            check_lookup(&index, &model, &probe);
+        }
+        assert!(max_leaves > 40, "seed {seed}: {max_leaves} leaves at most");
+        let order: Vec<u64> = index.iter().map(|r| r.id()).collect();
+        let model_order: Vec<u64> = model.values().map(|(_, id)| *id).collect();
+        assert_eq!(order, model_order);
+    }
+}
+
 /// `Lcp::locate` against a plain byte comparison, for prefixes shorter and longer than the 16
 /// and 32 bytes held inline.
 #[test]
@@ -393,15 +472,16 @@ fn hot_state_fields_are_independent() {
     assert!(region.check_ttl(950, &policy));
     assert_eq!(region.ttl_deadline(), 1000);
     region.take_flags(flags::NEED_EXPIRE_AFTER_TTL);
-    // Now it is, to now + ttl, and the flags stay as they are.
+    // Now it is, to now + ttl + the touch interval (capped at the TTL), and the flags stay as
+    // they are.
     region.set_flags(flags::NEED_DELAYED_RELOAD_READY);
     assert!(region.check_ttl(950, &policy));
-    assert_eq!(region.ttl_deadline(), 1050);
+    assert_eq!(region.ttl_deadline(), 1150);
     assert_eq!(region.sync_flags(), flags::NEED_DELAYED_RELOAD_READY);
     assert!(!region.hot().usable(950, &policy), "reload-on-lookup flag");
     region.take_flags(flags::NEED_DELAYED_RELOAD_READY);
     assert!(region.hot().usable(950, &policy));
-    assert!(!region.check_ttl(1050, &policy), "expired at the deadline");
+    assert!(!region.check_ttl(1150, &policy), "expired at the deadline");
 
     region.set_ttl_deadline(5000);
     region.set_buckets(Some(Arc::new(Buckets::new(3, Vec::new()))));
@@ -523,4 +603,170 @@ fn lookup_with_skewed_root() {
     for probe in boundary_probes(&model) {
         check_lookup(&index, &model, &probe);
     }
+}
+
+/// Regions removed one by one from the front, then from the back: leaves empty out (the first
+/// one over and over, each time giving the root a new first leaf outside its common prefix),
+/// lookups keep matching, and the emptied index takes new regions.
+#[test]
+fn draining_the_index_from_either_end() {
+    let row = |h: u64| {
+        let mut k = b"t\x80\0\0\0\0\0\0\x2a_r".to_vec();
+        k.extend_from_slice(&h.to_be_bytes());
+        k
+    };
+    let mut bounds = vec![(Vec::new(), row(10))];
+    for i in 1..1500u64 {
+        bounds.push((row(i * 10), row(i * 10 + 10)));
+    }
+    bounds.push((row(15_000), Vec::new()));
+    for from_front in [true, false] {
+        let mut model: Model = bounds
+            .iter()
+            .enumerate()
+            .map(|(i, (s, e))| (s.clone(), (e.clone(), i as u64 + 1)))
+            .collect();
+        let mut index = RegionIndex::from_sorted(
+            bounds
+                .iter()
+                .enumerate()
+                .map(|(i, (s, e))| bare_region(i as u64 + 1, s, e, 1)),
+        );
+        assert!(index.leaf_count() > 40);
+        let mut step = 0;
+        while let Some(start) = if from_front {
+            model.keys().next().cloned()
+        } else {
+            model.keys().next_back().cloned()
+        } {
+            let region = index.search_by_key(&start).unwrap().clone();
+            assert!(index.remove(&region));
+            model.remove(&start);
+            if step % 40 == 0 {
+                index.check_invariants();
+                for h in (0..15_100).step_by(97) {
+                    check_lookup(&index, &model, &row(h));
+                }
+                check_lookup(&index, &model, b"");
+            }
+            step += 1;
+        }
+        index.check_invariants();
+        assert_eq!(index.len(), 0);
+        assert_eq!(index.leaf_count(), 0);
+        assert!(index.lookup(b"").is_none());
+        index.insert(bare_region(9, b"a", b"b", 1));
+        index.insert(bare_region(10, b"", b"a", 1));
+        index.check_invariants();
+        assert_eq!(index.lookup(b"").map(|h| h.ver_id().id()), Some(10));
+        assert_eq!(index.lookup(b"a").map(|h| h.ver_id().id()), Some(9));
+    }
+}
+
+/// A write copies the root and the one or two leaves it touches: every other leaf of a
+/// 20k-region index stays shared with the snapshot it was cloned from.
+#[test]
+fn a_write_copies_only_the_leaves_it_touches() {
+    let row = |h: u64| {
+        let mut k = b"t\x80\0\0\0\0\0\0\x2a_r".to_vec();
+        k.extend_from_slice(&h.to_be_bytes());
+        k
+    };
+    let n = 20_000u64;
+    let index = RegionIndex::from_sorted((0..n).map(|i| {
+        let start = if i == 0 { Vec::new() } else { row(i * 100) };
+        let end = if i + 1 == n {
+            Vec::new()
+        } else {
+            row(i * 100 + 100)
+        };
+        bare_region(i + 1, &start, &end, 1)
+    }));
+    let leaves = index.leaf_count();
+
+    // A newer view of one region replaces it in place.
+    let mut next = index.clone();
+    let old = next.search_by_key(&row(777_700)).unwrap().clone();
+    assert!(next.remove(&old));
+    next.insert(bare_region(7778, &row(777_700), &row(777_800), 2));
+    next.check_invariants();
+    assert_eq!(next.shared_leaves(&index), leaves - 1);
+
+    // Splits of neighbouring regions until their leaf splits: only those leaves are new.
+    let mut next = index.clone();
+    for i in 0..(LEAF_CAP as u64 * 2) {
+        let old = next.search_by_key(&row(500_000 + i)).unwrap().clone();
+        assert!(next.remove(&old));
+        let (start, end) = (old.start_key().as_bytes(), old.end_key().as_bytes());
+        next.insert(bare_region(n + 2 * i, start, &row(500_000 + i + 1), 2));
+        next.insert(bare_region(n + 2 * i + 1, &row(500_000 + i + 1), end, 2));
+    }
+    next.check_invariants();
+    assert!(next.leaf_count() > leaves);
+    let shared = next.shared_leaves(&index);
+    assert!(shared + 3 >= leaves, "{shared} of {leaves} leaves shared");
+}
+
+/// The TTL extension by use: written at most once per touch interval however often the region
+/// is used and the clock moves, never leaving less than `ttl` ahead of a use, and never more
+/// than `ttl + max(jitter, interval)`; a region left alone expires within those bounds.
+#[test]
+fn ttl_touch_is_throttled_and_keeps_the_ttl() {
+    for jitter_ms in [0, 300, 5_000] {
+        let policy = TtlPolicy {
+            ttl_ms: 10_000,
+            jitter_ms,
+        };
+        let most_ahead = policy.ttl_ms + jitter_ms.max(TTL_TOUCH_INTERVAL_MS);
+        let region = bare_region(1, b"a", b"b", 1);
+        region.set_ttl_deadline(policy.next_deadline(0));
+        let mut writes = 0;
+        let mut deadline = region.ttl_deadline();
+        // Used every millisecond for a minute of the cache's clock.
+        for now in 0..60_000 {
+            assert!(
+                region.check_ttl(now, &policy),
+                "expired while in use at {now}"
+            );
+            let after = region.ttl_deadline();
+            assert!(
+                after >= now + policy.ttl_ms,
+                "less than the TTL ahead at {now}"
+            );
+            if after != deadline {
+                assert!(after <= now + most_ahead, "too far ahead at {now}: {after}");
+                assert!(after >= now + policy.ttl_ms + TTL_TOUCH_INTERVAL_MS);
+                writes += 1;
+                deadline = after;
+            }
+        }
+        let most_writes = 60_000 / TTL_TOUCH_INTERVAL_MS + 1;
+        assert!(
+            writes <= most_writes,
+            "jitter {jitter_ms}: {writes} writes in 60 s"
+        );
+        assert!(
+            writes >= 60_000 / most_ahead,
+            "jitter {jitter_ms}: extended {writes} times"
+        );
+        // Left alone after its last use (at 59 999), it expires within the bounds.
+        let last_use = 59_999;
+        assert!(region.check_ttl(last_use + policy.ttl_ms - 1, &policy));
+        let region = bare_region(2, b"a", b"b", 1);
+        region.set_ttl_deadline(policy.extended_deadline(last_use));
+        assert!(!region.is_ttl_expired(last_use + policy.ttl_ms));
+        assert!(region.is_ttl_expired(last_use + most_ahead));
+    }
+    // A flagged region is never extended, and a TTL under the interval caps the interval.
+    let policy = TtlPolicy {
+        ttl_ms: 100,
+        jitter_ms: 0,
+    };
+    assert_eq!(policy.extended_deadline(1_000), 1_200);
+    let region = bare_region(3, b"a", b"b", 1);
+    region.set_ttl_deadline(1_050);
+    region.set_flags(flags::NEED_EXPIRE_AFTER_TTL);
+    assert!(region.check_ttl(1_000, &policy));
+    assert_eq!(region.ttl_deadline(), 1_050);
+    assert!(!region.check_ttl(1_050, &policy));
 }
