@@ -22,9 +22,9 @@
 //!
 //! # Who calls it
 //!
-//! The request sender (`crate::request`, to come) locates keys, takes the leader's
-//! `RpcTarget` for each attempt and reports region errors back; the
-//! raw and transactional clients group keys and ranges by region. The cache reaches PD only
+//! The request sender (`crate::request`) locates keys, takes the cached region for its
+//! replica selector and reports region errors back (`on_region_epoch_not_match`,
+//! `on_bucket_version_not_match`, `invalidate_region`); the raw and transactional clients group keys and ranges by region. The cache reaches PD only
 //! through `RegionSource` (`crate::pd`), implemented by the PD client (and by the
 //! keyspace codec wrapping it, so keys here are in whatever form that source speaks).
 //!
@@ -76,5 +76,6 @@ pub(crate) use region::flags as region_flags;
 #[allow(unused_imports)]
 pub(crate) use region::{CachedRegion, InvalidReason};
 #[allow(unused_imports)]
+#[cfg(test)]
 pub(crate) use region_cache::RpcTarget;
 pub(crate) use store::{ResolveState, Store, StoreCache};

@@ -243,25 +243,6 @@ impl Drop for FlightGuard<'_> {
     }
 }
 
-/// A region's leader, resolved for sending: what the request sender needs to address a
-/// request and to report back what happened.
-#[derive(Debug, Clone)]
-#[cfg_attr(not(test), allow(dead_code))]
-pub(crate) struct RpcTarget {
-    /// The cached region the target was taken from.
-    pub(crate) region: Arc<CachedRegion>,
-    /// The peer to send to.
-    pub(crate) peer: metapb::Peer,
-    /// Its index into the region's peers and stores.
-    pub(crate) peer_idx: usize,
-    /// Its index among the region's TiKV peers (client-go `AccessIndex`).
-    pub(crate) access_idx: usize,
-    /// Its store.
-    pub(crate) store: Arc<Store>,
-    /// The store's address.
-    pub(crate) addr: Arc<str>,
-}
-
 /// The cache's state, shared with its background tasks.
 struct Inner {
     source: Arc<dyn RegionSource>,
@@ -754,80 +735,11 @@ impl RegionCache {
         self.inner.cached_region(region)
     }
 
-    /// The region holding `key` as the cache object itself, for the sender (one lookup instead
-    /// of a location plus a by-id lookup).
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub(crate) async fn locate_region(&self, key: &[u8]) -> Result<Arc<CachedRegion>> {
-        self.inner.find_region_by_key(key, false).await
-    }
-
     /// Whether lookups may still answer from `region` (client-go `Region.isValid`): not
     /// invalidated, not flagged for reload, TTL not passed. A valid region's TTL is extended,
     /// since the caller is using it.
     pub(crate) fn is_region_valid(&self, region: &CachedRegion) -> bool {
         region.is_valid(self.inner.clock.now(), &self.inner.ttl)
-    }
-
-    /// Where to send a leader request for `region` (client-go `GetTiKVRPCContext` for leader
-    /// reads). `Ok(None)` means the cached region is gone or stale and was invalidated: locate
-    /// the key again. Resolving the leader's store may ask PD once.
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub(crate) async fn leader_target(&self, region: RegionVerId) -> Result<Option<RpcTarget>> {
-        let Some(cached) = self.inner.cached_region(region) else {
-            return Ok(None);
-        };
-        if !cached.is_valid(self.inner.clock.now(), &self.inner.ttl) {
-            return Ok(None);
-        }
-        let access_idx = cached.leader_access_idx();
-        let Some(peer_idx) = cached.tikv_peer_index(access_idx) else {
-            cached.invalidate(InvalidReason::StoreNotFound);
-            return Ok(None);
-        };
-        let store = cached.stores()[peer_idx].clone();
-        let addr = self.inner.stores.resolve(&store).await?;
-        let Some(addr) = addr.filter(|a| !a.is_empty()) else {
-            cached.invalidate(InvalidReason::StoreNotFound);
-            return Ok(None);
-        };
-        if cached.is_store_stale(peer_idx) {
-            tracing::debug!(region = %region, store = store.id(), "store failed for another region; reloading");
-            cached.invalidate(InvalidReason::Other);
-            return Ok(None);
-        }
-        Ok(Some(RpcTarget {
-            peer: cached.peers()[peer_idx],
-            region: cached,
-            peer_idx,
-            access_idx,
-            store,
-            addr,
-        }))
-    }
-
-    /// TiKV said the region's leader is elsewhere (client-go `UpdateLeader`): switch to the peer
-    /// on `leader_store_id`, or, with no leader named, to the peer after `current_access_idx`. A
-    /// leader on a store the region has no peer on means the cached region is stale: it is
-    /// invalidated.
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub(crate) fn update_leader(
-        &self,
-        region: RegionVerId,
-        leader_store_id: Option<u64>,
-        current_access_idx: usize,
-    ) {
-        let Some(cached) = self.inner.cached_region(region) else {
-            return;
-        };
-        match leader_store_id {
-            None => cached.switch_to_next_tikv_peer(current_access_idx),
-            Some(store_id) => {
-                if !cached.switch_leader_to_store(store_id) {
-                    tracing::info!(region = %region, store = store_id, "new leader not among the cached peers; invalidating");
-                    cached.invalidate(InvalidReason::StoreNotFound);
-                }
-            }
-        }
     }
 
     /// Marks a cached region invalid, with the reason (client-go
@@ -839,51 +751,17 @@ impl RegionCache {
         }
     }
 
-    /// A send to `target` failed (client-go `OnSendFail`). `store_failed` (a transport error)
-    /// marks the store failed: every region on it is reloaded before its next use, and the store
-    /// is checked with PD. The leader moves to the next peer, and `schedule_reload` makes the
-    /// next lookup of the region go to PD.
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub(crate) fn on_send_fail(
-        &self,
-        target: &RpcTarget,
-        schedule_reload: bool,
-        store_failed: bool,
-    ) {
-        let Some(cached) = self.inner.cached_region(target.region.ver_id()) else {
-            return;
-        };
-        if cached.peers().len() != target.region.peers().len() {
-            // The region was reloaded with other peers since the target was taken.
-            return;
-        }
-        if store_failed {
-            let seen = cached.store_epoch_at(target.peer_idx);
-            if target.store.bump_epoch_from(seen) {
-                tracing::info!(
-                    store = target.store.id(),
-                    "store failed; its regions will be reloaded"
-                );
-            }
-            self.inner.stores.mark_need_check(&target.store);
-        }
-        cached.switch_to_next_tikv_peer(target.access_idx);
-        if schedule_reload {
-            cached.set_flags(flags::NEED_RELOAD_ON_ACCESS);
-        }
-    }
-
     /// TiKV answered `EpochNotMatch` with its current view of the region(s) (client-go
-    /// `OnRegionEpochNotMatch`). Caches `current` in place of the stale region, with the store
-    /// that answered as leader. Returns true when TiKV's epoch is *behind* the cached one (TiKV
+    /// `OnRegionEpochNotMatch`). Caches `current` in place of the stale `region`, with
+    /// `answered_by`, the store that answered, as leader. Returns true when TiKV's epoch is *behind* the cached one (TiKV
     /// has not applied the change yet): the caller should back off and retry as is.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) async fn on_region_epoch_not_match(
         &self,
-        target: &RpcTarget,
+        region: &CachedRegion,
+        answered_by: &Store,
         current: &[metapb::Region],
     ) -> Result<bool> {
-        let ver = target.region.ver_id();
+        let ver = region.ver_id();
         if current.is_empty() {
             self.invalidate_region(ver, InvalidReason::EpochNotMatch);
             return Ok(false);
@@ -906,8 +784,8 @@ impl RegionCache {
                 .inner
                 .build_region(meta.clone(), None, Vec::new(), Vec::new(), buckets.clone())
                 .await?;
-            let leader_store = if target.store.store_type() == StoreType::TiKv {
-                Some(target.store.id())
+            let leader_store = if answered_by.store_type() == StoreType::TiKv {
+                Some(answered_by.id())
             } else {
                 region.electable_store_id()
             };
@@ -944,8 +822,12 @@ impl RegionCache {
 
     /// A response said newer buckets exist (client-go `UpdateBucketsIfNeeded`): reload the
     /// region by id in the background, once at a time per region.
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub(crate) fn update_buckets_if_needed(
+    ///
+    /// For callers that read `latest_buckets_version` from TiKV's responses (coprocessor
+    /// clients do): `request_version` is the bucket version the request was sent with (0 if
+    /// none), `latest_version` the one TiKV reported. Nothing happens when the cached buckets
+    /// are already that new, when the region is no longer cached, or outside a tokio runtime.
+    pub fn update_buckets_if_needed(
         &self,
         region: RegionVerId,
         request_version: u64,
@@ -1032,6 +914,145 @@ impl LocateKey<'_> {
             .poll(cx)
             .map(|r| r.map(|region| KeyLocation::from_region(&region)))
     }
+}
+
+// ----- test drivers ---------------------------------------------------------------------------
+//
+// The request sender does not use these: its replica selector (`crate::request::selector`)
+// makes the same changes to a cached region (leader switch, next peer, store epoch) through
+// `CachedRegion` and `Store` directly. They stay as the compact entry points the ported
+// client-go region-cache cases (`UpdateLeader`, `OnSendFail`, `GetTiKVRPCContext`) drive the
+// cache through.
+
+#[cfg(test)]
+/// A region's leader, resolved for sending: what the request sender needs to address a
+/// request and to report back what happened.
+#[derive(Debug, Clone)]
+pub(crate) struct RpcTarget {
+    /// The cached region the target was taken from.
+    pub(crate) region: Arc<CachedRegion>,
+    /// The peer to send to.
+    pub(crate) peer: metapb::Peer,
+    /// Its index into the region's peers and stores.
+    pub(crate) peer_idx: usize,
+    /// Its index among the region's TiKV peers (client-go `AccessIndex`).
+    pub(crate) access_idx: usize,
+    /// Its store.
+    pub(crate) store: Arc<Store>,
+    /// The store's address.
+    pub(crate) addr: Arc<str>,
+}
+
+#[cfg(test)]
+impl RegionCache {
+    /// The region holding `key` as the cache object itself, for the sender (one lookup instead
+    /// of a location plus a by-id lookup).
+    pub(crate) async fn locate_region(&self, key: &[u8]) -> Result<Arc<CachedRegion>> {
+        self.inner.find_region_by_key(key, false).await
+    }
+
+    /// Where to send a leader request for `region` (client-go `GetTiKVRPCContext` for leader
+    /// reads). `Ok(None)` means the cached region is gone or stale and was invalidated: locate
+    /// the key again. Resolving the leader's store may ask PD once.
+    pub(crate) async fn leader_target(&self, region: RegionVerId) -> Result<Option<RpcTarget>> {
+        let Some(cached) = self.inner.cached_region(region) else {
+            return Ok(None);
+        };
+        if !cached.is_valid(self.inner.clock.now(), &self.inner.ttl) {
+            return Ok(None);
+        }
+        let access_idx = cached.leader_access_idx();
+        let Some(peer_idx) = cached.tikv_peer_index(access_idx) else {
+            cached.invalidate(InvalidReason::StoreNotFound);
+            return Ok(None);
+        };
+        let store = cached.stores()[peer_idx].clone();
+        let addr = self.inner.stores.resolve(&store).await?;
+        let Some(addr) = addr.filter(|a| !a.is_empty()) else {
+            cached.invalidate(InvalidReason::StoreNotFound);
+            return Ok(None);
+        };
+        if cached.is_store_stale(peer_idx) {
+            tracing::debug!(region = %region, store = store.id(), "store failed for another region; reloading");
+            cached.invalidate(InvalidReason::Other);
+            return Ok(None);
+        }
+        Ok(Some(RpcTarget {
+            peer: cached.peers()[peer_idx],
+            region: cached,
+            peer_idx,
+            access_idx,
+            store,
+            addr,
+        }))
+    }
+
+    /// TiKV said the region's leader is elsewhere (client-go `UpdateLeader`): switch to the peer
+    /// on `leader_store_id`, or, with no leader named, to the peer after `current_access_idx`. A
+    /// leader on a store the region has no peer on means the cached region is stale: it is
+    /// invalidated.
+    pub(crate) fn update_leader(
+        &self,
+        region: RegionVerId,
+        leader_store_id: Option<u64>,
+        current_access_idx: usize,
+    ) {
+        let Some(cached) = self.inner.cached_region(region) else {
+            return;
+        };
+        match leader_store_id {
+            None => cached.switch_to_next_tikv_peer(current_access_idx),
+            Some(store_id) => {
+                if !cached.switch_leader_to_store(store_id) {
+                    tracing::info!(region = %region, store = store_id, "new leader not among the cached peers; invalidating");
+                    cached.invalidate(InvalidReason::StoreNotFound);
+                }
+            }
+        }
+    }
+
+    /// A send to `target` failed (client-go `OnSendFail`). `store_failed` (a transport error)
+    /// marks the store failed: every region on it is reloaded before its next use, and the store
+    /// is checked with PD. The leader moves to the next peer, and `schedule_reload` makes the
+    /// next lookup of the region go to PD.
+    pub(crate) fn on_send_fail(
+        &self,
+        target: &RpcTarget,
+        schedule_reload: bool,
+        store_failed: bool,
+    ) {
+        let Some(cached) = self.inner.cached_region(target.region.ver_id()) else {
+            return;
+        };
+        if cached.peers().len() != target.region.peers().len() {
+            // The region was reloaded with other peers since the target was taken.
+            return;
+        }
+        if store_failed {
+            let seen = cached.store_epoch_at(target.peer_idx);
+            if target.store.bump_epoch_from(seen) {
+                tracing::info!(
+                    store = target.store.id(),
+                    "store failed; its regions will be reloaded"
+                );
+            }
+            self.inner.stores.mark_need_check(&target.store);
+        }
+        cached.switch_to_next_tikv_peer(target.access_idx);
+        if schedule_reload {
+            cached.set_flags(flags::NEED_RELOAD_ON_ACCESS);
+        }
+    }
+}
+
+/// Which PD server may answer a region lookup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PdReplica {
+    /// A PD follower too, when the PD client has follower handling (or the router) on: the
+    /// first lookup of a miss, where a slightly old answer is caught by the epoch checks.
+    Any,
+    /// The PD leader only: retries, and reloads of a region known to be out of date.
+    Leader,
 }
 
 fn duration_ms(d: Duration) -> u64 {
@@ -1134,8 +1155,9 @@ impl Inner {
             return Ok(region);
         }
         // Only the lookup that cleared the flags reloads; concurrent ones use the cached view.
-        // A region reloaded by key, not by id, is sure to hold the key (client-go #1299).
-        match Box::pin(self.load_region(key, is_end)).await {
+        // A region reloaded by key, not by id, is sure to hold the key (client-go #1299). The
+        // cached view is known to be out of date, so only the PD leader is asked.
+        match Box::pin(self.load_region(key, is_end, PdReplica::Leader)).await {
             Ok(loaded) => {
                 let replace_old = reload & flags::NEED_RELOAD_ON_ACCESS != 0;
                 self.insert_regions(std::slice::from_ref(&loaded), replace_old);
@@ -1198,13 +1220,13 @@ impl Inner {
                 if let Some(region) = self.try_find_region(k, is_end) {
                     return Ok(region);
                 }
-                let loaded = self.load_region(k, is_end).await?;
+                let loaded = self.load_region(k, is_end, PdReplica::Any).await?;
                 if self.insert_regions(std::slice::from_ref(&loaded), true)[0] {
                     return Ok(loaded);
                 }
                 // A newer view of an overlapping region is cached: PD's answer was stale (a
-                // follower lagging, or a reply overtaken by a later one). Ask once more.
-                let loaded = self.load_region(k, is_end).await?;
+                // follower lagging, or a reply overtaken by a later one). Ask the leader once.
+                let loaded = self.load_region(k, is_end, PdReplica::Leader).await?;
                 self.insert_regions(std::slice::from_ref(&loaded), true);
                 Ok(loaded)
             }
@@ -1234,23 +1256,43 @@ impl Inner {
     }
 
     /// Asks PD for the region holding `key` (or, with `is_end`, the one a range ending at `key`
-    /// ends in), without caching it (client-go `loadRegion`).
-    async fn load_region(&self, key: &[u8], is_end: bool) -> Result<Arc<CachedRegion>> {
+    /// ends in), without caching it (client-go `loadRegion`). `first` says who may answer the
+    /// first call; every later call of the same load goes to the PD leader.
+    async fn load_region(
+        &self,
+        key: &[u8],
+        is_end: bool,
+        first: PdReplica,
+    ) -> Result<Arc<CachedRegion>> {
         if is_end && key.is_empty() {
             return self.load_last_region().await;
         }
-        self.load_region_at(key, is_end).await
+        self.load_region_at(key, is_end, first).await
     }
 
     /// `load_region` for a non-empty key, or a key that is not an end key.
-    async fn load_region_at(&self, key: &[u8], is_end: bool) -> Result<Arc<CachedRegion>> {
+    async fn load_region_at(
+        &self,
+        key: &[u8],
+        is_end: bool,
+        first: PdReplica,
+    ) -> Result<Arc<CachedRegion>> {
         let mut search_prev = false;
         let mut attempt = 0;
+        let mut next = first;
         loop {
-            let info = if search_prev {
-                self.source.get_prev_region(key, true).await?
-            } else {
-                self.source.get_region(key, true).await?
+            // A retry, whatever its cause, must not get the same stale answer from a lagging
+            // follower again (client-go `loadRegion` adds `WithAllowPDLeaderOnly` from the
+            // second call on).
+            let asked = std::mem::replace(&mut next, PdReplica::Leader);
+            let info = match asked {
+                PdReplica::Any if search_prev => self.source.get_prev_region(key, true).await?,
+                PdReplica::Any => self.source.get_region(key, true).await?,
+                PdReplica::Leader => {
+                    self.source
+                        .get_region_from_leader(key, search_prev, true)
+                        .await?
+                }
             };
             let usable = info.filter(|i| {
                 let meta = &i.region;
@@ -1285,7 +1327,9 @@ impl Inner {
     /// The region with an unbounded end. PD cannot be asked for it directly: ask for the region
     /// of a key above every realistic key, then scan forward from it to the end.
     async fn load_last_region(&self) -> Result<Arc<CachedRegion>> {
-        let mut region = self.load_region_at(&LAST_REGION_PROBE, false).await?;
+        let mut region = self
+            .load_region_at(&LAST_REGION_PROBE, false, PdReplica::Any)
+            .await?;
         while !region.end_key().is_empty() {
             let ranges = [(region.end_key().clone().into_bytes(), Bytes::new())];
             let (regions, _) = self
@@ -1396,10 +1440,17 @@ impl Inner {
     ) -> Result<(Vec<Arc<CachedRegion>>, Bytes)> {
         let mut attempt = 0;
         loop {
-            let infos = self
-                .source
-                .batch_scan_regions(ranges, limit, need_buckets)
-                .await?;
+            // After an unusable answer only the PD leader is asked, as client-go drops
+            // `WithAllowFollowerHandle` then: a lagging follower would answer the same again.
+            let infos = if attempt == 0 {
+                self.source
+                    .batch_scan_regions(ranges, limit, need_buckets)
+                    .await?
+            } else {
+                self.source
+                    .batch_scan_regions_from_leader(ranges, limit, need_buckets)
+                    .await?
+            };
             let problem = if infos.is_empty() {
                 Some("PD returned no region")
             } else if regions_have_gap_in_ranges(ranges, &infos, limit) {
@@ -1879,7 +1930,7 @@ impl RegionCache {
     }
 
     pub(crate) async fn load_region_for_test(&self, key: &[u8]) -> Result<Arc<CachedRegion>> {
-        self.inner().load_region(key, false).await
+        self.inner().load_region(key, false, PdReplica::Any).await
     }
 
     pub(crate) fn scan_cached_for_test(

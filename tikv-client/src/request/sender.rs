@@ -36,9 +36,7 @@ use tikv_proto::errorpb;
 
 use crate::config::Config;
 use crate::error::RegionErrorKind;
-use crate::locate::{
-    InvalidReason, LivenessState, RegionCache, RegionVerId, RpcTarget, Store, StoreType,
-};
+use crate::locate::{InvalidReason, LivenessState, RegionCache, RegionVerId, Store, StoreType};
 use crate::oracle::{Oracle, Timestamp};
 use crate::request::selector::{ReplicaSelector, Route};
 use crate::request::{BackoffKind, Backoffer};
@@ -449,17 +447,13 @@ impl SenderCore {
             return Ok(Reaction::Relocate);
         }
         if let Some(e) = &err.epoch_not_match {
-            let target = RpcTarget {
-                region: selector.region().clone(),
-                peer: route.peer,
-                peer_idx: selector_peer_idx(selector, route),
-                access_idx: route.target,
-                store: selector.store(route.target).clone(),
-                addr: route.addr.clone(),
-            };
             if self
                 .cache
-                .on_region_epoch_not_match(&target, &e.current_regions)
+                .on_region_epoch_not_match(
+                    selector.region(),
+                    selector.store(route.target),
+                    &e.current_regions,
+                )
                 .await?
             {
                 return Ok(Reaction::Retry);
@@ -654,10 +648,6 @@ impl Drop for StoreToken<'_> {
     fn drop(&mut self) {
         self.0.health().release_token();
     }
-}
-
-fn selector_peer_idx(selector: &ReplicaSelector, route: &Route) -> usize {
-    selector.peer_idx(route.target)
 }
 
 /// The error given back when the cache has no usable replica of the region (client-go's

@@ -340,19 +340,24 @@ async fn epoch_not_match_behind_the_cache_asks_to_back_off() {
     };
     assert!(
         cache
-            .on_region_epoch_not_match(&t, &[behind(10, 9)])
+            .on_region_epoch_not_match(&t.region, &t.store, &[behind(10, 9)])
             .await
             .unwrap()
     );
     assert!(
         cache
-            .on_region_epoch_not_match(&t, &[behind(9, 10)])
+            .on_region_epoch_not_match(&t.region, &t.store, &[behind(9, 10)])
             .await
             .unwrap()
     );
     assert_eq!(region.invalid_reason(), InvalidReason::Ok);
     // No current regions: the cached one is invalidated.
-    assert!(!cache.on_region_epoch_not_match(&t, &[]).await.unwrap());
+    assert!(
+        !cache
+            .on_region_epoch_not_match(&t.region, &t.store, &[])
+            .await
+            .unwrap()
+    );
     assert_eq!(region.invalid_reason(), InvalidReason::EpochNotMatch);
 }
 
@@ -369,7 +374,12 @@ async fn epoch_not_match_caches_the_current_regions() {
     let region2 = pd.split(1, b"m");
     let current = vec![pd.region(1).meta, pd.region(region2).meta];
     let calls = get_region_calls(&pd);
-    assert!(!cache.on_region_epoch_not_match(&t, &current).await.unwrap());
+    assert!(
+        !cache
+            .on_region_epoch_not_match(&t.region, &t.store, &current)
+            .await
+            .unwrap()
+    );
     assert_eq!(t.region.invalid_reason(), InvalidReason::EpochNotMatch);
     let left = cache.locate_key(b"a").await.unwrap();
     let right = cache.locate_key(b"x").await.unwrap();
@@ -407,7 +417,7 @@ async fn epoch_not_match_from_tiflash_keeps_the_leader_on_tikv() {
     meta.region_epoch.as_mut().unwrap().conf_ver += 1;
     assert!(
         !cache
-            .on_region_epoch_not_match(&flash, &[meta])
+            .on_region_epoch_not_match(&flash.region, &flash.store, &[meta])
             .await
             .unwrap()
     );
@@ -519,6 +529,11 @@ async fn a_scan_where_every_region_lacks_a_leader_is_retried() {
     let got = cache.locate_key_range(b"", b"").await.unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(Calls::get(&pd.calls.batch_scan), 2);
+    assert_eq!(
+        Calls::get(&pd.calls.leader_only),
+        1,
+        "the retry asks the leader"
+    );
 }
 
 // client-go TestRemoveIntersectingRegions.
@@ -616,6 +631,28 @@ async fn split_then_locate_a_region_marked_reload_on_access() {
 #[tokio::test]
 async fn split_then_locate_a_region_marked_delayed_reload() {
     split_then_locate_marked(|r| r.set_flags(flags::NEED_DELAYED_RELOAD_READY)).await;
+}
+
+/// A region the cache knows to be out of date is reloaded from the PD leader only (client-go
+/// `findRegionByKey` calls `loadRegion` without follower handling then); a plain miss lets a
+/// follower answer first.
+#[tokio::test]
+async fn a_known_stale_region_is_reloaded_from_the_pd_leader() {
+    let pd = FakePd::bootstrap(2);
+    let cache = quiet_cache(&pd);
+    cache.locate_key(b"a").await.unwrap();
+    assert_eq!(
+        Calls::get(&pd.calls.leader_only),
+        0,
+        "a miss may ask a follower"
+    );
+    let r1 = cache.cached_region(RegionVerId::new(1, 1, 1)).unwrap();
+    pd.split(1, b"k");
+    r1.set_flags(flags::NEED_RELOAD_ON_ACCESS);
+    let loc = cache.locate_key(b"a").await.unwrap();
+    assert_eq!(loc.end_key(), &Key::from("k"));
+    assert_eq!(Calls::get(&pd.calls.leader_only), 1);
+    cache.check_consistency();
 }
 
 // client-go TestRefreshCache. Differs from client-go where noted: a region id is cached at one
@@ -753,6 +790,11 @@ async fn a_late_stale_pd_answer_is_not_cached() {
         get_region_calls(&pd),
         calls + 2,
         "the stale answer was refused"
+    );
+    assert_eq!(
+        Calls::get(&pd.calls.leader_only),
+        1,
+        "the second call asks the PD leader only"
     );
     assert_eq!(
         cache.locate_key(b"b").await.unwrap().start_key(),
@@ -1058,7 +1100,12 @@ async fn buckets_are_cached_kept_and_updated() {
     let t = leader(&cache, b"a").await;
     let mut meta = pd.region(1).meta;
     meta.region_epoch.as_mut().unwrap().version += 1;
-    assert!(!cache.on_region_epoch_not_match(&t, &[meta]).await.unwrap());
+    assert!(
+        !cache
+            .on_region_epoch_not_match(&t.region, &t.store, &[meta])
+            .await
+            .unwrap()
+    );
     assert_eq!(cache.locate_key(b"a").await.unwrap().bucket_version(), 11);
 }
 
@@ -1382,6 +1429,11 @@ async fn a_key_pd_has_no_region_for_is_a_retryable_error() {
     let err = cache.locate_key(b"k").await.unwrap_err();
     assert!(err.is_retryable());
     assert_eq!(get_region_calls(&pd), 5);
+    assert_eq!(
+        Calls::get(&pd.calls.leader_only),
+        4,
+        "retries ask the leader"
+    );
     // PD catching up within the retries is fine.
     for _ in 0..2 {
         pd.queue_get_region(None);
@@ -1397,6 +1449,9 @@ async fn locate_end_key_cases() {
     // The region a range ending at "b" ends in is the one before "b".
     assert_eq!(cache.locate_end_key(b"b").await.unwrap().region_id(), 1);
     assert_eq!(Calls::get(&pd.calls.get_prev_region), 1);
+    // Like client-go, the second call of one load (here the previous-region search) goes to
+    // the PD leader.
+    assert_eq!(Calls::get(&pd.calls.leader_only), 1);
     assert_eq!(cache.locate_end_key(b"c").await.unwrap().region_id(), r[0]);
     // +inf: the last region, found even on an empty cache.
     let cache = quiet_cache(&pd);

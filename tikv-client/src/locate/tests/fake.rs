@@ -75,6 +75,8 @@ pub(crate) struct Calls {
     pub(crate) batch_scan: AtomicUsize,
     pub(crate) get_store: AtomicUsize,
     pub(crate) get_all_stores: AtomicUsize,
+    /// Of the region lookups above, those only the PD leader may answer.
+    pub(crate) leader_only: AtomicUsize,
 }
 
 impl Calls {
@@ -497,6 +499,32 @@ impl RegionSource for FakePd {
                 Ok(out)
             })
         })
+    }
+
+    // This fake has no followers: a leader-only lookup is counted, then answered as any other
+    // (queued stale answers included, so tests can model a leader that has not caught up).
+    fn get_region_from_leader<'a>(
+        &'a self,
+        key: &'a [u8],
+        prev: bool,
+        need_buckets: bool,
+    ) -> BoxFuture<'a, Result<Option<RegionInfo>>> {
+        self.calls.leader_only.fetch_add(1, Ordering::SeqCst);
+        if prev {
+            self.get_prev_region(key, need_buckets)
+        } else {
+            self.get_region(key, need_buckets)
+        }
+    }
+
+    fn batch_scan_regions_from_leader<'a>(
+        &'a self,
+        ranges: &'a [(Bytes, Bytes)],
+        limit: usize,
+        need_buckets: bool,
+    ) -> BoxFuture<'a, Result<Vec<RegionInfo>>> {
+        self.calls.leader_only.fetch_add(1, Ordering::SeqCst);
+        self.batch_scan_regions(ranges, limit, need_buckets)
     }
 
     fn get_store(&self, store_id: u64) -> BoxFuture<'_, Result<Option<metapb::Store>>> {

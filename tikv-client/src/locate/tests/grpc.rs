@@ -171,3 +171,25 @@ async fn from_pd_locates_through_pd_then_from_cache() {
     assert!(cache.is_closed());
     pd.close();
 }
+
+/// client-go TestMerge against tikv-mock: once the source region is merged away, its key is
+/// located in the merged region, whose newer epoch evicts the cached view of the target too.
+#[tokio::test]
+async fn merge_over_grpc() {
+    let (mock, pd, config) = start(&["m"]).await;
+    let cache = cache(&pd, &config);
+    let left = cache.locate_key(b"a").await.unwrap();
+    let right = cache.locate_key(b"x").await.unwrap();
+    assert_ne!(left.region_id(), right.region_id());
+    let merged = mock.merge(left.region_id(), right.region_id()).unwrap();
+    // What a request to the merged-away region makes the sender do.
+    cache.invalidate_region(left.region(), InvalidReason::EpochNotMatch);
+    let a = cache.locate_key(b"a").await.unwrap();
+    assert_eq!(a.region_id(), merged.id);
+    assert!(a.contains(b"x"), "the merged region holds both halves");
+    let x = cache.try_locate_key(b"x").expect("cached");
+    assert_eq!(x.region(), a.region(), "the stale target half is gone");
+    assert_eq!(cache.region_count(), 1);
+    cache.check_consistency();
+    pd.close();
+}
