@@ -31,7 +31,8 @@
 //! `tikvpb::tikv_client::TikvClient`, `pdpb::pd_client::PdClient`,
 //! `keyspacepb::keyspace_client::KeyspaceClient`,
 //! `resource_manager::resource_manager_client::ResourceManagerClient`,
-//! `deadlock::deadlock_client::DeadlockClient` and `tsopb::tso_client::TsoClient`. The gRPC health
+//! `deadlock::deadlock_client::DeadlockClient`, `tsopb::tso_client::TsoClient`,
+//! `routerpb::router_client::RouterClient` and `meta_storagepb::meta_storage_client::MetaStorageClient`. The gRPC health
 //! service comes from `tonic-health`.
 
 macro_rules! generated {
@@ -66,6 +67,9 @@ generated! {
     errorpb,
     /// PD's keyspace service.
     keyspacepb,
+    /// PD's meta storage service (`meta_storagepb.MetaStorage`, `Get` only): where the router
+    /// servers of PD's microservice mode are registered.
+    meta_storagepb,
     /// TiKV's request and response messages and `Context`.
     kvrpcpb,
     /// Cluster metadata: stores, regions, peers and epochs.
@@ -74,6 +78,9 @@ generated! {
     pdpb,
     /// PD's resource manager service (request-unit token buckets).
     resource_manager,
+    /// The router microservice (`routerpb.Router`): region and store reads in PD's
+    /// microservice mode.
+    routerpb,
     /// The `tikvpb.Tikv` service and BatchCommands.
     tikvpb,
     /// Trace context propagated to TiKV.

@@ -9,7 +9,7 @@
 
 use bytes::Bytes;
 use prost::Message;
-use tikv_proto::{errorpb, kvrpcpb, metapb, pdpb, tikvpb, tsopb};
+use tikv_proto::{errorpb, kvrpcpb, meta_storagepb, metapb, pdpb, tikvpb, tsopb};
 
 /// Protobuf base-128 varint.
 fn varint(mut v: u64) -> Vec<u8> {
@@ -539,5 +539,60 @@ fn tsopb_tso_request_and_find_group() {
     assert_wire(
         &response,
         &cat(&[len(1, &header), len(2, &group), uint(3, 9)]),
+    );
+}
+
+#[test]
+fn meta_storage_prefix_get() {
+    let request = meta_storagepb::GetRequest {
+        header: Some(meta_storagepb::RequestHeader {
+            cluster_id: 7,
+            source: "c".into(),
+        }),
+        key: Bytes::from_static(b"/ms/7/router/registry/"),
+        range_end: Bytes::from_static(b"/ms/7/router/registry0"),
+        limit: 0,
+        revision: 0,
+    };
+    let header = cat(&[uint(1, 7), len(2, b"c")]);
+    assert_wire(
+        &request,
+        &cat(&[
+            len(1, &header),
+            len(2, b"/ms/7/router/registry/"),
+            len(3, b"/ms/7/router/registry0"),
+        ]),
+    );
+    let response = meta_storagepb::GetResponse {
+        header: Some(meta_storagepb::ResponseHeader {
+            cluster_id: 7,
+            error: None,
+            revision: 9,
+        }),
+        kvs: vec![meta_storagepb::KeyValue {
+            key: Bytes::from_static(b"k"),
+            create_revision: 2,
+            mod_revision: 3,
+            version: 1,
+            value: Bytes::from_static(b"v"),
+            lease: 0,
+        }],
+        more: false,
+        count: 1,
+    };
+    let kv = cat(&[
+        len(1, b"k"),
+        uint(2, 2),
+        uint(3, 3),
+        uint(4, 1),
+        len(5, b"v"),
+    ]);
+    assert_wire(
+        &response,
+        &cat(&[
+            len(1, &cat(&[uint(1, 7), uint(3, 9)])),
+            len(2, &kv),
+            uint(4, 1),
+        ]),
     );
 }
