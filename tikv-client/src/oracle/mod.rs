@@ -45,16 +45,19 @@
 //!   ([`Error::FutureTsRead`](crate::Error::FutureTsRead)), and `u64::MAX` for a stale read
 //!   ([`Error::LatestStaleRead`](crate::Error::LatestStaleRead)).
 //! - Transaction scopes (local/DC TSO) are not supported: there is one global scope.
-//! - Retrying a failed fetch is the caller's business (client-go `GetTimestampWithRetry` retries
-//!   around the oracle with a PD backoff); each PD call has the PD client's own deadline.
+//! - One call, one attempt: each PD call has the PD client's own deadline. Retrying around the
+//!   oracle with a PD backoff is [`get_timestamp_with_retry`] / [`current_timestamp`] (client-go
+//!   `GetTimestampWithRetry` / `CurrentTimestamp`, `retry.rs`).
 //!
 //! Ports client-go `oracle/oracle.go`, `oracle/oracles/pd.go`, `oracle/oracles/local.go`,
-//! `oracle/oracles/local_external_timestamp.go` and `oracle/oracles/mock.go`.
+//! `oracle/oracles/local_external_timestamp.go`, `oracle/oracles/mock.go`, and the timestamp
+//! retry of `tikv/kv.go`.
 
 mod adaptive;
 mod future;
 mod local;
 mod pd;
+mod retry;
 mod source;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -68,6 +71,7 @@ use std::time::Duration;
 pub use future::OracleFuture;
 pub use local::LocalOracle;
 pub use pd::{DEFAULT_UPDATE_INTERVAL, PdOracle, PdOracleOptions};
+pub use retry::{TSO_MAX_BACKOFF, current_timestamp, get_timestamp_with_retry};
 pub(crate) use source::TimestampSource;
 pub use timestamp::{LOGICAL_BITS, Timestamp};
 
