@@ -188,4 +188,24 @@ mod tests {
             "[PD:keyspace:ErrKeyspaceNotFound]keyspace does not exist"
         ));
     }
+
+    // client-go TestGetKeyspaceIDRejectsV3Identity: an enabled keyspace that PD describes with
+    // an API V3 identity (namespace and keyspace) instead of a plain id is refused.
+    #[test]
+    fn an_api_v3_keyspace_identity_is_refused() {
+        let err = KeyspaceMeta::from_proto(keyspacepb::KeyspaceMeta {
+            name: "foo".to_owned(),
+            state: keyspacepb::KeyspaceState::Enabled as i32,
+            keyspace: Some(keyspacepb::keyspace_meta::Keyspace::KeyspaceIdentity(
+                tikv_proto::apipb::KeyspaceIdentity {
+                    namespace_id: 1,
+                    keyspace_id: 2,
+                },
+            )),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(matches!(err, Error::Config { .. }), "{err:?}");
+        assert!(err.to_string().contains("API V3"), "{err}");
+    }
 }
