@@ -23,13 +23,22 @@
 //! - router client (`pd-client.enable-router-client`): lookups by key, previous key and id are
 //!   batched onto a `QueryRegion` stream (`router`), with the unary call as the fallback.
 //!
+//! And, with no option (PD's client does it whenever router servers are registered), PD's
+//! microservice mode: reads that client-go lets any server answer (`GetRegion` and
+//! `GetPrevRegion` of a first lookup, `BatchScanRegions` of a first scan, `GetStore`,
+//! `GetAllStores`) go to a healthy router server (`router_discovery`) over
+//! `routerpb.Router`, ahead of the follower choice. Its failure or error answer is retried
+//! on PD within the same deadline, and the server is reported to the discovery. Leader-only
+//! reads and `GetRegionByID` never go to a router server.
+//!
 //! Region metadata calls pass the region-meta circuit breaker (`circuit_breaker`) attempt by
 //! attempt: an open breaker fails them at once with [`Error::PdCircuitBreakerOpen`].
 //!
 //! Ports tikv/pd `client/client.go` and `client/inner_client.go` (`NewClientWithContext`,
 //! `GetRegion`/`GetPrevRegion`/`GetRegionByID`/`ScanRegions`/`BatchScanRegions`, `GetStore`,
-//! `GetAllStores`, `ScatterRegions`, `GetOperator`, `Get/SetExternalTimestamp`, `GetMinTS`,
-//! `respForErr`, `getServiceClient`, `UpdateOption`), with what client-go adds on top: the
+//! `GetAllStores`, their `routerpb.NewRouterClient` branches, `ScatterRegions`, `GetOperator`,
+//! `Get/SetExternalTimestamp`, `GetMinTS`, `respForErr`, `getServiceClient` with
+//! `AllowRouterServiceHandle`, `UpdateOption`), with what client-go adds on top: the
 //! store-not-found rule of `internal/locate/store_cache.go`, the `BatchScanRegions` →
 //! `ScanRegions` fallback, the follower-handle choices and the region-meta breaker
 //! (`ChangePDRegionMetaCircuitBreakerSettings`) of `internal/locate/region_cache.go`.
@@ -43,8 +52,10 @@ use bytes::Bytes;
 use tikv_proto::keyspacepb;
 use tikv_proto::metapb;
 use tikv_proto::pdpb::{self, pd_client::PdClient as PdGrpc};
+use tikv_proto::routerpb::router_client::RouterClient;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tonic::transport::Channel;
 
 use super::circuit_breaker::{
     CircuitBreaker, CircuitBreakerState, is_overloaded, status_overloaded,
@@ -54,6 +65,7 @@ use super::discovery::{Discovery, MEMBER_HEALTH_CHECK_INTERVAL};
 use super::keyspace::KeyspaceMeta;
 use super::retry::{Backoff, Failure, classify_status, is_leader_change, is_network_failure};
 use super::router::{Query, Router, RouterDispatcher};
+use super::router_discovery::RouterDiscovery;
 use super::tso::{Dispatcher, Tso, TsoStats};
 use super::tso_discovery::{SERVICE_CHECK_INTERVAL, TSO_KEYSPACE_GROUP_ID_KEY, TsoDiscovery};
 use super::{BoxFuture, RegionInfo, RegionSource};
@@ -109,6 +121,29 @@ pub(crate) enum Route {
         /// The caller accepts a follower's answer (client-go's `WithAllowFollowerHandle`).
         follower: bool,
     },
+}
+
+/// Which servers besides the PD leader may answer a region or store read (client-go's
+/// `WithAllowFollowerHandle` and `WithAllowRouterServiceHandle`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReadFrom {
+    /// A PD follower, when follower handling is on.
+    pub(crate) follower: bool,
+    /// A router server of PD's microservice mode, when one is known and healthy.
+    pub(crate) router: bool,
+}
+
+impl ReadFrom {
+    /// The PD leader only: retries, and reads client-go never lets anyone else serve.
+    pub(crate) const LEADER: ReadFrom = ReadFrom {
+        follower: false,
+        router: false,
+    };
+    /// Any server: the first lookup of a cache miss, a first scan.
+    pub(crate) const ANY: ReadFrom = ReadFrom {
+        follower: true,
+        router: true,
+    };
 }
 
 /// A PD response: each carries PD's header.
@@ -211,6 +246,9 @@ pub(crate) struct Core {
     /// PD mode or TSO microservice mode (`API_SVC_MODE`), and the keyspace group's primary;
     /// checked at connect and in the background.
     pub(crate) tso_service: Arc<TsoDiscovery>,
+    /// The router servers of PD's microservice mode (none outside it); read at connect and
+    /// in the background.
+    pub(crate) router_service: Arc<RouterDiscovery>,
     keyspace: OnceLock<KeyspaceMeta>,
     closed: AtomicBool,
 }
@@ -253,16 +291,18 @@ impl PdClientBuilder {
         self
     }
 
-    /// How often the member list is refreshed in the background (default one minute, as
-    /// PD's client). Failures trigger a refresh at once regardless.
+    /// How often the member list, and the router servers of PD's microservice mode, are
+    /// refreshed in the background (default one minute, as PD's client). Failures trigger a
+    /// refresh at once regardless.
     pub fn member_refresh_interval(mut self, interval: Duration) -> Self {
         self.member_refresh_interval = interval;
         self
     }
 
     /// How often every PD member's gRPC health service is probed while forwarding or follower
-    /// reads are on (default one second, PD's `MemberHealthCheckInterval`). The probes decide
-    /// when calls detour around an unreachable leader and when they come back to it.
+    /// reads are on, and every known router server's always (default one second, PD's
+    /// `MemberHealthCheckInterval`). The probes decide when calls detour around an
+    /// unreachable leader or router server and when they come back to it.
     pub fn member_health_check_interval(mut self, interval: Duration) -> Self {
         self.member_health_check_interval = interval;
         self
@@ -327,6 +367,7 @@ impl PdClientBuilder {
             ),
             timeout,
             tso_service: Arc::new(TsoDiscovery::new(discovery.clone())),
+            router_service: Arc::new(RouterDiscovery::new(discovery.clone())),
             keyspace: OnceLock::new(),
             closed: AtomicBool::new(false),
         };
@@ -340,6 +381,11 @@ impl PdClientBuilder {
         {
             // The dispatcher finds the mode again on its first batch; PD mode until then.
             tracing::debug!(error = %e, "TSO service mode check failed at connect");
+        }
+        if let Err(e) = core.router_service.update(Instant::now() + timeout).await {
+            // Reads go to PD until the background task finds the router servers.
+            tracing::debug!(error = %e, "reading the router registry failed at connect");
+            core.router_service.schedule_check();
         }
         let core = Arc::new(core);
         let (shutdown, _) = watch::channel(false);
@@ -357,8 +403,18 @@ impl PdClientBuilder {
             wanted,
             shutdown.subscribe(),
         ));
-        let router = RouterDispatcher::new(core.router.clone(), discovery.clone(), options.clone());
+        let router = RouterDispatcher::new(
+            core.router.clone(),
+            discovery.clone(),
+            core.router_service.clone(),
+            options.clone(),
+        );
         tokio::spawn(router.run(shutdown.subscribe()));
+        tokio::spawn(core.router_service.clone().run(
+            self.member_refresh_interval,
+            self.member_health_check_interval,
+            shutdown.subscribe(),
+        ));
         tokio::spawn(
             core.tso_service
                 .clone()
@@ -635,7 +691,8 @@ impl PdClient {
 
 // The region and store caches call these through `RegionSource`.
 impl PdClient {
-    /// The region containing `key` (`GetRegion`). client-go lets a follower answer it.
+    /// The region containing `key` (`GetRegion`). client-go lets a follower or a router
+    /// server answer it.
     pub(crate) async fn region_by_key(
         &self,
         key: &[u8],
@@ -647,7 +704,7 @@ impl PdClient {
     }
 
     /// The region just before the one containing `key` (`GetPrevRegion`). client-go lets a
-    /// follower answer it.
+    /// follower or a router server answer it.
     pub(crate) async fn prev_region(
         &self,
         key: &[u8],
@@ -658,7 +715,8 @@ impl PdClient {
             .await
     }
 
-    /// The region with this id (`GetRegionByID`); the leader answers, as client-go asks.
+    /// The region with this id (`GetRegionByID`); the leader answers, as client-go asks
+    /// (its `loadRegionByID` passes neither follower nor router handling).
     pub(crate) async fn region_by_id(
         &self,
         region_id: u64,
@@ -668,14 +726,25 @@ impl PdClient {
             .await
     }
 
-    /// One lookup by key, previous key or id: on the router's `QueryRegion` stream when the
-    /// router client is on, else (or if the stream fails while time remains) as a unary call.
-    /// `follower`: a PD follower may answer, when follower handling is on.
+    /// [`region_lookup_from`](Self::region_lookup_from) with `any`: a PD follower and a router
+    /// server may both answer (client-go always allows the two together), or only the leader.
     pub(crate) async fn region_lookup(
         &self,
         query: Query,
         need_buckets: bool,
-        follower: bool,
+        any: bool,
+    ) -> Result<Option<RegionInfo>> {
+        let from = if any { ReadFrom::ANY } else { ReadFrom::LEADER };
+        self.region_lookup_from(query, need_buckets, from).await
+    }
+
+    /// One lookup by key, previous key or id: on the router's `QueryRegion` stream when the
+    /// router client is on, else (or if the stream fails while time remains) as a unary call.
+    pub(crate) async fn region_lookup_from(
+        &self,
+        query: Query,
+        need_buckets: bool,
+        from: ReadFrom,
     ) -> Result<Option<RegionInfo>> {
         let core = self.core();
         if core.closed.load(Ordering::Acquire) {
@@ -686,7 +755,7 @@ impl PdClient {
             let admission = core.region_meta_breaker.admit()?;
             let result = core
                 .router
-                .query(query.clone(), need_buckets, follower, deadline)
+                .query(query.clone(), need_buckets, from, deadline)
                 .await;
             let overloaded = result.as_ref().err().is_some_and(is_overloaded);
             core.region_meta_breaker.record(admission, overloaded);
@@ -700,95 +769,143 @@ impl PdClient {
                 }
             }
         }
-        self.unary_lookup(query, need_buckets, follower, deadline)
-            .await
+        self.unary_lookup(query, need_buckets, from, deadline).await
     }
 
-    /// `GetRegion`, `GetPrevRegion` or `GetRegionByID` as a unary call, by `deadline`.
+    /// `GetRegion`, `GetPrevRegion` or `GetRegionByID` as a unary call, by `deadline`: on a
+    /// router server first when `from` allows it and one is healthy, then on PD.
     async fn unary_lookup(
         &self,
         query: Query,
         need_buckets: bool,
-        follower: bool,
+        from: ReadFrom,
         deadline: Instant,
     ) -> Result<Option<RegionInfo>> {
         let core = self.core();
         let header = core.header();
-        let route = Route::RegionMeta { follower };
+        let route = Route::RegionMeta {
+            follower: from.follower,
+        };
         let resp = match query {
             Query::Key(key) => {
-                core.call_until("GetRegion", route, deadline, |ch| {
-                    let req = pdpb::GetRegionRequest {
-                        header: header.clone(),
-                        region_key: key.clone(),
-                        need_buckets,
-                    };
-                    async move { PdGrpc::new(ch).get_region(req).await }
-                })
-                .await?
+                let req = pdpb::GetRegionRequest {
+                    header,
+                    region_key: key,
+                    need_buckets,
+                };
+                let routed = core
+                    .router_read("GetRegion", from.router, true, deadline, |ch| {
+                        let req = req.clone();
+                        async move { RouterClient::new(ch).get_region(req).await }
+                    })
+                    .await?;
+                match routed {
+                    Some(resp) => resp,
+                    None => {
+                        core.call_until("GetRegion", route, deadline, |ch| {
+                            let req = req.clone();
+                            async move { PdGrpc::new(ch).get_region(req).await }
+                        })
+                        .await?
+                    }
+                }
             }
             Query::PrevKey(key) => {
-                core.call_until("GetPrevRegion", route, deadline, |ch| {
-                    let req = pdpb::GetRegionRequest {
-                        header: header.clone(),
-                        region_key: key.clone(),
-                        need_buckets,
-                    };
-                    async move { PdGrpc::new(ch).get_prev_region(req).await }
-                })
-                .await?
+                let req = pdpb::GetRegionRequest {
+                    header,
+                    region_key: key,
+                    need_buckets,
+                };
+                let routed = core
+                    .router_read("GetPrevRegion", from.router, true, deadline, |ch| {
+                        let req = req.clone();
+                        async move { RouterClient::new(ch).get_prev_region(req).await }
+                    })
+                    .await?;
+                match routed {
+                    Some(resp) => resp,
+                    None => {
+                        core.call_until("GetPrevRegion", route, deadline, |ch| {
+                            let req = req.clone();
+                            async move { PdGrpc::new(ch).get_prev_region(req).await }
+                        })
+                        .await?
+                    }
+                }
             }
             Query::Id(region_id) => {
-                core.call_until("GetRegionByID", route, deadline, |ch| {
-                    let req = pdpb::GetRegionByIdRequest {
-                        header: header.clone(),
-                        region_id,
-                        need_buckets,
-                    };
-                    async move { PdGrpc::new(ch).get_region_by_id(req).await }
-                })
-                .await?
+                let req = pdpb::GetRegionByIdRequest {
+                    header,
+                    region_id,
+                    need_buckets,
+                };
+                let routed = core
+                    .router_read("GetRegionByID", from.router, true, deadline, |ch| {
+                        let req = req.clone();
+                        async move { RouterClient::new(ch).get_region_by_id(req).await }
+                    })
+                    .await?;
+                match routed {
+                    Some(resp) => resp,
+                    None => {
+                        core.call_until("GetRegionByID", route, deadline, |ch| {
+                            let req = req.clone();
+                            async move { PdGrpc::new(ch).get_region_by_id(req).await }
+                        })
+                        .await?
+                    }
+                }
             }
         };
         Ok(region_from_get(resp))
     }
 
     /// Regions overlapping `ranges`, at most `limit` (`BatchScanRegions`, or `ScanRegions` per
-    /// range when PD does not implement it). `follower`: a PD follower may answer.
+    /// range when PD does not implement it). `any`: a PD follower or a router server may
+    /// answer (client-go allows both on a first scan, neither after an unusable answer).
     pub(crate) async fn scan_regions_batch(
         &self,
         ranges: &[(Bytes, Bytes)],
         limit: usize,
         need_buckets: bool,
-        follower: bool,
+        any: bool,
     ) -> Result<Vec<RegionInfo>> {
         if limit == 0 || ranges.is_empty() {
             return Ok(Vec::new());
         }
-        let header = self.core().header();
-        let pb_ranges: Vec<pdpb::KeyRange> = ranges
-            .iter()
-            .map(|(start, end)| pdpb::KeyRange {
-                start_key: start.clone(),
-                end_key: end.clone(),
+        let core = self.core();
+        let req = pdpb::BatchScanRegionsRequest {
+            header: core.header(),
+            need_buckets,
+            ranges: ranges
+                .iter()
+                .map(|(start, end)| pdpb::KeyRange {
+                    start_key: start.clone(),
+                    end_key: end.clone(),
+                })
+                .collect(),
+            limit: i32::try_from(limit).unwrap_or(i32::MAX),
+            // As client-go: PD reports holes in the region map instead of skipping them.
+            contain_all_key_range: true,
+        };
+        let deadline = Instant::now() + core.timeout;
+        let routed = core
+            .router_read("BatchScanRegions", any, true, deadline, |ch| {
+                let req = req.clone();
+                async move { RouterClient::new(ch).batch_scan_regions(req).await }
             })
-            .collect();
-        let pd_limit = i32::try_from(limit).unwrap_or(i32::MAX);
-        let result = self
-            .core()
-            .call_with("BatchScanRegions", Route::RegionMeta { follower }, |ch| {
-                let req = pdpb::BatchScanRegionsRequest {
-                    header: header.clone(),
-                    need_buckets,
-                    ranges: pb_ranges.clone(),
-                    limit: pd_limit,
-                    // As client-go: PD reports holes in the region map instead of skipping
-                    // them.
-                    contain_all_key_range: true,
-                };
-                async move { PdGrpc::new(ch).batch_scan_regions(req).await }
-            })
-            .await;
+            .await?;
+        let result = match routed {
+            Some(resp) => Ok(resp),
+            None => {
+                let route = Route::RegionMeta { follower: any };
+                core.call_until("BatchScanRegions", route, deadline, |ch| {
+                    let req = req.clone();
+                    async move { PdGrpc::new(ch).batch_scan_regions(req).await }
+                })
+                .await
+            }
+        };
         match result {
             Ok(resp) => Ok(resp
                 .regions
@@ -798,7 +915,7 @@ impl PdClient {
             Err(Error::Grpc {
                 code: GrpcCode::Unimplemented,
                 ..
-            }) => self.scan_regions_fallback(ranges, limit, follower).await,
+            }) => self.scan_regions_fallback(ranges, limit, any).await,
             Err(e) => Err(e),
         }
     }
@@ -837,7 +954,8 @@ impl PdClient {
         Ok(out)
     }
 
-    /// `ScanRegions` over `[start, end)`, at most `limit` regions.
+    /// `ScanRegions` over `[start, end)`, at most `limit` regions. Router servers do not serve
+    /// it (PD's `ScanRegions` turns router handling off), so only PD is asked.
     pub(crate) async fn scan_regions(
         &self,
         start: &Bytes,
@@ -880,18 +998,40 @@ impl PdClient {
     }
 
     /// The store with this id (`GetStore`); `None` when PD does not know it or it was removed.
+    /// A router server answers it when one is healthy (client-go's first `GetStore` of a
+    /// store allows it); its failure, or its "not found", is asked of the PD leader.
     pub(crate) async fn store(&self, store_id: u64) -> Result<Option<metapb::Store>> {
-        let header = self.core().header();
-        let result = self
-            .core()
-            .call("GetStore", |ch| {
-                let req = pdpb::GetStoreRequest {
-                    header: header.clone(),
-                    store_id,
-                };
-                async move { PdGrpc::new(ch).get_store(req).await }
+        self.store_from(store_id, true).await
+    }
+
+    /// [`store`](Self::store), with `router` saying whether a router server may answer.
+    pub(crate) async fn store_from(
+        &self,
+        store_id: u64,
+        router: bool,
+    ) -> Result<Option<metapb::Store>> {
+        let core = self.core();
+        let req = pdpb::GetStoreRequest {
+            header: core.header(),
+            store_id,
+        };
+        let deadline = Instant::now() + core.timeout;
+        let routed = core
+            .router_read("GetStore", router, false, deadline, |ch| {
+                let req = req.clone();
+                async move { RouterClient::new(ch).get_store(req).await }
             })
-            .await;
+            .await?;
+        let result = match routed {
+            Some(resp) => Ok(resp),
+            None => {
+                core.call_until("GetStore", Route::Leader, deadline, |ch| {
+                    let req = req.clone();
+                    async move { PdGrpc::new(ch).get_store(req).await }
+                })
+                .await
+            }
+        };
         let resp = match result {
             Ok(resp) => resp,
             // client-go's `isStoreNotFoundError`.
@@ -913,19 +1053,41 @@ impl PdClient {
         Ok(Some(store))
     }
 
-    /// Every store PD knows (`GetAllStores`).
+    /// Every store PD knows (`GetAllStores`); a router server answers it when one is healthy
+    /// (client-go's store cache refresh allows it).
     pub(crate) async fn all_stores(&self, exclude_tombstone: bool) -> Result<Vec<metapb::Store>> {
-        let header = self.core().header();
-        let resp = self
-            .core()
-            .call("GetAllStores", |ch| {
-                let req = pdpb::GetAllStoresRequest {
-                    header: header.clone(),
-                    exclude_tombstone_stores: exclude_tombstone,
-                };
-                async move { PdGrpc::new(ch).get_all_stores(req).await }
+        self.all_stores_from(exclude_tombstone, true).await
+    }
+
+    /// [`all_stores`](Self::all_stores), with `router` saying whether a router server may
+    /// answer.
+    pub(crate) async fn all_stores_from(
+        &self,
+        exclude_tombstone: bool,
+        router: bool,
+    ) -> Result<Vec<metapb::Store>> {
+        let core = self.core();
+        let req = pdpb::GetAllStoresRequest {
+            header: core.header(),
+            exclude_tombstone_stores: exclude_tombstone,
+        };
+        let deadline = Instant::now() + core.timeout;
+        let routed = core
+            .router_read("GetAllStores", router, false, deadline, |ch| {
+                let req = req.clone();
+                async move { RouterClient::new(ch).get_all_stores(req).await }
             })
             .await?;
+        let resp = match routed {
+            Some(resp) => resp,
+            None => {
+                core.call_until("GetAllStores", Route::Leader, deadline, |ch| {
+                    let req = req.clone();
+                    async move { PdGrpc::new(ch).get_all_stores(req).await }
+                })
+                .await?
+            }
+        };
         Ok(resp.stores)
     }
 }
@@ -1088,6 +1250,77 @@ impl Core {
                 return Err(self.timed_out(op, last.as_ref()));
             }
         }
+    }
+
+    /// One attempt on a router server, when `allowed` and one is healthy (PD's
+    /// `getServiceClient` with `AllowRouterServiceHandle`, and the `routerpb.Router` call of
+    /// `client.go`). `Some` is its answer; `None` sends the caller on to PD: no server to ask,
+    /// or the server failed or answered with an error (PD's `NeedRetry` on a router client),
+    /// in which case the server is reported to the router discovery.
+    ///
+    /// The attempt may use half of the time left, so that a server that hangs still leaves
+    /// PD time to answer within the caller's deadline. `breaker`: the call is region metadata
+    /// and passes the region-meta circuit breaker, as its PD attempts do.
+    pub(crate) async fn router_read<T, F, Fut>(
+        &self,
+        op: &'static str,
+        allowed: bool,
+        breaker: bool,
+        deadline: Instant,
+        attempt: F,
+    ) -> Result<Option<T>>
+    where
+        T: PdResponse,
+        F: FnOnce(Channel) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        if !allowed {
+            return Ok(None);
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let Some(node) = self.router_service.pick() else {
+            return Ok(None);
+        };
+        let admission = if breaker {
+            Some(self.region_meta_breaker.admit()?)
+        } else {
+            None
+        };
+        let now = Instant::now();
+        let attempt_deadline = now + deadline.saturating_duration_since(now) / 2;
+        let outcome =
+            tokio::time::timeout_at(attempt_deadline, attempt(node.channel.clone())).await;
+        let (answer, overloaded) = match outcome {
+            Err(_) => {
+                tracing::debug!(op, url = %node.url, "router server did not answer in time");
+                self.router_service.report_failure(&node, true);
+                (None, true)
+            }
+            Ok(Err(status)) => {
+                tracing::debug!(op, url = %node.url, error = %status, "router server call failed");
+                self.router_service
+                    .report_failure(&node, is_network_failure(&status));
+                (None, status_overloaded(&status))
+            }
+            Ok(Ok(resp)) => {
+                let resp = resp.into_inner();
+                match resp.header().and_then(|h| h.error.as_ref()) {
+                    None => (Some(resp), false),
+                    Some(err) => {
+                        let url = &node.url;
+                        tracing::debug!(op, url, error = %err.message, "router server had no answer");
+                        self.router_service.report_failure(&node, false);
+                        (None, false)
+                    }
+                }
+            }
+        };
+        if let Some(admission) = admission {
+            self.region_meta_breaker.record(admission, overloaded);
+        }
+        Ok(answer)
     }
 
     /// One attempt on the member the follower-read balancer picks, when that is a follower
@@ -1330,6 +1563,10 @@ impl RegionSource for PdClient {
 
     fn get_store(&self, store_id: u64) -> BoxFuture<'_, Result<Option<metapb::Store>>> {
         Box::pin(self.store(store_id))
+    }
+
+    fn get_store_from_leader(&self, store_id: u64) -> BoxFuture<'_, Result<Option<metapb::Store>>> {
+        Box::pin(self.store_from(store_id, false))
     }
 
     fn get_all_stores(&self, exclude_tombstone: bool) -> BoxFuture<'_, Result<Vec<metapb::Store>>> {

@@ -251,6 +251,12 @@ impl Connector {
         Ok(channel)
     }
 
+    /// A channel to `url` (already normalized) that is not cached: it closes when its last
+    /// clone is dropped (router servers come and go with the registry).
+    pub(crate) fn open(&self, url: &str) -> Result<Channel> {
+        Ok(self.endpoint(url)?.connect_lazy())
+    }
+
     fn endpoint(&self, url: &str) -> Result<Endpoint> {
         let endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|e| Error::invalid_argument(format!("PD endpoint {url:?}: {e}")))?

@@ -7,7 +7,9 @@
 //! same for their streams. Two background tasks run until the client shuts down: `run_refresh`
 //! refreshes the member list every minute and whenever a failure asked for it, and
 //! `run_health_checks` probes every member's gRPC health service every second (PD's
-//! `memberHealthCheckLoop`) while forwarding or follower reads need to know.
+//! `memberHealthCheckLoop`) while forwarding or follower reads need to know. The router-server
+//! discovery (`super::router_discovery`) reuses [`Health`], [`probe`] and the client's
+//! connector for the router servers of PD's microservice mode.
 //!
 //! Routing, as PD's `serviceDiscovery` does it. A leader-only call goes to the leader; with
 //! forwarding on and the leader unreachable (its last health check failed) it goes to a healthy
@@ -39,7 +41,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use super::conn::{Connector, PdChannel};
-use super::retry::{Backoff, Failure, classify_status};
+use super::retry::{Backoff, Failure, Retried, classify_status, retry_in_background};
 use crate::{Error, Result};
 
 /// How long one `GetMembers` may take during a refresh (PD's `UpdateMemberTimeout`).
@@ -241,6 +243,18 @@ impl Discovery {
     /// TSO service discovery reaches TSO servers through it.
     pub(crate) fn channel(&self, url: &str) -> Result<Channel> {
         self.connector.channel(url)
+    }
+
+    /// A channel of its own to a server discovered outside the member list (a router
+    /// server): not cached, so that it closes once the server is forgotten.
+    pub(crate) fn open_channel(&self, url: &str) -> Result<Channel> {
+        self.connector.open(url)
+    }
+
+    /// `addr` as this client dials it: the scheme TLS calls for, no trailing slash (PD's
+    /// `PickMatchedURL` on one URL).
+    pub(crate) fn normalize_url(&self, addr: &str) -> Result<String> {
+        self.connector.tls().url(addr)
     }
 
     /// How long one member-discovery round may take (`pd-server-timeout`).
@@ -544,27 +558,18 @@ impl Discovery {
                 _ = shutdown.changed() => return,
             }
             let deadline = Instant::now() + UPDATE_MEMBER_TIMEOUT;
-            let mut backoff = Backoff::member_update();
-            loop {
+            let refreshed = retry_in_background(deadline, &mut shutdown, || async {
+                // Read per attempt: a refresh that another caller completed meanwhile counts.
                 let seen = self.generation.load(Ordering::Acquire);
-                let done = tokio::select! {
-                    result = self.refresh(seen, deadline) => result.is_ok(),
-                    _ = shutdown.changed() => return,
-                };
-                if done {
-                    break;
-                }
-                let slept = tokio::select! {
-                    more = backoff.sleep_before(deadline) => more,
-                    _ = shutdown.changed() => return,
-                };
-                if !slept {
-                    tracing::warn!(
-                        cluster_id = self.cluster_id,
-                        "PD member refresh failed; will retry on the next check"
-                    );
-                    break;
-                }
+                self.refresh(seen, deadline).await.is_ok()
+            });
+            match refreshed.await {
+                Retried::Done => {}
+                Retried::GaveUp => tracing::warn!(
+                    cluster_id = self.cluster_id,
+                    "PD member refresh failed; will retry on the next check"
+                ),
+                Retried::Shutdown => return,
             }
         }
     }
@@ -580,7 +585,7 @@ fn leader_urls(resp: &pdpb::GetMembersResponse) -> Option<&[String]> {
 
 /// A gRPC health probe (PD's `checkNetworkAvailable`): healthy only if the member answers
 /// SERVING by `deadline`; any error counts as unreachable.
-async fn probe(channel: &Channel, deadline: Instant) -> bool {
+pub(crate) async fn probe(channel: &Channel, deadline: Instant) -> bool {
     let request = HealthCheckRequest {
         service: String::new(),
     };

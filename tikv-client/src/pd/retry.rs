@@ -84,6 +84,48 @@ impl Backoff {
     }
 }
 
+/// How a background task's retried step ended ([`retry_in_background`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retried {
+    /// An attempt succeeded.
+    Done,
+    /// The deadline left no time for another attempt; the task tries again on its next turn.
+    GaveUp,
+    /// The client is shutting down: the task should end.
+    Shutdown,
+}
+
+/// Runs `attempt` until it returns true or `deadline` leaves no time for another, sleeping the
+/// member-update backoff between attempts; stops at once when `shutdown` changes. The shared
+/// shape of the member refresh, the TSO service-mode check and the router registry read.
+pub(crate) async fn retry_in_background<F, Fut>(
+    deadline: Instant,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    mut attempt: F,
+) -> Retried
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let mut backoff = Backoff::member_update();
+    loop {
+        let done = tokio::select! {
+            done = attempt() => done,
+            _ = shutdown.changed() => return Retried::Shutdown,
+        };
+        if done {
+            return Retried::Done;
+        }
+        let slept = tokio::select! {
+            more = backoff.sleep_before(deadline) => more,
+            _ = shutdown.changed() => return Retried::Shutdown,
+        };
+        if !slept {
+            return Retried::GaveUp;
+        }
+    }
+}
+
 /// What a failed attempt means for the call.
 #[derive(Debug)]
 pub(crate) enum Failure {

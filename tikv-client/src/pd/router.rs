@@ -1,29 +1,36 @@
 //! The router client: region lookups by key, by previous key and by id, batched onto one
-//! `QueryRegion` stream.
+//! `QueryRegion` stream, to PD or to a router server of PD's microservice mode.
 //!
 //! Who calls it: `PdClient`'s `RegionSource` methods `get_region`, `get_prev_region` and
 //! `get_region_by_id` hand their lookup to [`Router::query`] when `pd-client.enable-router-client`
 //! is on; one dispatcher task per client, started by `PdClient::connect`, sends the batches.
-//! Nothing is spawned per lookup.
+//! Nothing is spawned per lookup. The router servers come from `super::router_discovery`.
 //!
 //! How a batch works, as in PD's router client. Callers queue their lookup and wait for its
 //! answer; the dispatcher takes everything queued (up to PD's 10 000), sends one
 //! `QueryRegionRequest` (keys, previous keys and ids in queue order; buckets if anyone asked),
 //! and answers each caller from the response's id maps, dropping buckets for callers that did
 //! not ask. One batch is in flight at a time, so lookups that arrive meanwhile form the next
-//! batch: no added latency when idle, large batches under load. The batch goes to the leader's
-//! stream, or, when follower handling is on and every lookup of the batch allows it, to a
-//! randomly chosen healthy member's stream (PD's `sendToPD` with `RandomlyPick`).
+//! batch: no added latency when idle, large batches under load. Where the batch goes, first
+//! match wins: when router servers are known and every lookup of the batch allows router
+//! handling, a randomly chosen healthy router server's `routerpb.Router/QueryRegion` stream
+//! (PD's `sendToMs`); when follower handling is on and every lookup allows it, a randomly chosen
+//! healthy member's `pdpb.PD/QueryRegion` stream (PD's `sendToPD` with `RandomlyPick`); else the
+//! leader's. Router and PD streams speak the same messages.
 //!
 //! Failures. A stream error, a header error or a batch without an answer by its first deadline
-//! fails that batch's lookups, drops the stream, and asks discovery to check the members.
+//! fails that batch's lookups, drops the stream, and asks discovery to check the members (and
+//! the router registry; a router server that could not be reached is left out until its health
+//! probe passes). A router server's batch may use only half of the time left, so that a hung
+//! server still leaves the callers' fallback time.
 //! Where PD's router client then returns the error, `PdClient` falls back to the unary call for
 //! the caller's remaining time (which also reaches a partitioned leader through forwarding,
 //! which `QueryRegion` lacks); only running out of time or closing the client fails the lookup.
 //!
-//! Ports tikv/pd `client/clients/router/client.go` (`dispatcher`, `sendToPD`,
-//! `processRequestsInner`, `requestFinisher`, `handleProcessRequestError`, `updateConnection`)
-//! and `request.go`. Not ported: the router microservice (`routerpb`) streams.
+//! Ports tikv/pd `client/clients/router/client.go` (`dispatcher`, `sendToPD`, `sendToMs`,
+//! `processRequestsInner`, `requestFinisher`, `handleProcessRequestError`, `updateConnection`,
+//! `updateMsConnection` with its `msConCtxMgr`) and `request.go`. Router streams are opened on
+//! first use rather than ahead of time by a connection daemon.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,11 +43,15 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::Streaming;
 
+use tikv_proto::routerpb::router_client::RouterClient;
+
 use super::RegionInfo;
-use super::client::{Options, region_info};
+use super::client::{Options, ReadFrom, region_info};
 use super::conn::PdChannel;
 use super::discovery::{Discovery, Member};
 use super::retry::{classify_status, is_leader_change};
+use super::router_discovery::{RouterDiscovery, RouterNode};
+use crate::error::GrpcCode;
 use crate::{Error, Result};
 
 /// Most lookups in one `QueryRegionRequest` (PD's `defaultMaxRouterRequestBatchSize`).
@@ -63,6 +74,7 @@ struct Lookup {
     query: Query,
     need_buckets: bool,
     allow_follower: bool,
+    allow_router: bool,
     deadline: Instant,
     reply: oneshot::Sender<Result<Option<RegionInfo>>>,
 }
@@ -116,7 +128,7 @@ impl Router {
         &self,
         query: Query,
         need_buckets: bool,
-        allow_follower: bool,
+        from: ReadFrom,
         deadline: Instant,
     ) -> Result<Option<RegionInfo>> {
         let (reply, answer) = oneshot::channel();
@@ -129,7 +141,8 @@ impl Router {
             queue.pending.push_back(Lookup {
                 query,
                 need_buckets,
-                allow_follower,
+                allow_follower: from.follower,
+                allow_router: from.router,
                 deadline,
                 reply,
             });
@@ -190,7 +203,25 @@ impl Router {
     }
 }
 
-/// An open `QueryRegion` stream to one member.
+/// Where a batch goes.
+#[derive(Debug)]
+enum Server {
+    /// A PD member's `pdpb.PD/QueryRegion`.
+    Pd(Member),
+    /// A router server's `routerpb.Router/QueryRegion`.
+    Router(RouterNode),
+}
+
+impl Server {
+    fn url(&self) -> &str {
+        match self {
+            Server::Pd(m) => &m.url,
+            Server::Router(n) => &n.url,
+        }
+    }
+}
+
+/// An open `QueryRegion` stream to one member or router server.
 #[derive(Debug)]
 struct Stream {
     requests: mpsc::UnboundedSender<pdpb::QueryRegionRequest>,
@@ -202,9 +233,12 @@ struct Stream {
 pub(crate) struct RouterDispatcher {
     router: Arc<Router>,
     discovery: Arc<Discovery>,
+    router_service: Arc<RouterDiscovery>,
     options: Arc<Options>,
     /// Open streams by member URL.
     streams: HashMap<String, Stream>,
+    /// Open streams by router server URL (PD's `msConCtxMgr`).
+    router_streams: HashMap<String, Stream>,
 }
 
 /// Closes the queue when the dispatcher ends, however it ends.
@@ -220,13 +254,16 @@ impl RouterDispatcher {
     pub(crate) fn new(
         router: Arc<Router>,
         discovery: Arc<Discovery>,
+        router_service: Arc<RouterDiscovery>,
         options: Arc<Options>,
     ) -> Self {
         RouterDispatcher {
             router,
             discovery,
+            router_service,
             options,
             streams: HashMap::new(),
+            router_streams: HashMap::new(),
         }
     }
 
@@ -251,15 +288,23 @@ impl RouterDispatcher {
         }
     }
 
-    /// Where the batch goes: a random healthy member when every lookup allows a follower and
-    /// follower handling is on, else the leader. A leader the health checks found unreachable
-    /// fails the batch at once: `QueryRegion` cannot be forwarded, and the callers' unary
-    /// fallback can.
-    fn target(&self, batch: &[Lookup]) -> Result<Member> {
+    /// Where the batch goes: a random healthy router server when every lookup allows router
+    /// handling (PD's `sendToMs`); a random healthy member when every lookup allows a follower
+    /// and follower handling is on; else the leader. A leader the health checks found
+    /// unreachable fails the batch at once: `QueryRegion` cannot be forwarded, and the callers'
+    /// unary fallback can.
+    fn target(&self, batch: &[Lookup]) -> Result<Server> {
+        if batch.iter().all(|l| l.allow_router)
+            && let Some(node) = self.router_service.pick_random()
+        {
+            return Ok(Server::Router(node));
+        }
         if self.options.follower_handle() && batch.iter().all(|l| l.allow_follower) {
             let members = self.discovery.healthy_members();
             if !members.is_empty() {
-                return Ok(members[fastrand::usize(..members.len())].0.clone());
+                return Ok(Server::Pd(
+                    members[fastrand::usize(..members.len())].0.clone(),
+                ));
             }
         }
         match self.discovery.view().leader.clone() {
@@ -268,15 +313,16 @@ impl RouterDispatcher {
             }),
             Some(leader) if !leader.health.is_available() => Err(Error::Grpc {
                 address: leader.url.clone(),
-                code: crate::error::GrpcCode::Unavailable,
+                code: GrpcCode::Unavailable,
                 message: "PD leader unreachable; QueryRegion cannot be forwarded".to_owned(),
             }),
-            Some(leader) => Ok(leader),
+            Some(leader) => Ok(Server::Pd(leader)),
         }
     }
 
-    /// Forgets streams to members that left, and to followers when follower handling is off
-    /// (PD's `updateConnection` GC).
+    /// Forgets streams to members that left, to followers when follower handling is off
+    /// (PD's `updateConnection` GC), and to router servers no longer registered (PD's
+    /// `updateMsConnection` GC).
     fn gc_streams(&mut self) {
         let view = self.discovery.view();
         let follower_handle = self.options.follower_handle();
@@ -284,6 +330,17 @@ impl RouterDispatcher {
             view.leader.as_ref().is_some_and(|l| &l.url == url)
                 || (follower_handle && view.followers.iter().any(|f| &f.url == url))
         });
+        if !self.router_streams.is_empty() {
+            let routers = self.router_service.view();
+            self.router_streams.retain(|url, _| routers.contains(url));
+        }
+    }
+
+    fn streams_of(&mut self, server: &Server) -> &mut HashMap<String, Stream> {
+        match server {
+            Server::Pd(_) => &mut self.streams,
+            Server::Router(_) => &mut self.router_streams,
+        }
     }
 
     async fn process(&mut self, batch: Vec<Lookup>) {
@@ -291,12 +348,20 @@ impl RouterDispatcher {
             return;
         };
         self.gc_streams();
-        let member = match self.target(&batch) {
-            Ok(member) => member,
+        let server = match self.target(&batch) {
+            Ok(server) => server,
             Err(e) => {
                 self.discovery.schedule_check();
                 fail(batch, &e);
                 return;
+            }
+        };
+        let deadline = match server {
+            Server::Pd(_) => deadline,
+            // Half of the time left, so that the callers can still ask PD if this one hangs.
+            Server::Router(_) => {
+                let now = Instant::now();
+                now + deadline.saturating_duration_since(now) / 2
             }
         };
         let request = build_request(self.discovery.cluster_id(), &batch);
@@ -304,15 +369,18 @@ impl RouterDispatcher {
         self.router
             .lookups
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        let answer = match self.send(&member, request, deadline).await {
-            Ok(()) => self.receive(&member.url, deadline).await,
+        let answer = match self.send(&server, request, deadline).await {
+            Ok(()) => self.receive(&server, deadline).await,
             Err(e) => Err(e),
         };
         match answer {
             Ok(resp) => answer_batch(batch, &resp),
             Err(e) => {
-                self.streams.remove(&member.url);
-                tracing::debug!(url = %member.url, error = %e, "QueryRegion batch failed");
+                self.streams_of(&server).remove(server.url());
+                tracing::debug!(url = %server.url(), error = %e, "QueryRegion batch failed");
+                if let Server::Router(node) = &server {
+                    self.router_service.report_failure(node, unreachable(&e));
+                }
                 // PD refreshes the members at once after a leader change; either way they are
                 // checked soon.
                 self.discovery.schedule_check();
@@ -321,14 +389,15 @@ impl RouterDispatcher {
         }
     }
 
-    /// Sends the request on the member's stream, opening one if there is none.
+    /// Sends the request on the server's stream, opening one if there is none.
     async fn send(
         &mut self,
-        member: &Member,
+        server: &Server,
         request: pdpb::QueryRegionRequest,
         deadline: Instant,
     ) -> Result<()> {
-        if let Some(stream) = self.streams.get(&member.url)
+        let url = server.url();
+        if let Some(stream) = self.streams_of(server).get(url)
             && !stream.requests.is_closed()
         {
             // The receiver lives in the stream's request body; a send can only fail if the
@@ -339,20 +408,30 @@ impl RouterDispatcher {
         let (tx, rx) = mpsc::unbounded_channel();
         // Queued before the call: a Go PD sends the stream's headers with its first answer.
         let _ = tx.send(request);
-        let mut grpc = PdGrpc::new(PdChannel::direct(member.channel.clone()));
-        let call = grpc.query_region(UnboundedReceiverStream::new(rx));
-        let responses = match tokio::time::timeout_at(deadline, call).await {
+        let requests = UnboundedReceiverStream::new(rx);
+        let opened = match server {
+            Server::Pd(member) => {
+                let mut grpc = PdGrpc::new(PdChannel::direct(member.channel.clone()));
+                tokio::time::timeout_at(deadline, grpc.query_region(requests)).await
+            }
+            Server::Router(node) => {
+                let mut grpc = RouterClient::new(node.channel.clone());
+                tokio::time::timeout_at(deadline, grpc.query_region(requests)).await
+            }
+        };
+        let responses = match opened {
             Err(_) => {
                 return Err(Error::PdServerTimeout {
-                    message: format!("opening a QueryRegion stream to {} timed out", member.url),
+                    message: format!("opening a QueryRegion stream to {url} timed out"),
                 });
             }
-            Ok(Err(status)) => return Err(status_error(&member.url, &status)),
+            Ok(Err(status)) => return Err(status_error(url, &status)),
             Ok(Ok(resp)) => resp.into_inner(),
         };
         self.router.streams.fetch_add(1, Ordering::Relaxed);
-        self.streams.insert(
-            member.url.clone(),
+        let url = url.to_owned();
+        self.streams_of(server).insert(
+            url,
             Stream {
                 requests: tx,
                 responses,
@@ -361,8 +440,13 @@ impl RouterDispatcher {
         Ok(())
     }
 
-    async fn receive(&mut self, url: &str, deadline: Instant) -> Result<pdpb::QueryRegionResponse> {
-        let Some(stream) = self.streams.get_mut(url) else {
+    async fn receive(
+        &mut self,
+        server: &Server,
+        deadline: Instant,
+    ) -> Result<pdpb::QueryRegionResponse> {
+        let url = server.url();
+        let Some(stream) = self.streams_of(server).get_mut(url) else {
             return Err(Error::internal("QueryRegion stream vanished"));
         };
         let resp = match tokio::time::timeout_at(deadline, stream.responses.message()).await {
@@ -375,8 +459,8 @@ impl RouterDispatcher {
             Ok(Ok(None)) => {
                 return Err(Error::Grpc {
                     address: url.to_owned(),
-                    code: crate::error::GrpcCode::Unavailable,
-                    message: "QueryRegion stream closed by PD".to_owned(),
+                    code: GrpcCode::Unavailable,
+                    message: "QueryRegion stream closed by the server".to_owned(),
                 });
             }
             Ok(Ok(Some(resp))) => resp,
@@ -390,6 +474,19 @@ impl RouterDispatcher {
             });
         }
         Ok(resp)
+    }
+}
+
+/// Whether a failed batch says the server could not be reached (or did not answer in time),
+/// as opposed to answering with an error.
+fn unreachable(error: &Error) -> bool {
+    match error {
+        Error::Grpc { code, .. } => matches!(
+            code,
+            GrpcCode::Unavailable | GrpcCode::DeadlineExceeded | GrpcCode::Cancelled
+        ),
+        Error::PdServerTimeout { .. } | Error::Connect { .. } => true,
+        _ => false,
     }
 }
 
@@ -477,6 +574,7 @@ mod tests {
             query,
             need_buckets,
             allow_follower: true,
+            allow_router: true,
             deadline: Instant::now() + std::time::Duration::from_secs(1),
             reply,
         };
@@ -567,7 +665,7 @@ mod tests {
                     .query(
                         Query::Id(1),
                         false,
-                        false,
+                        ReadFrom::LEADER,
                         Instant::now() + std::time::Duration::from_secs(5),
                     )
                     .await
@@ -580,7 +678,9 @@ mod tests {
         assert!(matches!(waiting.await.unwrap(), Err(Error::Closed)));
         let deadline = Instant::now() + std::time::Duration::from_secs(1);
         assert!(matches!(
-            router.query(Query::Id(1), false, false, deadline).await,
+            router
+                .query(Query::Id(1), false, ReadFrom::LEADER, deadline)
+                .await,
             Err(Error::Closed)
         ));
     }

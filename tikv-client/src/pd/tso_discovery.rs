@@ -36,7 +36,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use super::discovery::Discovery;
-use super::retry::{Backoff, Failure, classify_status};
+use super::retry::{Failure, Retried, classify_status, retry_in_background};
 use crate::{Error, Result};
 
 /// The keyspace id of a client without keyspace (PD's `NullKeyspaceID`).
@@ -349,22 +349,11 @@ impl TsoDiscovery {
                 _ = shutdown.changed() => return,
             }
             let deadline = Instant::now() + self.discovery.timeout();
-            let mut backoff = Backoff::member_update();
-            loop {
-                let done = tokio::select! {
-                    result = self.check_service_mode(deadline) => result.is_ok(),
-                    _ = shutdown.changed() => return,
-                };
-                if done {
-                    break;
-                }
-                let slept = tokio::select! {
-                    more = backoff.sleep_before(deadline) => more,
-                    _ = shutdown.changed() => return,
-                };
-                if !slept {
-                    break;
-                }
+            let checked = retry_in_background(deadline, &mut shutdown, || async {
+                self.check_service_mode(deadline).await.is_ok()
+            });
+            if checked.await == Retried::Shutdown {
+                return;
             }
         }
     }
