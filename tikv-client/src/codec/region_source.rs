@@ -154,6 +154,10 @@ impl RegionSource for CodecRegionSource {
         self.inner.get_store(store_id)
     }
 
+    fn get_store_from_leader(&self, store_id: u64) -> BoxFuture<'_, Result<Option<metapb::Store>>> {
+        self.inner.get_store_from_leader(store_id)
+    }
+
     fn get_all_stores(&self, exclude_tombstone: bool) -> BoxFuture<'_, Result<Vec<metapb::Store>>> {
         self.inner.get_all_stores(exclude_tombstone)
     }

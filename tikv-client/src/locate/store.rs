@@ -535,10 +535,11 @@ impl StoreCache {
     }
 
     /// Asks PD about a known store again (client-go `reResolve`). Returns whether the store is
-    /// still part of the cluster.
+    /// still part of the cluster. Only the PD leader is asked: the cached view is suspect, and a
+    /// lagging router server could hand back the same stale address.
     pub(crate) async fn re_resolve(&self, store: &Store) -> Result<bool> {
         let _guard = store.resolve_lock.lock().await;
-        let meta = self.source.get_store(store.id).await?;
+        let meta = self.source.get_store_from_leader(store.id).await?;
         store.apply(meta.as_ref())
     }
 

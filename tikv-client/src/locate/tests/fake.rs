@@ -527,6 +527,11 @@ impl RegionSource for FakePd {
         self.batch_scan_regions(ranges, limit, need_buckets)
     }
 
+    fn get_store_from_leader(&self, store_id: u64) -> BoxFuture<'_, Result<Option<metapb::Store>>> {
+        self.calls.leader_only.fetch_add(1, Ordering::SeqCst);
+        self.get_store(store_id)
+    }
+
     fn get_store(&self, store_id: u64) -> BoxFuture<'_, Result<Option<metapb::Store>>> {
         Box::pin(async move {
             self.calls.get_store.fetch_add(1, Ordering::SeqCst);

@@ -290,3 +290,25 @@ async fn new_labels_are_applied_to_the_same_store() {
             .is_some()
     );
 }
+
+/// client-go `reResolve`: a store marked for a check (something failed on it) is asked about
+/// again from the PD leader only, and takes the address PD now reports.
+#[tokio::test]
+async fn a_marked_store_is_re_resolved_from_the_pd_leader() {
+    let pd = FakePd::bootstrap(1);
+    let cache = quiet_cache(&pd);
+    cache.locate_key(b"a").await.unwrap();
+    let stores = cache.store_cache();
+    let store = stores.get_or_insert(1);
+    assert_eq!(&*store.address(), store_addr(1));
+    assert_eq!(
+        Calls::get(&pd.calls.leader_only),
+        0,
+        "first resolve may ask any server"
+    );
+    pd.set_store_address(1, "10.0.0.9:20160");
+    stores.mark_need_check(&store);
+    stores.check_marked().await;
+    assert_eq!(Calls::get(&pd.calls.leader_only), 1);
+    assert_eq!(&*store.address(), "10.0.0.9:20160");
+}
