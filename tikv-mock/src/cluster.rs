@@ -168,117 +168,22 @@ pub(crate) struct KeyspaceState {
     pub(crate) meta: keyspacepb::KeyspaceMeta,
 }
 
-/// The whole cluster, behind the one lock of [`crate::Shared`].
-#[derive(Debug)]
-pub(crate) struct ClusterState {
-    pub(crate) cluster_id: u64,
-    pub(crate) api_version: ApiVersion,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) tso: Tso,
-    pub(crate) raw: RawStore,
-    /// Transactional data (lock, write and default column families).
-    pub(crate) mvcc: crate::mvcc::MvccStore,
-    pub(crate) stores: BTreeMap<u64, StoreState>,
+/// The regions by id and by start key. Regions tile the whole key space. The cluster state
+/// owns the live map; PD's router servers keep a clone while their region sync is stopped, so
+/// the lookups here serve both.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RegionMap {
     regions: BTreeMap<u64, RegionState>,
-    /// Region start key (storage form) to region id; regions tile the whole key space.
+    /// Region start key (storage form) to region id.
     by_start: BTreeMap<Bytes, u64>,
-    pub(crate) keyspaces: BTreeMap<u32, KeyspaceState>,
-    /// Requests received, by (store id, command name).
-    pub(crate) rpc_counts: HashMap<(u64, &'static str), u64>,
-    /// Split a region once it holds more than this many raw keys.
-    pub(crate) auto_split_keys: Option<usize>,
-    /// PD's own state (GC safe points and barriers, operators, external timestamp), owned by
-    /// the PD server module.
-    pub(crate) pd: crate::pd::PdState,
-    /// When set, a region whose leadership moves (leader transfer, merge, split) stays
-    /// unsynced until a control call syncs it; otherwise it syncs at once, as TiKV's PD worker
-    /// usually does before the next request arrives.
-    pub(crate) defer_max_ts_sync: bool,
-    /// What a store does when a request would move its max_ts past what the TSO allows.
-    pub(crate) invalid_max_ts_action: crate::InvalidMaxTsAction,
-    /// Stores that "crashed" on an invalid max_ts update during the current request; the
-    /// dispatcher takes the mark and stops the store's server.
-    pub(crate) crashed_stores: Vec<u64>,
-    replicas: usize,
-    next_id: u64,
 }
 
-impl ClusterState {
-    /// A cluster of `store_addrs.len()` stores with one region covering everything.
-    pub(crate) fn new(
-        cluster_id: u64,
-        api_version: ApiVersion,
-        clock: Arc<dyn Clock>,
-        store_addrs: &[String],
-        replicas: usize,
-    ) -> Self {
-        let mut state = ClusterState {
-            cluster_id,
-            api_version,
-            tso: Tso::default(),
-            clock,
-            raw: RawStore::default(),
-            mvcc: crate::mvcc::MvccStore::default(),
-            stores: BTreeMap::new(),
-            regions: BTreeMap::new(),
-            by_start: BTreeMap::new(),
-            keyspaces: BTreeMap::new(),
-            rpc_counts: HashMap::new(),
-            auto_split_keys: None,
-            pd: crate::pd::PdState::default(),
-            defer_max_ts_sync: false,
-            invalid_max_ts_action: crate::InvalidMaxTsAction::default(),
-            crashed_stores: Vec::new(),
-            replicas: replicas.clamp(1, store_addrs.len().max(1)),
-            next_id: 1,
-        };
-        for addr in store_addrs {
-            state.add_store(addr.clone());
-        }
-        let store_ids: Vec<u64> = state.stores.keys().copied().collect();
-        let region_id = state.alloc_id();
-        let peers: Vec<metapb::Peer> = store_ids
-            .iter()
-            .take(state.replicas)
-            .map(|&store_id| metapb::Peer {
-                id: state.alloc_id(),
-                store_id,
-                ..Default::default()
-            })
-            .collect();
-        let leader = peers.first().map_or(0, |p| p.id);
-        let meta = metapb::Region {
-            id: region_id,
-            region_epoch: Some(metapb::RegionEpoch {
-                conf_ver: 1,
-                version: 1,
-            }),
-            peers,
-            ..Default::default()
-        };
-        state.insert_region(RegionState {
-            meta,
-            leader,
-            split_children: Vec::new(),
-            max_ts_synced: true,
-        });
-        state.create_keyspace_meta(DEFAULT_KEYSPACE_ID, "DEFAULT");
-        state
-    }
-
-    pub(crate) fn alloc_id(&mut self) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        id
-    }
-
-    fn insert_region(&mut self, region: RegionState) {
+impl RegionMap {
+    fn insert(&mut self, region: RegionState) {
         self.by_start
             .insert(region.meta.start_key.clone(), region.id());
         self.regions.insert(region.id(), region);
     }
-
-    // ----- lookups ----------------------------------------------------------------------------
 
     pub(crate) fn region(&self, id: u64) -> Option<&RegionState> {
         self.regions.get(&id)
@@ -341,6 +246,149 @@ impl ClusterState {
     pub(crate) fn all_regions(&self) -> impl Iterator<Item = &RegionState> {
         self.by_start.values().filter_map(|id| self.regions.get(id))
     }
+}
+
+/// The whole cluster, behind the one lock of [`crate::Shared`].
+#[derive(Debug)]
+pub(crate) struct ClusterState {
+    pub(crate) cluster_id: u64,
+    pub(crate) api_version: ApiVersion,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) tso: Tso,
+    pub(crate) raw: RawStore,
+    /// Transactional data (lock, write and default column families).
+    pub(crate) mvcc: crate::mvcc::MvccStore,
+    pub(crate) stores: BTreeMap<u64, StoreState>,
+    /// The regions, PD's view of them and the stores' alike.
+    map: RegionMap,
+    pub(crate) keyspaces: BTreeMap<u32, KeyspaceState>,
+    /// Requests received, by (store id, command name).
+    pub(crate) rpc_counts: HashMap<(u64, &'static str), u64>,
+    /// Split a region once it holds more than this many raw keys.
+    pub(crate) auto_split_keys: Option<usize>,
+    /// PD's own state (GC safe points and barriers, operators, external timestamp), owned by
+    /// the PD server module.
+    pub(crate) pd: crate::pd::PdState,
+    /// When set, a region whose leadership moves (leader transfer, merge, split) stays
+    /// unsynced until a control call syncs it; otherwise it syncs at once, as TiKV's PD worker
+    /// usually does before the next request arrives.
+    pub(crate) defer_max_ts_sync: bool,
+    /// What a store does when a request would move its max_ts past what the TSO allows.
+    pub(crate) invalid_max_ts_action: crate::InvalidMaxTsAction,
+    /// Stores that "crashed" on an invalid max_ts update during the current request; the
+    /// dispatcher takes the mark and stops the store's server.
+    pub(crate) crashed_stores: Vec<u64>,
+    replicas: usize,
+    next_id: u64,
+}
+
+impl ClusterState {
+    /// A cluster of `store_addrs.len()` stores with one region covering everything.
+    pub(crate) fn new(
+        cluster_id: u64,
+        api_version: ApiVersion,
+        clock: Arc<dyn Clock>,
+        store_addrs: &[String],
+        replicas: usize,
+    ) -> Self {
+        let mut state = ClusterState {
+            cluster_id,
+            api_version,
+            tso: Tso::default(),
+            clock,
+            raw: RawStore::default(),
+            mvcc: crate::mvcc::MvccStore::default(),
+            stores: BTreeMap::new(),
+            map: RegionMap::default(),
+            keyspaces: BTreeMap::new(),
+            rpc_counts: HashMap::new(),
+            auto_split_keys: None,
+            pd: crate::pd::PdState::default(),
+            defer_max_ts_sync: false,
+            invalid_max_ts_action: crate::InvalidMaxTsAction::default(),
+            crashed_stores: Vec::new(),
+            replicas: replicas.clamp(1, store_addrs.len().max(1)),
+            next_id: 1,
+        };
+        for addr in store_addrs {
+            state.add_store(addr.clone());
+        }
+        let store_ids: Vec<u64> = state.stores.keys().copied().collect();
+        let region_id = state.alloc_id();
+        let peers: Vec<metapb::Peer> = store_ids
+            .iter()
+            .take(state.replicas)
+            .map(|&store_id| metapb::Peer {
+                id: state.alloc_id(),
+                store_id,
+                ..Default::default()
+            })
+            .collect();
+        let leader = peers.first().map_or(0, |p| p.id);
+        let meta = metapb::Region {
+            id: region_id,
+            region_epoch: Some(metapb::RegionEpoch {
+                conf_ver: 1,
+                version: 1,
+            }),
+            peers,
+            ..Default::default()
+        };
+        state.insert_region(RegionState {
+            meta,
+            leader,
+            split_children: Vec::new(),
+            max_ts_synced: true,
+        });
+        state.create_keyspace_meta(DEFAULT_KEYSPACE_ID, "DEFAULT");
+        state
+    }
+
+    pub(crate) fn alloc_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    fn insert_region(&mut self, region: RegionState) {
+        self.map.insert(region);
+    }
+
+    // ----- lookups ----------------------------------------------------------------------------
+
+    /// The region map, for readers that serve PD's region queries.
+    pub(crate) fn region_map(&self) -> &RegionMap {
+        &self.map
+    }
+
+    pub(crate) fn region(&self, id: u64) -> Option<&RegionState> {
+        self.map.region(id)
+    }
+
+    /// The region containing the storage key.
+    pub(crate) fn region_by_key(&self, key: &[u8]) -> Option<&RegionState> {
+        self.map.region_by_key(key)
+    }
+
+    /// The region just before the one containing the storage key.
+    pub(crate) fn prev_region(&self, key: &[u8]) -> Option<&RegionState> {
+        self.map.prev_region(key)
+    }
+
+    /// Regions overlapping `[start, end)` in key order, at most `limit` (0 = no limit).
+    pub(crate) fn regions_in_range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Vec<&RegionState> {
+        self.map.regions_in_range(start, end, limit)
+    }
+
+    /// Every region in key order.
+    pub(crate) fn all_regions(&self) -> impl Iterator<Item = &RegionState> {
+        self.map.all_regions()
+    }
 
     /// The storage form of a raw key: API V2 keys are memcomparable-encoded, API V1 raw keys
     /// are used as they are.
@@ -377,6 +425,7 @@ impl ClusterState {
             });
         }
         let region = self
+            .map
             .regions
             .get(&ctx.region_id)
             .filter(|r| r.peer_on_store(store_id).is_some())
@@ -438,7 +487,7 @@ impl ClusterState {
                     .split_children
                     .iter()
                     .filter(|(version_after, _)| *version_after > request_version)
-                    .filter_map(|(_, id)| self.regions.get(id))
+                    .filter_map(|(_, id)| self.map.regions.get(id))
                     .take(MAX_REGIONS_IN_ERROR)
                     .map(|r| r.meta.clone()),
             );
@@ -510,10 +559,10 @@ impl ClusterState {
     /// TiKV's batch split of one region at sorted keys strictly inside it: N keys give N + 1
     /// regions, all at `version + N`; the original id keeps the rightmost range.
     fn batch_split(&mut self, region_id: u64, keys: &[Bytes]) -> Vec<metapb::Region> {
-        let Some(mut original) = self.regions.remove(&region_id) else {
+        let Some(mut original) = self.map.regions.remove(&region_id) else {
             return Vec::new();
         };
-        self.by_start.remove(&original.meta.start_key);
+        self.map.by_start.remove(&original.meta.start_key);
         let n = keys.len() as u64;
         original.bump(n, 0);
         let version_after = original.version();
@@ -552,7 +601,7 @@ impl ClusterState {
 
     /// Merges `source` into the adjacent `target`, as PrepareMerge + CommitMerge do.
     pub(crate) fn merge(&mut self, source: u64, target: u64) -> Result<metapb::Region, MockError> {
-        let (src, tgt) = match (self.regions.get(&source), self.regions.get(&target)) {
+        let (src, tgt) = match (self.map.regions.get(&source), self.map.regions.get(&target)) {
             (Some(s), Some(t)) => (s.clone(), t.clone()),
             _ => {
                 return Err(MockError::Topology(format!(
@@ -567,10 +616,10 @@ impl ClusterState {
                 "regions {source} and {target} are not adjacent"
             )));
         }
-        self.regions.remove(&source);
-        self.by_start.remove(&src.meta.start_key);
+        self.map.regions.remove(&source);
+        self.map.by_start.remove(&src.meta.start_key);
         let mut merged = tgt;
-        self.by_start.remove(&merged.meta.start_key);
+        self.map.by_start.remove(&merged.meta.start_key);
         if source_left {
             merged.meta.start_key = src.meta.start_key.clone();
         } else {
@@ -601,6 +650,7 @@ impl ClusterState {
     ) -> Result<(), MockError> {
         let defer = self.defer_max_ts_sync;
         let region = self
+            .map
             .regions
             .get_mut(&region_id)
             .ok_or_else(|| MockError::Topology(format!("unknown region {region_id}")))?;
@@ -631,6 +681,7 @@ impl ClusterState {
     pub(crate) fn sync_max_ts(&mut self, region_id: u64) -> Result<(), MockError> {
         let now_ts = self.tso.peek(self.clock.now_ms());
         let region = self
+            .map
             .regions
             .get_mut(&region_id)
             .ok_or_else(|| MockError::Topology(format!("unknown region {region_id}")))?;
@@ -645,6 +696,7 @@ impl ClusterState {
     /// Syncs every region still waiting for it.
     pub(crate) fn sync_all_max_ts(&mut self) {
         let pending: Vec<u64> = self
+            .map
             .regions
             .values()
             .filter(|r| !r.max_ts_synced)
@@ -768,6 +820,7 @@ impl ClusterState {
         }
         let peer_id = self.alloc_id();
         let region = self
+            .map
             .regions
             .get_mut(&region_id)
             .ok_or_else(|| MockError::Topology(format!("unknown region {region_id}")))?;
@@ -798,6 +851,7 @@ impl ClusterState {
     /// first remaining voter, or leaves the region leaderless.
     pub(crate) fn remove_peer(&mut self, region_id: u64, store_id: u64) -> Result<(), MockError> {
         let region = self
+            .map
             .regions
             .get_mut(&region_id)
             .ok_or_else(|| MockError::Topology(format!("unknown region {region_id}")))?;

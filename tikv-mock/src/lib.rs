@@ -34,6 +34,11 @@
 //!   servers serving `tsopb.TSO` (keyspace groups, primaries, `FindGroupByKeyspaceID`,
 //!   `GetMinTS`), `GetClusterInfo` reporting `API_SVC_MODE` and PD forwarding its own `Tso`,
 //!   with control over primaries, server stops and keyspace-to-group assignment;
+//! - optionally PD's router microservice ([`MockClusterBuilder::router_microservice`]): N router
+//!   servers serving `routerpb.Router` region and store reads, registered in PD's meta storage
+//!   (`meta_storagepb.MetaStorage/Get`, served by the PD leader), with control over server
+//!   stops, registration and a stopped region syncer that leaves a server answering stale
+//!   regions;
 //! - a `tikvpb.Tikv` service per store (unary and BatchCommands) plus gRPC health, gzip
 //!   accepted and offered by every store and PD;
 //! - request forwarding: a request carrying `tikv-forwarded-host` is handled as the named store

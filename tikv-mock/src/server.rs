@@ -22,6 +22,7 @@ use crate::clock::{Clock, ManualClock, SystemClock};
 use crate::cluster::{ClusterState, DEFAULT_KEYSPACE_ID};
 use crate::codec::encode_bytes;
 use crate::fault::{FaultEngine, FaultId, FaultRule};
+use crate::pd::router_service::RouterServiceState;
 use crate::tikv::StoreLinks;
 use crate::{ApiVersion, MockError, Shared};
 
@@ -44,6 +45,7 @@ pub struct MockClusterBuilder {
     pd_members: usize,
     invalid_max_ts_action: crate::InvalidMaxTsAction,
     tso_servers: usize,
+    router_servers: usize,
 }
 
 impl Default for MockClusterBuilder {
@@ -62,6 +64,7 @@ impl Default for MockClusterBuilder {
             pd_members: 1,
             invalid_max_ts_action: crate::InvalidMaxTsAction::default(),
             tso_servers: 0,
+            router_servers: 0,
         }
     }
 }
@@ -159,6 +162,16 @@ impl MockClusterBuilder {
         self
     }
 
+    /// Runs `n` router servers (PD's router microservice) serving `routerpb.Router` on their
+    /// own addresses, each registered in PD's meta storage under
+    /// `/ms/{cluster_id}/router/registry/` (0, the default, runs none). They answer region and
+    /// store reads from PD's maps; see [`MockCluster::router_server_addrs`] and the controls
+    /// after it.
+    pub fn router_microservice(mut self, n: usize) -> Self {
+        self.router_servers = n;
+        self
+    }
+
     /// Binds every listener and starts serving.
     pub async fn start(self) -> Result<MockCluster, MockError> {
         if self.stores == 0 {
@@ -207,6 +220,15 @@ impl MockClusterBuilder {
             .map(local_addr)
             .collect::<Result<_, _>>()?;
 
+        let mut router_listeners = Vec::with_capacity(self.router_servers);
+        for _ in 0..self.router_servers {
+            router_listeners.push(bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?);
+        }
+        let router_addrs: Vec<SocketAddr> = router_listeners
+            .iter()
+            .map(local_addr)
+            .collect::<Result<_, _>>()?;
+
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
         let mut state = ClusterState::new(
             self.cluster_id,
@@ -231,6 +253,16 @@ impl MockClusterBuilder {
         state.invalid_max_ts_action = self.invalid_max_ts_action;
         if !tso_addrs.is_empty() {
             state.pd.tso_service = Some(crate::pd::tso_service::TsoServiceState::new(tso_addrs));
+        }
+        if !router_addrs.is_empty() {
+            let started = i64::try_from(state.clock.now_ms() / 1000).unwrap_or(i64::MAX);
+            let n = router_addrs.len();
+            let mut svc = RouterServiceState::new(router_addrs, started);
+            let cluster_id = state.cluster_id;
+            for server in 0..n {
+                svc.set_registered(&mut state.pd.meta_storage, cluster_id, server, true);
+            }
+            state.pd.router_service = Some(svc);
         }
         let (crashes, mut crashed) = tokio::sync::mpsc::unbounded_channel::<u64>();
         let shared = Arc::new(Shared {
@@ -270,6 +302,14 @@ impl MockClusterBuilder {
                 ServerKey::Tso(server),
                 listener,
                 crate::pd::tso_service::routes(shared.clone(), server),
+                None,
+            );
+        }
+        for (server, listener) in router_listeners.into_iter().enumerate() {
+            servers.spawn(
+                ServerKey::Router(server),
+                listener,
+                crate::pd::router_service::routes(shared.clone(), server),
                 None,
             );
         }
@@ -328,6 +368,8 @@ enum ServerKey {
     Store(u64),
     /// A TSO microservice server, by index.
     Tso(usize),
+    /// A router microservice server, by index.
+    Router(usize),
 }
 
 /// One running server: its accept loop, its gRPC server, and a duplicate handle of every
@@ -1115,5 +1157,106 @@ impl MockCluster {
         self.with_tso_service(|svc| Ok(svc.last_tso_header(server)))
             .ok()
             .flatten()
+    }
+}
+
+/// Control of the router microservice ([`MockClusterBuilder::router_microservice`]).
+impl MockCluster {
+    fn router_server_addr(&self, server: usize) -> Result<SocketAddr, MockError> {
+        self.router_server_addrs()
+            .get(server)
+            .copied()
+            .ok_or_else(|| MockError::Topology(format!("unknown router server {server}")))
+    }
+
+    /// The addresses of the router servers, by index (empty without a router microservice).
+    pub fn router_server_addrs(&self) -> Vec<SocketAddr> {
+        self.shared
+            .lock()
+            .pd
+            .router_service
+            .as_ref()
+            .map(|svc| svc.addrs.clone())
+            .unwrap_or_default()
+    }
+
+    /// Stops router server `server` (listener and connections), as a crash does: its registry
+    /// entry stays, as a crashed server's does until its lease expires.
+    pub async fn stop_router_server(&self, server: usize) -> Result<(), MockError> {
+        self.router_server_addr(server)?;
+        self.servers
+            .stop(ServerKey::Router(server))
+            .await
+            .ok_or_else(|| MockError::Topology(format!("router server {server} is not running")))?;
+        Ok(())
+    }
+
+    /// Starts a stopped router server again on its address.
+    pub async fn start_router_server(&self, server: usize) -> Result<(), MockError> {
+        let addr = self.router_server_addr(server)?;
+        if self.servers.is_running(ServerKey::Router(server)) {
+            return Err(MockError::Topology(format!(
+                "router server {server} is running"
+            )));
+        }
+        let listener = bind(addr).await?;
+        self.servers.spawn(
+            ServerKey::Router(server),
+            listener,
+            crate::pd::router_service::routes(self.shared.clone(), server),
+            None,
+        );
+        Ok(())
+    }
+
+    /// Writes (`true`) or deletes router server `server`'s entry in the registry PD's meta
+    /// storage holds; whether the server runs is unaffected.
+    pub fn set_router_registered(&self, server: usize, registered: bool) -> Result<(), MockError> {
+        self.router_server_addr(server)?;
+        let mut state = self.shared.lock();
+        let cluster_id = state.cluster_id;
+        let pd = &mut state.pd;
+        if let Some(svc) = pd.router_service.as_mut() {
+            svc.set_registered(&mut pd.meta_storage, cluster_id, server, registered);
+        }
+        Ok(())
+    }
+
+    /// Whether router server `server` is in the registry.
+    pub fn is_router_registered(&self, server: usize) -> bool {
+        self.shared
+            .lock()
+            .pd
+            .router_service
+            .as_ref()
+            .is_some_and(|svc| svc.is_registered(server))
+    }
+
+    /// Starts (`true`, the default) or stops router server `server`'s region syncer. Stopped,
+    /// the server keeps answering region reads from the region map as it was at that moment
+    /// (splits, merges and leader changes after it are not seen); started again, it answers
+    /// from the current map. Store reads are not affected.
+    pub fn set_router_region_sync(&self, server: usize, running: bool) -> Result<(), MockError> {
+        self.router_server_addr(server)?;
+        let mut state = self.shared.lock();
+        // The snapshot is the map now; taking it only when the syncer stops.
+        let snapshot = (!running).then(|| state.region_map().clone());
+        if let Some(svc) = state.pd.router_service.as_mut() {
+            svc.set_region_sync(server, snapshot);
+        }
+        Ok(())
+    }
+
+    /// Requests router server `server` served, by gRPC method (`"GetRegion"`,
+    /// `"GetPrevRegion"`, `"GetRegionByID"`, `"BatchScanRegions"`, `"GetStore"`,
+    /// `"GetAllStores"`, and `"QueryRegion"` counted per stream message). Reset with
+    /// [`reset_pd_request_counts`](Self::reset_pd_request_counts).
+    pub fn router_server_request_count(&self, server: usize, method: &str) -> u64 {
+        self.shared
+            .lock()
+            .pd
+            .router_service
+            .as_ref()
+            .map_or(0, |svc| svc.count(server, method))
     }
 }

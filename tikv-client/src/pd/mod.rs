@@ -51,10 +51,8 @@ mod keyspace;
 mod retry;
 mod router;
 mod router_discovery;
-// `router_mcs_tests` is written against tikv-mock's router-microservice control API
-// (`router_microservice`, `stop_router_server`, ...), which is not in tikv-mock yet; declare it
-// (`#[cfg(test)] mod router_mcs_tests;`) once `cargo test -p tikv-mock --test
-// router_microservice` passes, so that the crate's tests keep compiling meanwhile.
+#[cfg(test)]
+mod router_mcs_tests;
 #[cfg(test)]
 mod tests;
 mod tso;

@@ -1,5 +1,6 @@
-//! The PD server: `pdpb.PD`, `keyspacepb.Keyspace`, gRPC health and the subset of PD's HTTP API
-//! that clients use, all on the one PD address (gRPC and HTTP/1.1 share the port, as with PD).
+//! The PD server: `pdpb.PD`, `keyspacepb.Keyspace`, `meta_storagepb.MetaStorage` (`Get`), gRPC
+//! health and the subset of PD's HTTP API that clients use, all on the one PD address (gRPC and
+//! HTTP/1.1 share the port, as with PD).
 //!
 //! Who calls it: `server.rs` builds these routes with [`routes`] when the cluster starts and
 //! again on `MockCluster::start_pd`, so every piece of PD state lives in the cluster state
@@ -35,11 +36,15 @@
 //! `pkg/response` (HTTP JSON, see [`http`]).
 //!
 //! Submodules: [`service`] implements `pdpb.PD`; [`gc`] holds the GC state machine; [`keyspace`]
-//! implements `keyspacepb.Keyspace`; [`http`] serves the JSON endpoints.
+//! implements `keyspacepb.Keyspace`; [`http`] serves the JSON endpoints; [`meta_storage`] is
+//! PD's etcd key space as clients read it; [`tso_service`] and [`router_service`] are the
+//! optional TSO and router microservices, served on addresses of their own.
 
 mod gc;
 mod http;
 mod keyspace;
+pub(crate) mod meta_storage;
+pub(crate) mod router_service;
 mod service;
 pub(crate) mod tso_service;
 
@@ -48,6 +53,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tikv_proto::keyspacepb::keyspace_server::KeyspaceServer;
+use tikv_proto::meta_storagepb::meta_storage_server::MetaStorageServer;
 use tikv_proto::pdpb::{self, pd_server::PdServer};
 use tonic::Status;
 use tonic::codec::CompressionEncoding;
@@ -113,6 +119,10 @@ pub(crate) struct PdState {
     handled: HashMap<(usize, &'static str), u64>,
     /// The TSO microservice, when the cluster was built with one.
     pub(crate) tso_service: Option<tso_service::TsoServiceState>,
+    /// PD's meta storage (the etcd key space microservices register in).
+    pub(crate) meta_storage: meta_storage::MetaStorageState,
+    /// The router microservice, when the cluster was built with one.
+    pub(crate) router_service: Option<router_service::RouterServiceState>,
 }
 
 impl PdState {
@@ -178,10 +188,13 @@ impl PdState {
             .sum()
     }
 
-    /// Forgets the forwarded and handled request counts.
+    /// Forgets the forwarded and handled request counts, router servers' included.
     pub(crate) fn reset_counts(&mut self) {
         self.forwarded.clear();
         self.handled.clear();
+        if let Some(router) = self.router_service.as_mut() {
+            router.reset_counts();
+        }
     }
 
     fn count_handled(&mut self, member: usize, command: &'static str) {
@@ -203,6 +216,8 @@ impl Default for PdState {
             forwarded: HashMap::new(),
             handled: HashMap::new(),
             tso_service: None,
+            meta_storage: meta_storage::MetaStorageState::default(),
+            router_service: None,
         }
     }
 }
@@ -229,8 +244,15 @@ pub(crate) fn routes(shared: Arc<Shared>, member: usize) -> Routes {
         .send_compressed(CompressionEncoding::Gzip);
     // The reporter starts with "" SERVING, which is all clients probe; it is not kept because
     // the mock's PD never reports itself unhealthy (a stopped PD refuses connections instead).
+    let meta_storage = MetaStorageServer::new(meta_storage::MetaStorageService::new(
+        shared.clone(),
+        member,
+    ));
     let (_reporter, health) = tonic_health::server::health_reporter();
-    let grpc = Routes::new(pd).add_service(keyspace).add_service(health);
+    let grpc = Routes::new(pd)
+        .add_service(keyspace)
+        .add_service(meta_storage)
+        .add_service(health);
     let router = grpc
         .into_axum_router()
         .merge(http::router(shared))

@@ -34,7 +34,7 @@ use super::{
     region_not_found_header, request_cluster_id, role, route,
 };
 use crate::Shared;
-use crate::cluster::{ClusterState, RegionState};
+use crate::cluster::{ClusterState, RegionMap, RegionState};
 use crate::fault::Phase;
 use crate::tso;
 
@@ -134,7 +134,7 @@ fn get_region_response(cluster_id: u64, region: Option<&RegionState>) -> pdpb::G
 
 /// A `GetRegion`-style answer in `role`: a follower reports a region it does not have (or
 /// everything, with its syncer stopped) as "region not found" instead of an empty answer.
-fn region_answer(
+pub(super) fn region_answer(
     cluster_id: u64,
     region: Option<&RegionState>,
     role: Role,
@@ -160,7 +160,7 @@ fn scanned_region(region: &RegionState) -> pdpb::Region {
 /// `BatchScanRegions`: PD validates that ranges are sorted and do not overlap (a previous range
 /// with an unbounded end is not caught, as in PD), merges adjacent ones, and scans each.
 fn batch_scan(
-    state: &ClusterState,
+    map: &RegionMap,
     ranges: &[pdpb::KeyRange],
     limit: i32,
     contain_all: bool,
@@ -189,7 +189,7 @@ fn batch_scan(
     let limit = usize::try_from(limit).unwrap_or(0);
     let mut out: Vec<&RegionState> = Vec::new();
     for (start, end) in &merged {
-        let mut found = scan_range(state, start, end, limit, contain_all)?;
+        let mut found = scan_range(map, start, end, limit, contain_all)?;
         if let (Some(last), Some(first)) = (out.last(), found.first())
             && last.id() == first.id()
         {
@@ -207,7 +207,7 @@ fn batch_scan(
 /// The regions covering one range, at most `limit` (0: all), detecting holes in the region map
 /// as PD's `scanRegion` does (the mock's regions tile the key space, so holes do not occur).
 fn scan_range<'a>(
-    state: &'a ClusterState,
+    map: &'a RegionMap,
     start: &[u8],
     end: &[u8],
     limit: usize,
@@ -222,7 +222,7 @@ fn scan_range<'a>(
     let mut out = Vec::new();
     let mut last_end: Bytes = Bytes::copy_from_slice(start);
     let mut last_start = Bytes::new();
-    for region in state.regions_in_range(start, end, 0) {
+    for region in map.regions_in_range(start, end, 0) {
         if limit > 0 && out.len() >= limit {
             break;
         }
@@ -275,6 +275,74 @@ pub(super) fn reported_store(
         meta.last_heartbeat = (state.clock.now_ms() as i64).saturating_mul(1_000_000);
     }
     meta
+}
+
+/// `GetStore`: the store as PD reports it, or PD's "not found" header error.
+pub(super) fn get_store_answer(state: &ClusterState, store_id: u64) -> pdpb::GetStoreResponse {
+    let Some(store) = state.stores.get(&store_id) else {
+        return pdpb::GetStoreResponse {
+            header: error_header(
+                state.cluster_id,
+                pdpb::ErrorType::Unknown,
+                format!("invalid store ID {store_id}, not found"),
+            ),
+            ..Default::default()
+        };
+    };
+    pdpb::GetStoreResponse {
+        header: ok_header(state.cluster_id),
+        store: Some(reported_store(state, store)),
+        stats: Some(store_stats(state, store_id)),
+    }
+}
+
+/// `GetAllStores`. PD's filter is on node_state Removed, not on the Tombstone store state.
+pub(super) fn all_stores_answer(
+    state: &ClusterState,
+    exclude_tombstone: bool,
+) -> pdpb::GetAllStoresResponse {
+    let stores = state
+        .stores
+        .values()
+        .filter(|s| !exclude_tombstone || s.meta.node_state != metapb::NodeState::Removed as i32)
+        .map(|s| reported_store(state, s))
+        .collect();
+    pdpb::GetAllStoresResponse {
+        header: ok_header(state.cluster_id),
+        stores,
+    }
+}
+
+/// `BatchScanRegions` over `map` in `role`: a follower reports an empty result (or everything,
+/// with its syncer stopped) as "region not found".
+pub(super) fn batch_scan_answer(
+    cluster_id: u64,
+    map: &RegionMap,
+    req: &pdpb::BatchScanRegionsRequest,
+    role: Role,
+) -> pdpb::BatchScanRegionsResponse {
+    if role == Role::UnsyncedFollower {
+        return pdpb::BatchScanRegionsResponse {
+            header: region_not_found_header(cluster_id),
+            regions: Vec::new(),
+        };
+    }
+    match batch_scan(map, &req.ranges, req.limit, req.contain_all_key_range) {
+        Ok(regions) if role == Role::Follower && regions.is_empty() => {
+            pdpb::BatchScanRegionsResponse {
+                header: region_not_found_header(cluster_id),
+                regions,
+            }
+        }
+        Ok(regions) => pdpb::BatchScanRegionsResponse {
+            header: ok_header(cluster_id),
+            regions,
+        },
+        Err((kind, message)) => pdpb::BatchScanRegionsResponse {
+            header: error_header(cluster_id, kind, message),
+            regions: Vec::new(),
+        },
+    }
 }
 
 /// The statistics a store's heartbeat would carry.
@@ -566,21 +634,7 @@ impl Pd for PdService {
         let (meta, _, req) = request.into_parts();
         let cid = request_cluster_id(req.header.as_ref());
         self.unary(&meta, "GetStore", cid, None, &[], |state| {
-            let Some(store) = state.stores.get(&req.store_id) else {
-                return Ok(pdpb::GetStoreResponse {
-                    header: error_header(
-                        state.cluster_id,
-                        pdpb::ErrorType::Unknown,
-                        format!("invalid store ID {}, not found", req.store_id),
-                    ),
-                    ..Default::default()
-                });
-            };
-            Ok(pdpb::GetStoreResponse {
-                header: ok_header(state.cluster_id),
-                store: Some(reported_store(state, store)),
-                stats: Some(store_stats(state, req.store_id)),
-            })
+            Ok(get_store_answer(state, req.store_id))
         })
         .await
     }
@@ -592,20 +646,7 @@ impl Pd for PdService {
         let (meta, _, req) = request.into_parts();
         let cid = request_cluster_id(req.header.as_ref());
         self.unary(&meta, "GetAllStores", cid, None, &[], |state| {
-            // PD's filter is on node_state Removed, not on the Tombstone store state.
-            let stores = state
-                .stores
-                .values()
-                .filter(|s| {
-                    !req.exclude_tombstone_stores
-                        || s.meta.node_state != metapb::NodeState::Removed as i32
-                })
-                .map(|s| reported_store(state, s))
-                .collect();
-            Ok(pdpb::GetAllStoresResponse {
-                header: ok_header(state.cluster_id),
-                stores,
-            })
+            Ok(all_stores_answer(state, req.exclude_tombstone_stores))
         })
         .await
     }
@@ -758,30 +799,12 @@ impl Pd for PdService {
             None,
             &keys,
             |state, role| {
-                if role == Role::UnsyncedFollower {
-                    return Ok(pdpb::BatchScanRegionsResponse {
-                        header: region_not_found_header(state.cluster_id),
-                        regions: Vec::new(),
-                    });
-                }
-                Ok(
-                    match batch_scan(state, &req.ranges, req.limit, req.contain_all_key_range) {
-                        Ok(regions) if role == Role::Follower && regions.is_empty() => {
-                            pdpb::BatchScanRegionsResponse {
-                                header: region_not_found_header(state.cluster_id),
-                                regions,
-                            }
-                        }
-                        Ok(regions) => pdpb::BatchScanRegionsResponse {
-                            header: ok_header(state.cluster_id),
-                            regions,
-                        },
-                        Err((kind, message)) => pdpb::BatchScanRegionsResponse {
-                            header: error_header(state.cluster_id, kind, message),
-                            regions: Vec::new(),
-                        },
-                    },
-                )
+                Ok(batch_scan_answer(
+                    state.cluster_id,
+                    state.region_map(),
+                    &req,
+                    role,
+                ))
             },
         )
         .await
@@ -1449,51 +1472,54 @@ async fn query_region(
                 ..Default::default()
             });
         }
-        let mut by_id: HashMap<u64, pdpb::RegionResponse> = HashMap::new();
-        let mut add = |region: Option<&RegionState>| -> u64 {
-            let Some(region) = region else { return 0 };
-            by_id.insert(
-                region.id(),
-                pdpb::RegionResponse {
-                    region: Some(region.meta.clone()),
-                    leader: region.leader_peer().copied(),
-                    ..Default::default()
-                },
-            );
-            region.id()
-        };
-        let key_id_map = request
-            .keys
-            .iter()
-            .map(|k| add(state.region_by_key(k)))
-            .collect();
-        let prev_key_id_map = request
-            .prev_keys
-            .iter()
-            .map(|k| add(state.prev_region(k)))
-            .collect();
-        for &id in &request.ids {
-            if id == 0 || by_id.contains_key(&id) {
-                continue;
-            }
-            // PD answers an unknown id with an empty entry.
-            let entry = match state.region(id) {
-                Some(r) => pdpb::RegionResponse {
-                    region: Some(r.meta.clone()),
-                    leader: r.leader_peer().copied(),
-                    ..Default::default()
-                },
-                None => pdpb::RegionResponse::default(),
-            };
-            by_id.insert(id, entry);
-        }
-        pdpb::QueryRegionResponse {
-            header: ok_header(state.cluster_id),
-            key_id_map,
-            prev_key_id_map,
-            regions_by_id: by_id,
-        }
+        query_regions(state.cluster_id, state.region_map(), request)
     };
     fault(shared, Phase::AfterApply, "QueryRegion", None, &keys).await?;
     Ok(response)
+}
+
+/// The answer to one `QueryRegion` batch from `map`: regions by key, by previous key and by id,
+/// deduplicated by id; an unknown id gets an empty entry, as in PD.
+pub(super) fn query_regions(
+    cluster_id: u64,
+    map: &RegionMap,
+    request: &pdpb::QueryRegionRequest,
+) -> pdpb::QueryRegionResponse {
+    let mut by_id: HashMap<u64, pdpb::RegionResponse> = HashMap::new();
+    let mut add = |region: Option<&RegionState>| -> u64 {
+        let Some(region) = region else { return 0 };
+        by_id.insert(region.id(), region_response(region));
+        region.id()
+    };
+    let key_id_map = request
+        .keys
+        .iter()
+        .map(|k| add(map.region_by_key(k)))
+        .collect();
+    let prev_key_id_map = request
+        .prev_keys
+        .iter()
+        .map(|k| add(map.prev_region(k)))
+        .collect();
+    for &id in &request.ids {
+        if id == 0 || by_id.contains_key(&id) {
+            continue;
+        }
+        let entry = map.region(id).map(region_response).unwrap_or_default();
+        by_id.insert(id, entry);
+    }
+    pdpb::QueryRegionResponse {
+        header: ok_header(cluster_id),
+        key_id_map,
+        prev_key_id_map,
+        regions_by_id: by_id,
+    }
+}
+
+fn region_response(region: &RegionState) -> pdpb::RegionResponse {
+    pdpb::RegionResponse {
+        region: Some(region.meta.clone()),
+        leader: region.leader_peer().copied(),
+        ..Default::default()
+    }
 }
