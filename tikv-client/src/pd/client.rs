@@ -787,51 +787,39 @@ impl PdClient {
             follower: from.follower,
         };
         let resp = match query {
-            Query::Key(key) => {
+            Query::Key(region_key) => {
                 let req = pdpb::GetRegionRequest {
                     header,
-                    region_key: key,
+                    region_key,
                     need_buckets,
                 };
-                let routed = core
-                    .router_read("GetRegion", from.router, true, deadline, |ch| {
-                        let req = req.clone();
-                        async move { RouterClient::new(ch).get_region(req).await }
-                    })
-                    .await?;
-                match routed {
-                    Some(resp) => resp,
-                    None => {
-                        core.call_until("GetRegion", route, deadline, |ch| {
-                            let req = req.clone();
-                            async move { PdGrpc::new(ch).get_region(req).await }
-                        })
-                        .await?
-                    }
-                }
+                core.router_or_pd(
+                    "GetRegion",
+                    from.router,
+                    route,
+                    deadline,
+                    &req,
+                    |mut c, r| async move { c.get_region(r).await },
+                    |mut c, r| async move { c.get_region(r).await },
+                )
+                .await?
             }
-            Query::PrevKey(key) => {
+            Query::PrevKey(region_key) => {
                 let req = pdpb::GetRegionRequest {
                     header,
-                    region_key: key,
+                    region_key,
                     need_buckets,
                 };
-                let routed = core
-                    .router_read("GetPrevRegion", from.router, true, deadline, |ch| {
-                        let req = req.clone();
-                        async move { RouterClient::new(ch).get_prev_region(req).await }
-                    })
-                    .await?;
-                match routed {
-                    Some(resp) => resp,
-                    None => {
-                        core.call_until("GetPrevRegion", route, deadline, |ch| {
-                            let req = req.clone();
-                            async move { PdGrpc::new(ch).get_prev_region(req).await }
-                        })
-                        .await?
-                    }
-                }
+                core.router_or_pd(
+                    "GetPrevRegion",
+                    from.router,
+                    route,
+                    deadline,
+                    &req,
+                    |mut c, r| async move { c.get_prev_region(r).await },
+                    |mut c, r| async move { c.get_prev_region(r).await },
+                )
+                .await?
             }
             Query::Id(region_id) => {
                 let req = pdpb::GetRegionByIdRequest {
@@ -839,22 +827,16 @@ impl PdClient {
                     region_id,
                     need_buckets,
                 };
-                let routed = core
-                    .router_read("GetRegionByID", from.router, true, deadline, |ch| {
-                        let req = req.clone();
-                        async move { RouterClient::new(ch).get_region_by_id(req).await }
-                    })
-                    .await?;
-                match routed {
-                    Some(resp) => resp,
-                    None => {
-                        core.call_until("GetRegionByID", route, deadline, |ch| {
-                            let req = req.clone();
-                            async move { PdGrpc::new(ch).get_region_by_id(req).await }
-                        })
-                        .await?
-                    }
-                }
+                core.router_or_pd(
+                    "GetRegionByID",
+                    from.router,
+                    route,
+                    deadline,
+                    &req,
+                    |mut c, r| async move { c.get_region_by_id(r).await },
+                    |mut c, r| async move { c.get_region_by_id(r).await },
+                )
+                .await?
             }
         };
         Ok(region_from_get(resp))
@@ -889,23 +871,17 @@ impl PdClient {
             contain_all_key_range: true,
         };
         let deadline = Instant::now() + core.timeout;
-        let routed = core
-            .router_read("BatchScanRegions", any, true, deadline, |ch| {
-                let req = req.clone();
-                async move { RouterClient::new(ch).batch_scan_regions(req).await }
-            })
-            .await?;
-        let result = match routed {
-            Some(resp) => Ok(resp),
-            None => {
-                let route = Route::RegionMeta { follower: any };
-                core.call_until("BatchScanRegions", route, deadline, |ch| {
-                    let req = req.clone();
-                    async move { PdGrpc::new(ch).batch_scan_regions(req).await }
-                })
-                .await
-            }
-        };
+        let result = core
+            .router_or_pd(
+                "BatchScanRegions",
+                any,
+                Route::RegionMeta { follower: any },
+                deadline,
+                &req,
+                |mut c, r| async move { c.batch_scan_regions(r).await },
+                |mut c, r| async move { c.batch_scan_regions(r).await },
+            )
+            .await;
         match result {
             Ok(resp) => Ok(resp
                 .regions
@@ -1016,22 +992,17 @@ impl PdClient {
             store_id,
         };
         let deadline = Instant::now() + core.timeout;
-        let routed = core
-            .router_read("GetStore", router, false, deadline, |ch| {
-                let req = req.clone();
-                async move { RouterClient::new(ch).get_store(req).await }
-            })
-            .await?;
-        let result = match routed {
-            Some(resp) => Ok(resp),
-            None => {
-                core.call_until("GetStore", Route::Leader, deadline, |ch| {
-                    let req = req.clone();
-                    async move { PdGrpc::new(ch).get_store(req).await }
-                })
-                .await
-            }
-        };
+        let result = core
+            .router_or_pd(
+                "GetStore",
+                router,
+                Route::Leader,
+                deadline,
+                &req,
+                |mut c, r| async move { c.get_store(r).await },
+                |mut c, r| async move { c.get_store(r).await },
+            )
+            .await;
         let resp = match result {
             Ok(resp) => resp,
             // client-go's `isStoreNotFoundError`.
@@ -1072,22 +1043,17 @@ impl PdClient {
             exclude_tombstone_stores: exclude_tombstone,
         };
         let deadline = Instant::now() + core.timeout;
-        let routed = core
-            .router_read("GetAllStores", router, false, deadline, |ch| {
-                let req = req.clone();
-                async move { RouterClient::new(ch).get_all_stores(req).await }
-            })
+        let resp = core
+            .router_or_pd(
+                "GetAllStores",
+                router,
+                Route::Leader,
+                deadline,
+                &req,
+                |mut c, r| async move { c.get_all_stores(r).await },
+                |mut c, r| async move { c.get_all_stores(r).await },
+            )
             .await?;
-        let resp = match routed {
-            Some(resp) => resp,
-            None => {
-                core.call_until("GetAllStores", Route::Leader, deadline, |ch| {
-                    let req = req.clone();
-                    async move { PdGrpc::new(ch).get_all_stores(req).await }
-                })
-                .await?
-            }
-        };
         Ok(resp.stores)
     }
 }
@@ -1248,6 +1214,46 @@ impl Core {
             let moved = now_route.is_some() && now_route != failed_route;
             if !moved && !backoff.sleep_before(deadline).await {
                 return Err(self.timed_out(op, last.as_ref()));
+            }
+        }
+    }
+
+    /// A read a router server may answer: on a healthy router server first when `router`
+    /// allows it ([`router_read`](Self::router_read)), then on PD by `route` when the router
+    /// had no answer, all by `deadline`. Region metadata routes pass the region-meta circuit
+    /// breaker on both paths.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn router_or_pd<Q, T, R, RFut, P, PFut>(
+        &self,
+        op: &'static str,
+        router: bool,
+        route: Route,
+        deadline: Instant,
+        req: &Q,
+        on_router: R,
+        on_pd: P,
+    ) -> Result<T>
+    where
+        Q: Clone,
+        T: PdResponse,
+        R: FnOnce(RouterClient<Channel>, Q) -> RFut,
+        RFut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+        P: Fn(PdGrpc<PdChannel>, Q) -> PFut,
+        PFut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let breaker = matches!(route, Route::RegionMeta { .. });
+        let routed = self
+            .router_read(op, router, breaker, deadline, |ch| {
+                on_router(RouterClient::new(ch), req.clone())
+            })
+            .await?;
+        match routed {
+            Some(resp) => Ok(resp),
+            None => {
+                self.call_until(op, route, deadline, |ch| {
+                    on_pd(PdGrpc::new(ch), req.clone())
+                })
+                .await
             }
         }
     }
