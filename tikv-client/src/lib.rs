@@ -27,6 +27,7 @@ pub mod pd;
 pub mod raw;
 pub mod request;
 mod rpc;
+mod tls;
 pub mod transport;
 
 pub use cluster::Cluster;

@@ -710,6 +710,54 @@ mod transport {
         assert_retryable(&refused);
     }
 
+    /// `cluster-verify-cn` admits a server only when its certificate's Common Name is listed;
+    /// the chain and the address are checked as without it.
+    #[tokio::test]
+    async fn the_server_certificate_common_name_must_be_allowed() {
+        let env = start(config(one_connection())).await;
+        env.put(b"k", b"v").await;
+        let read = |name| std::fs::read(testdata(name)).unwrap();
+        let server_tls = ServerTlsConfig::new().identity(Identity::from_pem(
+            read("server.pem"),
+            read("server-key.pem"),
+        ));
+        let (proxy, proxy_address) = Proxy::start(&env.address, Some(server_tls)).await;
+        let with_names = |names: &[&str]| {
+            let security = Security::default()
+                .with_ca(testdata("ca.pem"))
+                .with_verify_cn(names.iter().copied());
+            Transport::new(&config(one_connection()).with_security(security)).unwrap()
+        };
+
+        // The test server's certificate says CN=tikv-server.
+        let allowed = with_names(&["pd-server", "tikv-server"]);
+        let store = allowed.store(&proxy_address).unwrap();
+        let read_back = bounded(
+            "a request to an allowed server",
+            store.send(raw_get(&env.ctx, b"k"), opts()),
+        )
+        .await;
+        assert_eq!(get_value(read_back.unwrap()), Some(b(b"v")));
+        let unary = store
+            .unary(UnaryRequest::Cmd(raw_get(&env.ctx, b"k")), opts())
+            .await;
+        assert!(matches!(unary, Ok(UnaryResponse::Cmd(RespCmd::RawGet(_)))));
+        assert_eq!(proxy.seen().len(), 2);
+
+        let refused = with_names(&["pd-server"])
+            .store(&proxy_address)
+            .unwrap()
+            .send(raw_get(&env.ctx, b"k"), opts())
+            .await;
+        assert_retryable(&refused);
+        let message = format!("{:?}", refused.err());
+        assert!(message.contains("tikv-server"), "{message}");
+        assert!(
+            proxy.seen().is_empty(),
+            "nothing reached the refused server"
+        );
+    }
+
     // ----- health feedback, collapse, limit ------------------------------------------------------
 
     /// The liveness probe asks the store's gRPC health service on a connection of its own

@@ -1,10 +1,10 @@
 //! `[security]`: TLS settings for the connections to PD and TiKV. Ports client-go
 //! `config/security.go` (`Security`, `NewSecurity`, and the file checks of `ToTLSConfig`).
 //!
-//! This module reads and checks the PEM files only; it builds no TLS configuration, so the crate
-//! pulls in no TLS library here. The transport turns a [`TlsMaterial`] into tonic's TLS settings
-//! (CA roots, client identity, server-name checks against [`TlsMaterial::verify_cn`]); that is
-//! also where a certificate is matched against its private key.
+//! This module reads and checks the PEM files only; it builds no TLS configuration. The crate's
+//! `tls` module turns a [`TlsMaterial`] into the TLS settings of every PD and TiKV connection
+//! (CA roots, client identity, the Common Name check against [`TlsMaterial::verify_cn`]); the
+//! TLS library matches a certificate against its private key there.
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -12,8 +12,8 @@
 //! cache (`locate/`) reads [`StoreClient::health_feedback`] and probes unreachable stores with
 //! [`StoreClient::check_liveness`].
 //!
-//! TLS: `[security]` gives the CA and the client identity; server names are checked by the TLS
-//! library against the store address. `cluster-verify-cn` is not applied yet.
+//! TLS: `[security]` gives the CA, the client identity and the allowed server Common Names
+//! (`crate::tls`); server certificates are checked against the store address.
 //!
 //! Layout:
 //!
@@ -52,7 +52,6 @@ use std::time::{Duration, Instant};
 use tikv_proto::tikvpb::batch_commands_request::request::Cmd;
 use tikv_proto::tikvpb::batch_commands_response::response::Cmd as RespCmd;
 use tokio::runtime::Handle;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 pub use unary::{UnaryRequest, UnaryResponse};
 
@@ -60,6 +59,7 @@ use self::policy::WaitLimits;
 use self::pool::{StorePool, StoreShared};
 use crate::config::{BatchTriggerOptions, Config, GrpcCompression};
 use crate::error::GrpcCode;
+use crate::tls::ClientTls;
 use crate::{Error, Result};
 
 /// gRPC metadata naming the store a request is meant for when it is sent through another one
@@ -86,7 +86,7 @@ pub(crate) struct TransportConfig {
     pub(crate) limits: WaitLimits,
     pub(crate) max_concurrency: usize,
     pub(crate) trigger: BatchTriggerOptions,
-    pub(crate) tls: Option<ClientTlsConfig>,
+    pub(crate) tls: Option<ClientTls>,
 }
 
 impl TransportConfig {
@@ -95,13 +95,7 @@ impl TransportConfig {
         let c = &config.tikv_client;
         let tls = if config.security.is_enabled() {
             let material = config.security.load()?;
-            let mut tls = ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(material.ca_pem()))
-                .assume_http2(true);
-            if let Some((cert, key)) = material.client_identity() {
-                tls = tls.identity(Identity::from_pem(cert, key));
-            }
-            Some(tls)
+            Some(ClientTls::from_material(&material)?.assume_http2())
         } else {
             None
         };

@@ -508,11 +508,7 @@ fn endpoint(address: &str, config: &TransportConfig) -> Result<Endpoint> {
         .initial_connection_window_size(config.connection_window)
         .tcp_nodelay(true);
     match &config.tls {
-        Some(tls) => endpoint.tls_config(tls.clone()).map_err(|e| {
-            Error::config(format!(
-                "security: cannot use the TLS settings for {address}: {e}"
-            ))
-        }),
+        Some(tls) => tls.apply(endpoint, address),
         None => Ok(endpoint),
     }
 }
