@@ -28,8 +28,15 @@
 //!
 //! Not ported: coprocessor/MPP streaming calls, the callback-style async API (`client_async.go`;
 //! every send here is a future), interceptors, per-request metrics and RU accounting (they come
-//! with `observability/`), the idle-connection recycler, and `conn_monitor.go`'s connection-state
-//! gauges.
+//! with `observability/`), and `conn_monitor.go`'s connection-state gauges.
+//!
+//! Idle stores: a store's pool that has had no request for [`IDLE_TIMEOUT`] is closed, its
+//! connections and streams with it, and the next request to the store opens a new one (client-go
+//! `recycleIdleConnArray`, with its 3-minute `idleTimeout`). A background task checks every
+//! [`IDLE_CHECK_INTERVAL`]; a pool with a request queued or in flight is never closed. A caller
+//! that took a [`StoreClient`] just before the pool was recycled gets a retryable error, as
+//! client-go's "rpcClient is idle" race does, and the next [`Transport::store`] call opens
+//! fresh connections.
 //!
 //! This module is public only so that the workspace's benchmarks can drive it: it is a
 //! low-level, unstable surface that speaks `tikv-proto` types, hidden from the documentation.
@@ -39,6 +46,8 @@
 
 mod batch;
 mod collapse;
+#[cfg(test)]
+mod idle_tests;
 mod policy;
 mod pool;
 mod unary;
@@ -72,6 +81,13 @@ pub(crate) const BATCH_CONN_INDEX_METADATA_KEY: &str = "tikv-batch-conn-index";
 
 /// How long a connection or a stream may take to open (client-go `dialTimeout`).
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a store's pool may go without requests before it is closed (client-go
+/// `idleTimeout`).
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(3 * 60);
+
+/// How often the idle recycler looks for idle pools.
+const IDLE_CHECK_INTERVAL: Duration = Duration::from_secs(15);
 
 /// The transport settings, resolved once from [`Config`].
 #[derive(Debug, Clone)]
@@ -136,11 +152,51 @@ struct Inner {
     runtime: Handle,
     stores: RwLock<HashMap<Arc<str>, Arc<StorePool>>>,
     closed: AtomicBool,
+    /// Tells the idle recycler to stop (sent on close; dropping it stops the task too).
+    shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl Inner {
+    /// Closes the pools that have been idle for at least `idle_timeout`; returns how many.
+    fn recycle_idle(&self, idle_timeout: Duration) -> usize {
+        let is_idle = |pool: &StorePool| pool.idle_for().is_some_and(|d| d >= idle_timeout);
+        let candidates: Vec<Arc<str>> = self
+            .stores
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(_, pool)| is_idle(pool))
+            .map(|(address, _)| address.clone())
+            .collect();
+        if candidates.is_empty() {
+            return 0;
+        }
+        let mut recycled = Vec::new();
+        {
+            let mut stores = self.stores.write().unwrap_or_else(PoisonError::into_inner);
+            for address in candidates {
+                // Checked again under the lock: a request may have started meanwhile.
+                if stores.get(&address).is_some_and(|pool| is_idle(pool))
+                    && let Some(pool) = stores.remove(&address)
+                {
+                    recycled.push((address, pool));
+                }
+            }
+        }
+        let n = recycled.len();
+        for (address, pool) in recycled {
+            tracing::debug!(%address, "closing the connections of an idle store");
+            pool.close(unavailable(
+                &address,
+                "the client closed its idle connections to the store",
+            ));
+        }
+        n
+    }
+
     fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
+        self.shutdown.send_replace(true);
         let stores =
             std::mem::take(&mut *self.stores.write().unwrap_or_else(PoisonError::into_inner));
         for pool in stores.into_values() {
@@ -165,14 +221,22 @@ impl Transport {
         let runtime = Handle::try_current().map_err(|_| {
             Error::invalid_argument("the transport must be created inside a tokio runtime")
         })?;
-        Ok(Transport {
-            inner: Arc::new(Inner {
-                config: Arc::new(TransportConfig::from_config(config)?),
-                runtime,
-                stores: RwLock::new(HashMap::new()),
-                closed: AtomicBool::new(false),
-            }),
-        })
+        let (shutdown, stop) = tokio::sync::watch::channel(false);
+        let inner = Arc::new(Inner {
+            config: Arc::new(TransportConfig::from_config(config)?),
+            runtime: runtime.clone(),
+            stores: RwLock::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+            shutdown,
+        });
+        runtime.spawn(recycle_idle_stores(Arc::downgrade(&inner), stop));
+        Ok(Transport { inner })
+    }
+
+    /// Closes the pools idle for at least `idle_timeout` now (the recycler's check, for tests).
+    #[cfg(test)]
+    pub(crate) fn recycle_idle(&self, idle_timeout: Duration) -> usize {
+        self.inner.recycle_idle(idle_timeout)
     }
 
     /// The client of the store at `address` (`host:port`), made on first use. Keep it: it is a
@@ -233,6 +297,22 @@ impl Transport {
     /// fail with [`Error::Closed`].
     pub fn close(&self) {
         self.inner.close();
+    }
+}
+
+/// The idle recycler: every [`IDLE_CHECK_INTERVAL`], closes the pools idle for
+/// [`IDLE_TIMEOUT`]. Holds the transport weakly, and stops when it closes or is dropped.
+async fn recycle_idle_stores(inner: Weak<Inner>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(IDLE_CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            // A close, or the sender dropped with the transport.
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        inner.recycle_idle(IDLE_TIMEOUT);
     }
 }
 

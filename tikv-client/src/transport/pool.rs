@@ -51,9 +51,40 @@ pub(crate) struct StoreShared {
     batched_requests: AtomicU64,
     unary_calls: AtomicU64,
     live_tasks: AtomicUsize,
+    /// When the pool was made; `last_used` counts whole seconds from here.
+    created: Instant,
+    /// The second (since `created`) of the latest request, for the idle recycler. Written at
+    /// most once a second, so that concurrent senders do not fight over its cache line.
+    last_used: AtomicU64,
+    /// Unary calls in progress (batched requests are counted by their streams).
+    unary_inflight: AtomicUsize,
+}
+
+/// Counts a unary call as in progress until dropped (the call finished or was cancelled).
+struct UnaryInflight<'a>(&'a AtomicUsize);
+
+impl<'a> UnaryInflight<'a> {
+    fn enter(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        UnaryInflight(counter)
+    }
+}
+
+impl Drop for UnaryInflight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl StoreShared {
+    /// Records that a request is being sent now.
+    fn touch(&self) {
+        let now = self.created.elapsed().as_secs();
+        if self.last_used.load(Ordering::Relaxed) < now {
+            self.last_used.store(now, Ordering::Relaxed);
+        }
+    }
+
     pub(crate) fn record_health_feedback(&self, feedback: kvrpcpb::HealthFeedback) {
         let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
         // Streams of several connections race; keep the newest the store sent.
@@ -210,6 +241,9 @@ impl StorePool {
             batched_requests: AtomicU64::new(0),
             unary_calls: AtomicU64::new(0),
             live_tasks: AtomicUsize::new(0),
+            created: Instant::now(),
+            last_used: AtomicU64::new(0),
+            unary_inflight: AtomicUsize::new(0),
         });
         // Channels spawn their worker tasks on the runtime they are made in.
         let _entered = runtime.enter();
@@ -298,6 +332,20 @@ impl StorePool {
         self.shared.stats(inflight, queued)
     }
 
+    /// How long the pool has had no request in progress and none sent, to the second; `None`
+    /// while a request is in progress (queued, in flight or a unary call).
+    pub(crate) fn idle_for(&self) -> Option<Duration> {
+        if self.shared.unary_inflight.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let stats = self.stats();
+        if stats.inflight > 0 || stats.queued > 0 {
+            return None;
+        }
+        let last = Duration::from_secs(self.shared.last_used.load(Ordering::Relaxed));
+        Some(self.shared.created.elapsed().saturating_sub(last))
+    }
+
     fn check_open(&self) -> Result<()> {
         match &*self.shared.closed.borrow() {
             Some(error) => Err(error.clone()),
@@ -307,6 +355,7 @@ impl StorePool {
 
     /// Sends one command, batched unless batching is off or the store refuses it.
     pub(crate) async fn send(&self, cmd: Box<Cmd>, opts: SendOptions) -> Result<Box<RespCmd>> {
+        self.shared.touch();
         if opts.timeout.is_zero() {
             // The deadline has passed: sending could only waste the store's time.
             return Err(super::timeout_error(
@@ -470,6 +519,8 @@ impl StorePool {
         opts: &SendOptions,
     ) -> Result<UnaryResponse> {
         self.check_open()?;
+        self.shared.touch();
+        let _inflight = UnaryInflight::enter(&self.shared.unary_inflight);
         if opts.timeout.is_zero() {
             return Err(super::timeout_error(
                 req.method(),
