@@ -1,16 +1,26 @@
 //! # tikv-client
 //!
 //! A TiKV client for Rust with the feature set of client-go v2 (`github.com/tikv/client-go/v2`),
-//! built on tokio and tonic. This is the workspace foundation: typed errors, configuration, TLS
-//! settings, key types and the memcomparable codec. Raw and transactional clients follow.
+//! built on tokio and tonic. [`RawClient`] is the raw key-value API; the transactional client is
+//! not written yet.
 //!
 //! ## Module map
 //!
 //! | module | owns | ports (client-go) |
 //! |---|---|---|
 //! | [`error`] | the public error catalogue, classified (retryable, undetermined) | `error/error.go` |
-//! | [`config`] | [`Config`] (builder, TOML), [`Security`] (TLS) | `config/config.go`, `config/client.go`, `config/security.go` |
+//! | [`config`] | [`Config`] (builder, TOML, `tikv://` paths), [`Security`] (TLS files) | `config/` |
 //! | [`kv`] | [`Key`], [`Value`], [`KvPair`], [`BoundRange`], memcomparable codec | `kv/key.go`, `util/codec/` |
+//! | [`pd`] | the PD client: members, TSO, region and store queries, GC, keyspaces | tikv/pd `client/` |
+//! | [`oracle`] | [`Timestamp`], the `Oracle` trait, PD and local oracles | `oracle/` |
+//! | [`locate`] | the region cache and the store cache | `internal/locate/region_cache.go`, `store_cache.go` |
+//! | [`transport`] | per-store connections, BatchCommands streams, unary calls (hidden, unstable) | `internal/client/` |
+//! | [`request`] | backoff, the region request sender, replica selection, fan-out | `config/retry/`, `internal/locate/region_request.go` |
+//! | `rpc` | typed requests and responses of every region-routed command | `tikvrpc/` |
+//! | `codec` | API V1/V2 key codecs (keyspaces) | `internal/apicodec/` |
+//! | `tls` | the TLS settings of every connection, `cluster-verify-cn` | `config/security.go` |
+//! | [`Cluster`] | what the clients of one cluster share: PD client, caches, transport, sender | `tikv/kv.go` |
+//! | [`raw`] | [`RawClient`] | `rawkv/` |
 //!
 //! Proto types from `tikv-proto` stay inside the crate; the public API speaks the types above.
 

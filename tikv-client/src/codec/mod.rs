@@ -22,16 +22,22 @@
 //!
 //! # Who calls it, and the contract
 //!
-//! The raw and transactional clients build one [`ApiCodec`] when they open (API V2: after PD's
-//! `LoadKeyspace` found the keyspace ENABLED), stamp its version and keyspace on their
-//! `ContextTemplate` ([`ApiCodec::stamp`]), and give the region cache
-//! [`ApiCodec::region_source`] instead of the bare PD client. The region request sender then:
+//! The raw client builds one [`ApiCodec`] when it opens (API V2: after PD's `LoadKeyspace`
+//! found the keyspace ENABLED), stamps its version and keyspace on its `ContextTemplate`
+//! ([`ApiCodec::stamp`]), encodes every key and range once when a call starts
+//! ([`ApiCodec::encode_key`], [`ApiCodec::encode_range`]) and decodes every key it returns
+//! ([`ApiCodec::decode_key`]). It routes by the stored form of its keys over the shared
+//! `Cluster` region cache, which holds stored keys too, so region errors need no recoding.
 //!
-//! 1. calls [`Encode::encode`] exactly once per request, on the user-space request, before its
+//! The whole-request recoding ([`Encode`], [`Decode`]) and [`CodecRegionSource`] serve a client
+//! that keeps a region cache in its users' key space, as client-go's `CodecPDClient` does; they
+//! are complete and tested, and no client uses them yet. Their contract, for such a sender:
+//!
+//! 1. call [`Encode::encode`] exactly once per request, on the user-space request, before its
 //!    first attempt. Encoding is not idempotent (a second call prefixes again), and retries
-//!    reuse the encoded request. Split requests by region *before* encoding: the region cache
+//!    reuse the encoded request. Split requests by region *before* encoding: that region cache
 //!    speaks user keys.
-//! 2. calls [`Decode::decode`] on every answer before looking at it (region error included).
+//! 2. call [`Decode::decode`] on every answer before looking at it (region error included).
 //!
 //! Under API V1 raw both are a single comparison and return. Under API V1 transactional mode
 //! `encode` does nothing but `decode` must still run: the regions inside `EpochNotMatch` (and

@@ -30,12 +30,12 @@
 //! every send here is a future), interceptors, per-request metrics and RU accounting (they come
 //! with `observability/`), and `conn_monitor.go`'s connection-state gauges.
 //!
-//! Idle stores: a store's pool that has had no request for [`IDLE_TIMEOUT`] is closed, its
-//! connections and streams with it, and the next request to the store opens a new one (client-go
-//! `recycleIdleConnArray`, with its 3-minute `idleTimeout`). A background task checks every
-//! [`IDLE_CHECK_INTERVAL`]; a pool with a request queued or in flight is never closed. A caller
-//! that took a [`StoreClient`] just before the pool was recycled gets a retryable error, as
-//! client-go's "rpcClient is idle" race does, and the next [`Transport::store`] call opens
+//! Idle stores: a store's pool that has had no request for `IDLE_TIMEOUT` (3 minutes, client-go
+//! `idleTimeout`) is closed, its connections and streams with it, and the next request to the
+//! store opens a new one (client-go `recycleIdleConnArray`). A background task checks every
+//! `IDLE_CHECK_INTERVAL` (15 s); a pool with a request queued or in flight is never closed. A
+//! caller that took a [`StoreClient`] just before the pool was recycled gets a retryable error,
+//! as client-go's "rpcClient is idle" race does, and the next [`Transport::store`] call opens
 //! fresh connections.
 //!
 //! This module is public only so that the workspace's benchmarks can drive it: it is a
