@@ -91,6 +91,8 @@ pub(crate) struct StoreState {
     pub(crate) max_ts: u64,
     /// Sequence number of the store's health feedback.
     pub(crate) feedback_seq: u64,
+    /// The slow score the store reports in its health feedback (TiKV's: 1 healthy .. 100).
+    pub(crate) slow_score: u64,
     /// The store's cache of finished transactions (TiKV's `TxnStatusCache`).
     pub(crate) txn_status: TxnStatusCache,
 }
@@ -730,6 +732,7 @@ impl ClusterState {
                 up: true,
                 max_ts: 0,
                 feedback_seq: 0,
+                slow_score: 1,
                 txn_status: TxnStatusCache::default(),
             },
         );

@@ -762,6 +762,23 @@ impl MockCluster {
         self.shared.lock().remove_store(store_id)
     }
 
+    /// Sets the slow score (TiKV's: 1 healthy .. 100) a store reports in its health feedback
+    /// from now on (every BatchCommands answer and `GetHealthFeedback`); 1 by default.
+    pub fn set_store_slow_score(&self, store_id: u64, score: u64) -> Result<(), MockError> {
+        if !(1..=100).contains(&score) {
+            return Err(MockError::Config(format!(
+                "a slow score is between 1 and 100, not {score}"
+            )));
+        }
+        let mut state = self.shared.lock();
+        let store = state
+            .stores
+            .get_mut(&store_id)
+            .ok_or_else(|| MockError::Topology(format!("unknown store {store_id}")))?;
+        store.slow_score = score;
+        Ok(())
+    }
+
     /// Sets what a running store's gRPC health service reports (`""`): SERVING or NOT_SERVING.
     /// The store keeps serving KV requests, direct and forwarded; clients that probe liveness
     /// (`grpc.health.v1.Health/Check`) see it as unhealthy. A restarted store reports SERVING

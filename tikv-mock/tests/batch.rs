@@ -239,6 +239,28 @@ async fn health_feedback_is_attached_with_increasing_sequence_numbers() {
 }
 
 #[tokio::test]
+async fn a_store_reports_the_slow_score_it_is_given() {
+    let cluster = MockCluster::builder().start().await.unwrap();
+    let store = cluster.store_ids()[0];
+    let mut client = connect(&cluster, store).await;
+    let mut stream = open(&mut client).await;
+    let ask = || {
+        Some(Cmd::GetHealthFeedback(
+            kvrpcpb::GetHealthFeedbackRequest::default(),
+        ))
+    };
+    cluster.set_store_slow_score(store, 90).unwrap();
+    stream.send(vec![(1, ask())]).await;
+    assert_eq!(stream.next().await.health_feedback.unwrap().slow_score, 90);
+    cluster.set_store_slow_score(store, 1).unwrap();
+    stream.send(vec![(2, ask())]).await;
+    assert_eq!(stream.next().await.health_feedback.unwrap().slow_score, 1);
+    assert!(cluster.set_store_slow_score(store, 0).is_err());
+    assert!(cluster.set_store_slow_score(store, 101).is_err());
+    assert!(cluster.set_store_slow_score(999, 50).is_err());
+}
+
+#[tokio::test]
 async fn kv_gc_batched_is_never_answered() {
     let cluster = MockCluster::builder().start().await.unwrap();
     let (store, ctx) = leader_ctx(&cluster, b"a");

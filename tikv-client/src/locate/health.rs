@@ -8,13 +8,23 @@
 //! background loop that watches an unreachable store belong to the sender (`request/`), which
 //! owns the transport.
 //!
+//! Slowness has two sources, either of which makes the store slow at 80: the client's own score
+//! ([`SlowScoreStat`]: latency trends, and a mark after a failure that points at the store) and
+//! the slow score TiKV reports in its health feedback. The health tick (`request::sender`, every
+//! quarter of `stores-refresh-interval`) decays both: the client score by its own rule, TiKV's
+//! linearly (20 points a minute) once it has not been refreshed for 15 s, after asking the store
+//! for fresh feedback.
+//!
 //! Ports the state parts of client-go `internal/locate/store_cache.go` (`livenessState`,
-//! `loadStats`/`EstimatedWaitTime`, `tokenCount`, `StoreHealthStatus`) and the TiKV-side slow
-//! score of `StoreHealthStatus.updateTiKVServerSideSlowScore`.
+//! `loadStats`/`EstimatedWaitTime`, `tokenCount`, `StoreHealthStatus` with `tick`,
+//! `updateTiKVServerSideSlowScore`, `updateTiKVServerSideSlowScoreOnTick`,
+//! `GetHealthStatusDetail`).
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use super::slow_score::{SLOW_SCORE_THRESHOLD, SlowScoreStat};
 
 /// A TiKV-reported slow score at or above this makes the store slow (client-go
 /// `tikvSlowScoreSlowThreshold`).
@@ -22,6 +32,36 @@ pub(crate) const TIKV_SLOW_SCORE_THRESHOLD: i64 = 80;
 
 /// How often a TiKV-side slow score may change (client-go `tikvSlowScoreUpdateInterval`).
 const TIKV_SLOW_SCORE_UPDATE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A TiKV-side score not refreshed for this long is asked for again, then decayed (client-go
+/// `tikvSlowScoreActiveUpdateInterval`).
+pub(crate) const TIKV_SLOW_SCORE_ACTIVE_UPDATE_INTERVAL: Duration = Duration::from_secs(15);
+
+/// How fast a stale TiKV-side score decays, in points per second (client-go
+/// `tikvSlowScoreDecayRate`).
+const TIKV_SLOW_SCORE_DECAY_PER_SEC: f64 = 20.0 / 60.0;
+
+/// Where a store's millisecond clock starts: an hour, so that times can be moved back in
+/// tests without reaching zero.
+const CLOCK_OFFSET_MS: u64 = 3_600_000;
+
+/// A store's slow scores as the client sees them (client-go `HealthStatusDetail`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub struct StoreHealthDetail {
+    /// The client's own score, 1 (healthy) to 100; 0 before the first health tick.
+    pub client_side_slow_score: i64,
+    /// The score TiKV last reported, 1 (healthy) to 100; 0 before any feedback.
+    pub tikv_side_slow_score: i64,
+}
+
+impl StoreHealthDetail {
+    /// Whether either score makes the store slow (80 or more).
+    pub fn is_slow(&self) -> bool {
+        self.client_side_slow_score >= SLOW_SCORE_THRESHOLD as i64
+            || self.tikv_side_slow_score >= TIKV_SLOW_SCORE_THRESHOLD
+    }
+}
 
 /// Whether a store answers (client-go `livenessState`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -55,10 +95,10 @@ pub(crate) struct StoreHealth {
     /// `origin`): the estimate shrinks as time passes (client-go `EstimatedWaitTime`).
     estimated_wait_ms: AtomicU64,
     estimated_wait_at_ms: AtomicU64,
-    /// Set when a request to the store failed in a way that says it is in trouble (client-go
-    /// `markAlreadySlow`); cleared when the store is found reachable again.
-    marked_slow: AtomicBool,
-    /// TiKV's own slow score from health feedback (1 healthy .. 100), and when it was taken.
+    /// The client's own slow score (latency trends, and marks after failures).
+    client_score: SlowScoreStat,
+    /// TiKV's own slow score from health feedback (1 healthy .. 100), and when it was taken
+    /// (`u64::MAX`: never, so no feedback came yet).
     tikv_slow_score: AtomicI64,
     tikv_score_at_ms: AtomicU64,
     origin: Instant,
@@ -84,7 +124,7 @@ impl Default for StoreHealth {
             tokens: AtomicU64::new(0),
             estimated_wait_ms: AtomicU64::new(0),
             estimated_wait_at_ms: AtomicU64::new(0),
-            marked_slow: AtomicBool::new(false),
+            client_score: SlowScoreStat::default(),
             tikv_slow_score: AtomicI64::new(0),
             tikv_score_at_ms: AtomicU64::new(u64::MAX),
             origin: Instant::now(),
@@ -95,7 +135,28 @@ impl Default for StoreHealth {
 
 impl StoreHealth {
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+        self.ms_at(Instant::now())
+    }
+
+    /// `at` in ms on this store's clock: [`CLOCK_OFFSET_MS`] plus the time since `origin`
+    /// (the offset for anything earlier).
+    fn ms_at(&self, at: Instant) -> u64 {
+        let ms = at.saturating_duration_since(self.origin).as_millis();
+        u64::try_from(ms)
+            .unwrap_or(u64::MAX)
+            .saturating_add(CLOCK_OFFSET_MS)
+            .min(u64::MAX - 1)
+    }
+
+    /// Makes TiKV's score look `by` older than it is (health-tick tests).
+    #[cfg(test)]
+    pub(crate) fn backdate_tikv_score(&self, by: Duration) {
+        let by = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        let _ = self
+            .tikv_score_at_ms
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |at| {
+                (at != u64::MAX).then(|| at.saturating_sub(by))
+            });
     }
 
     /// The liveness last recorded.
@@ -106,9 +167,6 @@ impl StoreHealth {
     /// Records a probe's result unconditionally (the health loop's write).
     pub(crate) fn set_liveness(&self, state: LivenessState) {
         self.liveness.store(state as u8, Ordering::Release);
-        if state == LivenessState::Reachable {
-            self.marked_slow.store(false, Ordering::Release);
-        }
     }
 
     /// Moves a reachable store to `state`; true for the one caller that made the move, which
@@ -174,9 +232,16 @@ impl StoreHealth {
         Duration::from_millis(wait.saturating_sub(since))
     }
 
-    /// Marks the store slow after a failure that points at the store itself.
+    /// Marks the store slow after a failure that points at the store itself (client-go
+    /// `markAlreadySlow`); health ticks bring the score down again.
     pub(crate) fn mark_slow(&self) {
-        self.marked_slow.store(true, Ordering::Release);
+        self.client_score.mark_already_slow();
+    }
+
+    /// The client's slow-score statistics, for request paths that record latencies.
+    #[cfg_attr(not(test), allow(dead_code))] // Replica reads record latencies (checklist H1).
+    pub(crate) fn client_score(&self) -> &SlowScoreStat {
+        &self.client_score
     }
 
     /// Records TiKV's slow score from health feedback (called with every answer). Changes are
@@ -184,11 +249,16 @@ impl StoreHealth {
     /// the score flap; an unchanged healthy score writes nothing, so the common case touches
     /// no shared cache line.
     pub(crate) fn update_tikv_slow_score(&self, score: i64) {
+        self.update_tikv_slow_score_at(score, Instant::now());
+    }
+
+    /// [`update_tikv_slow_score`](Self::update_tikv_slow_score) as of `at`.
+    pub(crate) fn update_tikv_slow_score_at(&self, score: i64, at: Instant) {
         let last = self.tikv_slow_score.load(Ordering::Acquire);
         if last == score && score <= 1 {
             return;
         }
-        let now = self.now_ms();
+        let now = self.ms_at(at);
         let last_at = self.tikv_score_at_ms.load(Ordering::Acquire);
         if last == score {
             self.tikv_score_at_ms.store(now, Ordering::Release);
@@ -216,8 +286,57 @@ impl StoreHealth {
     /// Whether the store should be avoided when another replica will do (client-go
     /// `StoreHealthStatus.IsSlow`).
     pub(crate) fn is_slow(&self) -> bool {
-        self.marked_slow.load(Ordering::Acquire)
-            || self.tikv_slow_score.load(Ordering::Acquire) >= TIKV_SLOW_SCORE_THRESHOLD
+        self.detail().is_slow()
+    }
+
+    /// Both scores (client-go `GetHealthStatusDetail`).
+    pub(crate) fn detail(&self) -> StoreHealthDetail {
+        StoreHealthDetail {
+            client_side_slow_score: i64::try_from(self.client_score.score()).unwrap_or(i64::MAX),
+            tikv_side_slow_score: self.tikv_slow_score.load(Ordering::Acquire),
+        }
+    }
+
+    /// The health tick's first step (client-go `tick`, before the TiKV side): folds the
+    /// interval's latencies into the client score.
+    pub(crate) fn tick_client_score(&self) {
+        self.client_score.update();
+    }
+
+    /// Whether TiKV's score is stale as of `now` and should be asked of the store again: there
+    /// was feedback, it says the store is not healthy (a healthy store that is not being used
+    /// is the common case and needs nothing), and it has not changed or been confirmed for
+    /// [`TIKV_SLOW_SCORE_ACTIVE_UPDATE_INTERVAL`].
+    pub(crate) fn tikv_score_needs_refresh(&self, now: Instant) -> bool {
+        let at = self.tikv_score_at_ms.load(Ordering::Acquire);
+        if at == u64::MAX || self.tikv_slow_score.load(Ordering::Acquire) <= 1 {
+            return false;
+        }
+        let interval = TIKV_SLOW_SCORE_ACTIVE_UPDATE_INTERVAL.as_millis() as u64;
+        self.ms_at(now).saturating_sub(at) >= interval
+    }
+
+    /// The health tick's last step (client-go `updateTiKVServerSideSlowScoreOnTick`): a TiKV
+    /// score still stale as of `now` (the store could not be asked, or did not answer) decays
+    /// linearly with the time since it was taken, to no less than 1.
+    pub(crate) fn decay_tikv_score(&self, now: Instant) {
+        if !self.tikv_score_needs_refresh(now) {
+            return;
+        }
+        let at = self.tikv_score_at_ms.load(Ordering::Acquire);
+        let now_ms = self.ms_at(now);
+        let score = self.tikv_slow_score.load(Ordering::Acquire);
+        let elapsed_s = now_ms.saturating_sub(at) as f64 / 1000.0;
+        let decayed =
+            ((score as f64 - TIKV_SLOW_SCORE_DECAY_PER_SEC * elapsed_s).round() as i64).max(1);
+        // Feedback that arrived meanwhile moved the time: it wins.
+        if self
+            .tikv_score_at_ms
+            .compare_exchange(at, now_ms, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.tikv_slow_score.store(decayed, Ordering::Release);
+        }
     }
 }
 
@@ -235,10 +354,7 @@ mod tests {
         assert_eq!(h.liveness(), LivenessState::Unreachable);
         h.mark_slow();
         h.set_liveness(LivenessState::Reachable);
-        assert!(
-            !h.is_slow(),
-            "reachable again clears the client's slow mark"
-        );
+        assert!(h.is_slow(), "only health ticks bring a slow mark down");
     }
 
     #[test]
@@ -273,5 +389,94 @@ mod tests {
         let h2 = StoreHealth::default();
         h2.update_tikv_slow_score(90);
         assert!(h2.is_slow());
+    }
+
+    /// client-go `TestTiKVSideSlowScore`.
+    #[test]
+    fn the_tikv_score_is_taken_then_decays_when_stale() {
+        let h = StoreHealth::default();
+        let mut now = Instant::now();
+        assert!(h.detail().tikv_side_slow_score <= 1);
+        h.tick_client_score();
+        h.decay_tikv_score(now);
+        assert!(h.detail().tikv_side_slow_score <= 1);
+        assert!(!h.tikv_score_needs_refresh(now), "no feedback yet");
+        assert!(!h.is_slow());
+
+        now += TIKV_SLOW_SCORE_UPDATE_INTERVAL * 2;
+        h.update_tikv_slow_score_at(50, now);
+        assert_eq!(h.detail().tikv_side_slow_score, 50);
+        assert!(!h.is_slow());
+        now += TIKV_SLOW_SCORE_UPDATE_INTERVAL * 2;
+        h.update_tikv_slow_score_at(100, now);
+        assert_eq!(h.detail().tikv_side_slow_score, 100);
+        assert!(h.is_slow());
+
+        // Two minutes without news: 40 points off.
+        now += Duration::from_secs(120);
+        assert!(h.tikv_score_needs_refresh(now));
+        h.decay_tikv_score(now);
+        assert_eq!(h.detail().tikv_side_slow_score, 60);
+        assert!(!h.is_slow());
+        now += Duration::from_secs(180);
+        h.decay_tikv_score(now);
+        assert_eq!(h.detail().tikv_side_slow_score, 1);
+        now += Duration::from_secs(60);
+        h.decay_tikv_score(now);
+        assert_eq!(h.detail().tikv_side_slow_score, 1);
+        assert!(
+            !h.tikv_score_needs_refresh(now),
+            "a healthy score needs no refresh"
+        );
+    }
+
+    /// client-go `TestStoreHealthStatus`: either score makes the store slow; it is healthy
+    /// again only when both are low.
+    #[test]
+    fn either_score_makes_the_store_slow() {
+        let h = StoreHealth::default();
+        let mut now = Instant::now();
+        assert!(!h.is_slow());
+        while !h.client_score().is_slow() {
+            h.client_score().record(Duration::from_secs(60));
+        }
+        h.tick_client_score();
+        assert!(h.is_slow());
+        assert_eq!(
+            h.detail().client_side_slow_score,
+            h.client_score().score() as i64
+        );
+
+        now += Duration::from_secs(1);
+        h.update_tikv_slow_score_at(100, now);
+        assert!(h.is_slow());
+        assert_eq!(h.detail().tikv_side_slow_score, 100);
+        while h.client_score().is_slow() {
+            h.client_score().record(Duration::from_millis(1));
+            h.tick_client_score();
+        }
+        assert!(h.is_slow(), "TiKV still says slow");
+        assert_eq!(
+            h.detail().client_side_slow_score,
+            h.client_score().score() as i64
+        );
+        now += Duration::from_secs(1);
+        h.update_tikv_slow_score_at(1, now);
+        assert!(!h.is_slow());
+        assert!(!h.detail().is_slow());
+    }
+
+    /// Fresh feedback between the staleness check and the decay wins over the decay.
+    #[test]
+    fn feedback_confirmed_in_time_is_not_decayed() {
+        let h = StoreHealth::default();
+        let start = Instant::now();
+        h.update_tikv_slow_score_at(90, start);
+        let later = start + Duration::from_secs(20);
+        assert!(h.tikv_score_needs_refresh(later));
+        // The store answered the active request with the same score: the time moves on.
+        h.update_tikv_slow_score_at(90, later);
+        h.decay_tikv_score(later);
+        assert_eq!(h.detail().tikv_side_slow_score, 90);
     }
 }

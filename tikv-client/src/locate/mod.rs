@@ -60,6 +60,7 @@ mod location;
 mod prefix;
 mod region;
 pub(crate) mod region_cache;
+mod slow_score;
 mod store;
 
 #[cfg(test)]
@@ -70,6 +71,7 @@ pub use region::RegionVerId;
 pub use region_cache::{BatchLocateOptions, RegionCache};
 pub use store::{StoreInfo, StoreState, StoreType};
 
+pub use health::StoreHealthDetail;
 #[allow(unused_imports)]
 pub(crate) use health::{LivenessState, StoreHealth};
 pub(crate) use region::flags as region_flags;

@@ -707,6 +707,13 @@ impl RegionCache {
         stores
     }
 
+    /// The client's view of a store's health: its own slow score and the one TiKV last
+    /// reported (client-go `Store.GetHealthStatus().GetHealthStatusDetail()`); `None` for a
+    /// store the cache does not know.
+    pub fn store_health(&self, store_id: u64) -> Option<super::StoreHealthDetail> {
+        self.inner.stores.get(store_id).map(|s| s.health().detail())
+    }
+
     /// The resolved stores of one engine (client-go `GetStoresByType`).
     pub fn stores_by_type(&self, store_type: StoreType) -> Vec<StoreInfo> {
         self.stores()

@@ -9,8 +9,10 @@
 //! Ports client-go `internal/locate/region_request.go`: `SendReqCtx`/`sendReqState.next`
 //! (the loop), `onSendFail`, `onRegionError` (one reaction per `errorpb.Error` field, in
 //! errorpb's order), `validateReadTS`, the store token limit (`getStoreToken`), and from
-//! `store_cache.go` the liveness probe (`requestLiveness`) and the health-check loop
-//! (`startHealthCheckLoop`) of a store found unreachable.
+//! `store_cache.go` the liveness probe (`requestLiveness`), the health-check loop
+//! (`startHealthCheckLoop`) of a store found unreachable, and the periodic health tick of
+//! every store (`checkAndUpdateStoreHealthStatus`, with `requestHealthFeedbackFromKVClient` for
+//! TiKV slow scores gone stale).
 //!
 //! Differences from client-go, on purpose:
 //! - `UndeterminedResult` is returned as a typed undetermined error instead of a response
@@ -51,6 +53,9 @@ const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the health loop asks PD whether the store still exists (client-go
 /// `storeReResolveInterval`).
 const STORE_RE_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long an active health-feedback request may take (client-go
+/// `getHealthFeedbackTimeout`).
+const HEALTH_FEEDBACK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Per-call settings of a send.
 #[derive(Debug, Clone)]
@@ -149,7 +154,18 @@ pub(crate) struct SenderParts {
 }
 
 impl SenderCore {
+    /// Also starts the health tick of every store, every quarter of
+    /// `stores-refresh-interval` (client-go's schedule), when called inside a tokio runtime.
     pub(crate) fn new(parts: SenderParts, config: &Config) -> Arc<SenderCore> {
+        let core = SenderCore::without_ticks(parts, config);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let period = (config.stores_refresh_interval / 4).max(Duration::from_millis(100));
+            runtime.spawn(health_ticks(Arc::downgrade(&core), period));
+        }
+        core
+    }
+
+    fn without_ticks(parts: SenderParts, config: &Config) -> Arc<SenderCore> {
         Arc::new_cyclic(|me| SenderCore {
             cache: parts.cache,
             transport: parts.transport,
@@ -565,6 +581,54 @@ impl SenderCore {
         state
     }
 
+    /// One health tick over every known store (client-go `checkAndUpdateStoreHealthStatus` and
+    /// `StoreHealthStatus.tick`): the client score takes in the interval's latencies, a TiKV
+    /// score gone stale is asked of the reachable store again, and one still stale decays.
+    pub(crate) async fn tick_store_health(&self) {
+        let now = Instant::now();
+        for store in self.cache.store_cache().all() {
+            let health = store.health();
+            health.tick_client_score();
+            if health.tikv_score_needs_refresh(now)
+                && health.liveness() == LivenessState::Reachable
+                && store.store_type() == StoreType::TiKv
+            {
+                self.request_health_feedback(&store).await;
+            }
+            health.decay_tikv_score(now);
+        }
+    }
+
+    /// Asks a store for fresh health feedback (client-go `requestHealthFeedbackFromKVClient`):
+    /// a `GetHealthFeedback` command, whose batch answer carries the feedback the transport
+    /// records, copied here into the store's health. Batching off, TiKV has no stream to attach
+    /// feedback to, so nothing is learned, as in client-go.
+    async fn request_health_feedback(&self, store: &Arc<Store>) {
+        let addr = store.address();
+        if addr.is_empty() {
+            return;
+        }
+        let Ok(client) = store.with_client(&self.transport, &addr, StoreClient::clone) else {
+            return;
+        };
+        let cmd = tikv_proto::tikvpb::batch_commands_request::request::Cmd::GetHealthFeedback(
+            Default::default(),
+        );
+        match client
+            .send(cmd, SendOptions::new(HEALTH_FEEDBACK_TIMEOUT))
+            .await
+        {
+            Ok(_) => {
+                if let Some(score) = client.slow_score() {
+                    store.health().update_tikv_slow_score(score);
+                }
+            }
+            Err(err) => {
+                tracing::warn!(store = store.id(), %err, "asking the store for health feedback failed");
+            }
+        }
+    }
+
     /// Watches an unreachable store (client-go `startHealthCheckLoop`): probes it every second,
     /// asks PD about it every 30 s, and ends when it answers, when PD says it is gone, or when
     /// the sender closes.
@@ -603,6 +667,22 @@ impl SenderCore {
                 }
             }
         });
+    }
+}
+
+/// The health tick task: runs [`SenderCore::tick_store_health`] every `period` until the
+/// sender or its cache closes, or the sender is dropped (it holds the sender weakly).
+async fn health_ticks(me: Weak<SenderCore>, period: Duration) {
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let Some(core) = me.upgrade() else { return };
+        if core.is_closed() || core.cache.is_closed() {
+            return;
+        }
+        core.tick_store_health().await;
     }
 }
 

@@ -367,6 +367,85 @@ async fn server_busy_with_an_estimate_records_the_store_load() {
     assert_eq!(bo.times_of(BackoffKind::TikvServerBusy), 1);
 }
 
+/// client-go `TestRegionCacheHandleHealthStatus` and the active refresh of
+/// `updateTiKVServerSideSlowScoreOnTick`: TiKV's slow score arrives with answers; a stale one
+/// is asked of the store on the next health tick (and confirmed, it stays); a store that cannot
+/// be asked has its score decayed; a healthy report clears it. Other stores are not affected.
+#[tokio::test]
+async fn tikv_slow_scores_come_with_answers_and_stale_ones_are_refreshed_or_decayed() {
+    let f = fixture(&[]).await;
+    let leader = f.leader_store("k");
+    f.mock.set_store_slow_score(leader, 90).unwrap();
+    f.put("k", "v").await;
+    let cache = &f.core.cache;
+    let detail = cache.store_health(leader).unwrap();
+    assert_eq!(detail.tikv_side_slow_score, 90);
+    assert!(detail.is_slow());
+    let store = cache.store_cache().get(leader).unwrap();
+    let feedback_requests = || f.mock.rpc_count(leader, "GetHealthFeedback");
+
+    // A fresh score needs nothing on a tick.
+    f.core.tick_store_health().await;
+    assert_eq!(feedback_requests(), 0);
+
+    // Stale: the tick asks the store, which still says 90, so nothing decays.
+    store.health().backdate_tikv_score(Duration::from_secs(20));
+    f.core.tick_store_health().await;
+    assert_eq!(feedback_requests(), 1);
+    assert_eq!(cache.store_health(leader).unwrap().tikv_side_slow_score, 90);
+
+    // Stale and not reachable: no request, and 20 s take 20/3 points off.
+    store.health().set_liveness(LivenessState::Unknown);
+    store.health().backdate_tikv_score(Duration::from_secs(20));
+    f.core.tick_store_health().await;
+    assert_eq!(feedback_requests(), 1);
+    assert_eq!(cache.store_health(leader).unwrap().tikv_side_slow_score, 83);
+
+    // Reachable again and healthy: the next stale tick learns the score 1.
+    store.health().set_liveness(LivenessState::Reachable);
+    f.mock.set_store_slow_score(leader, 1).unwrap();
+    store.health().backdate_tikv_score(Duration::from_secs(20));
+    f.core.tick_store_health().await;
+    assert_eq!(feedback_requests(), 2);
+    let detail = cache.store_health(leader).unwrap();
+    assert_eq!(detail.tikv_side_slow_score, 1);
+    assert!(!detail.is_slow());
+    for other in f.mock.store_ids().into_iter().filter(|s| *s != leader) {
+        if let Some(detail) = cache.store_health(other) {
+            assert!(detail.tikv_side_slow_score <= 1, "store {other}");
+        }
+    }
+    assert!(cache.store_health(999).is_none());
+}
+
+/// The health tick runs by itself every quarter of `stores-refresh-interval`.
+#[tokio::test]
+async fn the_health_tick_runs_in_the_background() {
+    let f = fixture_with(&[], |c| c.stores_refresh_interval = Duration::from_secs(1)).await;
+    let leader = f.leader_store("k");
+    f.mock.set_store_slow_score(leader, 90).unwrap();
+    f.put("k", "v").await;
+    let store = f.core.cache.store_cache().get(leader).unwrap();
+    store.health().backdate_tikv_score(Duration::from_secs(20));
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while f.mock.rpc_count(leader, "GetHealthFeedback") == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a background tick asked the store for feedback");
+    // A mark from a failure is brought down by the ticks too (no traffic: within two).
+    store.health().mark_slow();
+    assert!(store.health().is_slow());
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while store.health().detail().client_side_slow_score >= 80 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("background ticks decayed the mark");
+}
+
 #[tokio::test]
 async fn a_stopped_leader_store_fails_over_to_the_new_leader_and_is_watched_until_back() {
     let f = fixture(&[]).await;

@@ -144,21 +144,21 @@ pub(crate) fn store_safe_ts(
 /// clock's milliseconds, as TiKV's do, so they keep increasing across store restarts.
 pub(crate) fn health_feedback(state: &mut ClusterState, store_id: u64) -> kvrpcpb::HealthFeedback {
     let now_ms = state.clock.now_ms();
-    let feedback_seq_no = match state.stores.get_mut(&store_id) {
+    let (feedback_seq_no, slow_score) = match state.stores.get_mut(&store_id) {
         Some(store) => {
             if store.feedback_seq == 0 {
                 store.feedback_seq = now_ms.max(1);
             }
             let seq = store.feedback_seq;
             store.feedback_seq += 1;
-            seq
+            (seq, store.slow_score)
         }
-        None => 0,
+        // 1 is TiKV's "healthy" slow score.
+        None => (0, 1),
     };
     kvrpcpb::HealthFeedback {
         store_id,
         feedback_seq_no,
-        // 1 is TiKV's "healthy" slow score.
-        slow_score: 1,
+        slow_score: i32::try_from(slow_score).unwrap_or(i32::MAX),
     }
 }
