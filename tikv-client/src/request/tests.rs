@@ -553,6 +553,84 @@ async fn the_store_limit_refuses_requests_over_it() {
     f.get_with(&mut bo(), "k").await.unwrap();
 }
 
+/// Awaits `fut` for at most 10 s.
+async fn bounded<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what}"))
+}
+
+/// client-go's `RPCCanceller` (and its `RPCCancel` case): here a caller cancels by dropping
+/// the call's future. The attempt in flight is abandoned at once: its store token comes back,
+/// the transport sweeps its reply slot, nothing is retried, the region stays cached
+/// (TestNoReloadRegionWhenCtxCanceled), and the store keeps serving.
+#[tokio::test]
+async fn dropping_a_call_cancels_its_attempt_and_frees_what_it_held() {
+    let f = fixture_with(&[], |c| c.tikv_client.store_limit = 1).await;
+    f.put("k", "v").await;
+    let leader = f.leader_store("k");
+    let hang = HangHandle::new();
+    let rule = f.mock.add_fault(
+        FaultRule::new(Matcher::tikv().command("RawGet"), Action::hang(&hang)).times(Times::Once),
+    );
+    let core = f.core.clone();
+    let call = tokio::spawn(async move {
+        let req = kvrpcpb::RawGetRequest {
+            key: Bytes::from_static(b"k"),
+            ..Default::default()
+        };
+        core.send_by_key(&mut bo(), b"k", LocateBy::Key, &opts(), |_| Ok(req.clone()))
+            .await
+            .map(|_| ())
+    });
+    bounded("the RawGet reached the store", async {
+        while f.raw_gets() < 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let store = f.core.cache.store_cache().get(leader).unwrap();
+    assert_eq!(
+        store.health().tokens(),
+        1,
+        "the attempt holds the store's token"
+    );
+    let client = f
+        .core
+        .transport
+        .store(&f.mock.store_address(leader).unwrap())
+        .unwrap();
+    assert_eq!(client.stats().inflight, 1);
+
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    // A cancellation says nothing about the region: it stays cached and valid.
+    let cached = f.core.cache.try_locate_key(b"k");
+    assert_eq!(cached.map(|l| l.region_id()), Some(f.region_id("k")));
+    assert_eq!(
+        store.health().tokens(),
+        0,
+        "the token came back with the drop"
+    );
+    bounded("the transport swept the abandoned slot", async {
+        while client.stats().inflight > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+
+    // The late answer goes nowhere, nothing was retried, and the store serves the next call.
+    hang.release();
+    f.mock.remove_fault(rule);
+    let mut bo = bo();
+    assert_eq!(
+        f.get_with(&mut bo, "k").await.unwrap().resp.value.as_ref(),
+        b"v"
+    );
+    assert_eq!(f.raw_gets(), 2, "the cancelled call plus the new one");
+    assert_eq!(bo.total_sleep(), Duration::ZERO);
+}
+
 #[tokio::test]
 async fn a_read_above_the_oracle_is_refused_before_sending() {
     // The oracle must be the cluster's own: timestamps from elsewhere would trip the mock's
