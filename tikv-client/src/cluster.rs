@@ -12,15 +12,22 @@
 //! (`tikv.NewKVStore`, `rawkv.NewClientWithOpts`), which is why its caches cannot be shared.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tikv_proto::kvrpcpb;
 
 use crate::config::Config;
-use crate::locate::RegionCache;
-use crate::pd::{PdClient, RegionSource};
+use crate::locate::{RegionCache, ResolveState};
+use crate::pd::{BoxFuture, MinResolvedTs, PdClient, RegionSource};
 use crate::request::dispatch::FanOutLimit;
 use crate::request::sender::{SenderCore, SenderParts};
-use crate::transport::Transport;
+use crate::safe_ts::{DC_LABEL_KEY, SAFE_TS_UPDATE_INTERVAL, SafeTs, SafeTsSource, SafeTsStore};
+use crate::transport::{SendOptions, Transport, UnaryRequest, UnaryResponse};
 use crate::{Error, Result};
+
+/// How long a store may take to report its safe ts (client-go `ReadTimeoutShort`).
+const STORE_SAFE_TS_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A connection to one TiKV cluster, shared by the clients built from it. Cheap to clone.
 ///
@@ -36,6 +43,7 @@ struct ClusterInner {
     pd: Arc<PdClient>,
     sender: Arc<SenderCore>,
     fan_out: FanOutLimit,
+    safe_ts: SafeTs,
 }
 
 impl Drop for ClusterInner {
@@ -87,14 +95,56 @@ impl Cluster {
             &config,
         );
         let fan_out = FanOutLimit::new(config.committer_concurrency);
-        Ok(Cluster {
-            inner: Arc::new(ClusterInner {
-                config,
-                pd,
-                sender,
-                fan_out,
-            }),
-        })
+        let inner = Arc::new(ClusterInner {
+            config,
+            pd,
+            sender,
+            fan_out,
+            safe_ts: SafeTs::default(),
+        });
+        tokio::spawn(update_safe_ts_periodically(Arc::downgrade(&inner)));
+        Ok(Cluster { inner })
+    }
+
+    /// The newest timestamp every store of `txn_scope` can serve a stale read at (client-go
+    /// `KVStore.GetMinSafeTS`): [`GLOBAL_TXN_SCOPE`](crate::GLOBAL_TXN_SCOPE) for the whole
+    /// cluster, or a value of the stores' `zone` label. Refreshed every 2 s from PD's min
+    /// resolved ts, or from the stores when PD cannot tell; 0 until known.
+    pub fn min_safe_ts(&self, txn_scope: &str) -> u64 {
+        self.inner.safe_ts.min_safe_ts(txn_scope)
+    }
+
+    /// Refreshes the safe timestamps now (what the background refresh does every 2 s).
+    #[cfg(test)]
+    pub(crate) async fn update_safe_ts(&self) {
+        self.inner.update_safe_ts().await;
+    }
+
+    /// Refreshes the safe timestamps as when PD cannot answer: every store is asked.
+    #[cfg(test)]
+    pub(crate) async fn update_safe_ts_without_pd(&self) {
+        struct NoPd<'a>(&'a ClusterInner);
+        impl SafeTsSource for NoPd<'_> {
+            fn min_resolved_ts<'a>(&'a self, _: &'a [u64]) -> BoxFuture<'a, Result<MinResolvedTs>> {
+                Box::pin(async {
+                    Err(Error::Pd {
+                        message: "PD is not asked in this test".to_owned(),
+                    })
+                })
+            }
+
+            fn store_safe_ts<'a>(&'a self, store: &'a SafeTsStore) -> BoxFuture<'a, Result<u64>> {
+                self.0.store_safe_ts(store)
+            }
+        }
+        let stores = self.inner.safe_ts_stores();
+        self.inner.safe_ts.update(&NoPd(&self.inner), &stores).await;
+    }
+
+    /// The safe ts last learned for one store.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn store_safe_ts(&self, store_id: u64) -> Option<u64> {
+        self.inner.safe_ts.store_safe_ts(store_id)
     }
 
     /// The configuration the cluster was connected with.
@@ -132,5 +182,76 @@ impl Cluster {
 
     pub(crate) fn fan_out_limit(&self) -> &FanOutLimit {
         &self.inner.fan_out
+    }
+}
+
+impl ClusterInner {
+    async fn update_safe_ts(&self) {
+        let stores = self.safe_ts_stores();
+        self.safe_ts.update(self, &stores).await;
+    }
+
+    /// The resolved stores of the cache, as the safe-ts tracker sees them.
+    fn safe_ts_stores(&self) -> Vec<SafeTsStore> {
+        self.sender
+            .cache
+            .store_cache()
+            .all()
+            .iter()
+            .filter(|s| s.resolve_state() == ResolveState::Resolved)
+            .filter(|s| !s.address().is_empty())
+            .map(|s| SafeTsStore {
+                id: s.id(),
+                address: s.address().to_string(),
+                zone: s
+                    .labels()
+                    .into_iter()
+                    .find(|l| l.key == DC_LABEL_KEY)
+                    .map(|l| l.value),
+            })
+            .collect()
+    }
+}
+
+/// PD's min resolved ts, and each store's `GetStoreSafeTS`.
+impl SafeTsSource for ClusterInner {
+    fn min_resolved_ts<'a>(&'a self, store_ids: &'a [u64]) -> BoxFuture<'a, Result<MinResolvedTs>> {
+        Box::pin(self.pd.min_resolved_ts(store_ids))
+    }
+
+    fn store_safe_ts<'a>(&'a self, store: &'a SafeTsStore) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            let client = self.sender.transport.store(&store.address)?;
+            // The whole key space.
+            let request = kvrpcpb::StoreSafeTsRequest {
+                key_range: Some(kvrpcpb::KeyRange::default()),
+            };
+            let opts = SendOptions::new(STORE_SAFE_TS_TIMEOUT);
+            match client
+                .unary(UnaryRequest::GetStoreSafeTs(request), opts)
+                .await?
+            {
+                UnaryResponse::GetStoreSafeTs(resp) => Ok(resp.safe_ts),
+                other => Err(Error::internal(format!(
+                    "GetStoreSafeTS answered with {other:?}"
+                ))),
+            }
+        })
+    }
+}
+
+/// The background safe-ts refresh: every 2 s until the cluster closes or is dropped (it holds
+/// the cluster weakly).
+async fn update_safe_ts_periodically(inner: Weak<ClusterInner>) {
+    let mut ticker = tokio::time::interval(SAFE_TS_UPDATE_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.sender.is_closed() {
+            return;
+        }
+        inner.update_safe_ts().await;
     }
 }

@@ -21,6 +21,7 @@
 //! | `tls` | the TLS settings of every connection, `cluster-verify-cn` | `config/security.go` |
 //! | [`Cluster`] | what the clients of one cluster share: PD client, caches, transport, sender | `tikv/kv.go` |
 //! | [`raw`] | [`RawClient`] | `rawkv/` |
+//! | `safe_ts` | per-store and per-scope safe timestamps for stale reads | `tikv/kv.go` (`updateSafeTS`) |
 //!
 //! Proto types from `tikv-proto` stay inside the crate; the public API speaks the types above.
 
@@ -37,6 +38,7 @@ pub mod pd;
 pub mod raw;
 pub mod request;
 mod rpc;
+mod safe_ts;
 mod tls;
 pub mod transport;
 
@@ -46,3 +48,4 @@ pub use error::{Error, Result};
 pub use kv::{BoundRange, Key, KvPair, Value};
 pub use oracle::Timestamp;
 pub use raw::{ApiVersion, RawClient};
+pub use safe_ts::GLOBAL_TXN_SCOPE;

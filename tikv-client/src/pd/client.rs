@@ -242,7 +242,7 @@ pub(crate) struct Core {
     pub(crate) router: Arc<Router>,
     pub(crate) options: Arc<Options>,
     pub(crate) region_meta_breaker: CircuitBreaker,
-    timeout: Duration,
+    pub(crate) timeout: Duration,
     /// PD mode or TSO microservice mode (`API_SVC_MODE`), and the keyspace group's primary;
     /// checked at connect and in the background.
     pub(crate) tso_service: Arc<TsoDiscovery>,

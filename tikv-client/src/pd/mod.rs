@@ -47,6 +47,8 @@ mod discovery;
 #[cfg(test)]
 mod failover_tests;
 mod gc;
+mod http;
+pub(crate) use http::MinResolvedTs;
 mod keyspace;
 mod retry;
 mod router;
