@@ -27,11 +27,13 @@ use crate::config::TlsMaterial;
 use crate::{Error, Result};
 
 /// Client TLS settings ready to apply to endpoints: tonic's settings, and the verifier that
-/// adds the Common Name check when names are configured.
+/// adds the Common Name check when names are configured; plus, built from the same material,
+/// a rustls configuration for the HTTP/1.1 calls the client makes itself (PD's HTTP API).
 #[derive(Clone)]
 pub(crate) struct ClientTls {
     config: ClientTlsConfig,
     verifier: Option<Arc<dyn ServerCertVerifier>>,
+    http: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl std::fmt::Debug for ClientTls {
@@ -47,6 +49,7 @@ impl ClientTls {
     /// Settings from loaded material: its CAs, its client identity for mutual TLS, and its
     /// Common Name list.
     pub(crate) fn from_material(material: &TlsMaterial) -> Result<Self> {
+        let http = Some(http_config(material)?);
         let mut config = ClientTlsConfig::new();
         if let Some((cert, key)) = material.client_identity() {
             config = config.identity(Identity::from_pem(cert, key));
@@ -56,6 +59,7 @@ impl ClientTls {
             return Ok(ClientTls {
                 config,
                 verifier: None,
+                http,
             });
         }
         // tonic refuses CA roots next to a custom verifier: the roots go into the verifier.
@@ -63,15 +67,23 @@ impl ClientTls {
         Ok(ClientTls {
             config,
             verifier: Some(Arc::new(verifier)),
+            http,
         })
     }
 
     /// Settings that trust the system's roots (PD URLs given as `https://` without a CA).
+    /// HTTP calls get no TLS configuration then: they fail, and their callers do without.
     pub(crate) fn native_roots() -> Self {
         ClientTls {
             config: ClientTlsConfig::new().with_native_roots(),
             verifier: None,
+            http: None,
         }
+    }
+
+    /// The rustls configuration for HTTP/1.1 calls over TLS, when one could be built.
+    pub(crate) fn http_config(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.http.clone()
     }
 
     /// Lets the connection speak HTTP/2 even when the server negotiates no ALPN protocol.
@@ -95,6 +107,66 @@ impl ClientTls {
             ))
         })
     }
+}
+
+/// The crypto provider tonic would use for its handshakes.
+fn provider() -> Arc<CryptoProvider> {
+    CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
+}
+
+/// A rustls client configuration from the material, checking servers as the gRPC connections
+/// do (CA, host, Common Names) and presenting the client identity, speaking HTTP/1.1.
+fn http_config(material: &TlsMaterial) -> Result<Arc<rustls::ClientConfig>> {
+    let verifier: Arc<dyn ServerCertVerifier> = if material.verify_cn().is_empty() {
+        webpki_verifier(material.ca_pem())?
+    } else {
+        Arc::new(AllowedCnVerifier::new(
+            material.ca_pem(),
+            material.verify_cn(),
+        )?)
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::config(format!("security: {e}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match material.client_identity() {
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_slice_iter(cert)
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| Error::config(format!("security.cluster-ssl-cert: {e}")))?;
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key)
+                .map_err(|e| Error::config(format!("security.cluster-ssl-key: {e}")))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| Error::config(format!("security: client identity: {e}")))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// WebPKI verification (chain and host) against the CAs in `ca_pem`.
+fn webpki_verifier(ca_pem: &[u8]) -> Result<Arc<WebPkiServerVerifier>> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        let cert = cert.map_err(|e| {
+            Error::config(format!(
+                "security.cluster-ssl-ca: unreadable certificate: {e}"
+            ))
+        })?;
+        roots.add(cert).map_err(|e| {
+            Error::config(format!(
+                "security.cluster-ssl-ca: unusable CA certificate: {e}"
+            ))
+        })?;
+    }
+    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| Error::config(format!("security.cluster-ssl-ca: {e}")))
 }
 
 /// An error and its sources on one line (tonic's top-level message says little).
@@ -145,28 +217,8 @@ impl std::error::Error for CommonNameNotAllowed {}
 
 impl AllowedCnVerifier {
     fn new(ca_pem: &[u8], allowed: &[String]) -> Result<Self> {
-        let mut roots = RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(ca_pem) {
-            let cert = cert.map_err(|e| {
-                Error::config(format!(
-                    "security.cluster-ssl-ca: unreadable certificate: {e}"
-                ))
-            })?;
-            roots.add(cert).map_err(|e| {
-                Error::config(format!(
-                    "security.cluster-ssl-ca: unusable CA certificate: {e}"
-                ))
-            })?;
-        }
-        // The provider tonic would use for the handshake itself.
-        let provider = CryptoProvider::get_default()
-            .cloned()
-            .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
-        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-            .build()
-            .map_err(|e| Error::config(format!("security.cluster-ssl-ca: {e}")))?;
         Ok(AllowedCnVerifier {
-            inner,
+            inner: webpki_verifier(ca_pem)?,
             allowed: allowed.to_vec(),
         })
     }

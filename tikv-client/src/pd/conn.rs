@@ -194,6 +194,11 @@ pub(crate) struct Connector {
 }
 
 impl Connector {
+    /// The rustls configuration for HTTP calls to PD over TLS, when TLS is on with a CA.
+    pub(crate) fn http_tls(&self) -> Option<std::sync::Arc<rustls::ClientConfig>> {
+        self.tls.config.as_ref().and_then(ClientTls::http_config)
+    }
+
     pub(crate) fn new(tls: TlsSettings, config: &Config) -> Self {
         Connector {
             tls,

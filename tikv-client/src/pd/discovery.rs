@@ -165,6 +165,11 @@ pub(crate) struct Discovery {
 }
 
 impl Discovery {
+    /// How this client connects to PD members.
+    pub(crate) fn connector(&self) -> &Connector {
+        &self.connector
+    }
+
     /// Asks every seed for the members, fixes the cluster id and finds the leader, retrying
     /// within `budget`.
     pub(crate) async fn connect(

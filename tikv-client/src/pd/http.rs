@@ -5,8 +5,10 @@
 //! Who calls it: the cluster's safe-ts tracker (`crate::safe_ts`), through
 //! [`PdClient::min_resolved_ts`]. The request goes to the PD leader's client URL over
 //! HTTP/1.1 (PD serves HTTP and gRPC on one port), on a connection of its own, bounded by the
-//! PD timeout. PD behind TLS is not spoken to here yet: the call fails, and the tracker asks
-//! the stores instead, as it does whenever PD cannot answer.
+//! PD timeout; over TLS when the URL is `https://`, with the same CA, client identity and
+//! Common Name checks as the gRPC connections. PD URLs made `https://` by the endpoints alone
+//! (no CA configured) are not spoken to: the call fails, and the tracker asks the stores
+//! instead, as it does whenever PD cannot answer.
 //!
 //! Ports tikv/pd `client/http/interface.go` (`GetMinResolvedTSByStoresIDs`) and the
 //! `MinResolvedTSPrefix` of `client/http/api.go`.
@@ -90,7 +92,8 @@ impl PdClient {
         };
         let deadline = Instant::now() + core.timeout;
         let uri = min_resolved_ts_uri(store_ids);
-        match tokio::time::timeout_at(deadline, http_get(&target.url, &uri)).await {
+        let tls = core.discovery.connector().http_tls();
+        match tokio::time::timeout_at(deadline, http_get(&target.url, &uri, tls)).await {
             Ok(Ok(body)) => parse(&body),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(Error::PdServerTimeout {
@@ -100,18 +103,61 @@ impl PdClient {
     }
 }
 
-/// One GET of `path` on the PD member at `url` (`http://host:port`); the body of a 200 answer.
-async fn http_get(url: &str, path: &str) -> Result<Vec<u8>> {
+/// One GET of `path` on the PD member at `url` (`http://host:port`, or `https://` with `tls`);
+/// the body of a 200 answer.
+async fn http_get(
+    url: &str,
+    path: &str,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+) -> Result<Vec<u8>> {
     let fail = |message: String| Error::Pd { message };
-    let Some(authority) = url.strip_prefix("http://") else {
-        return Err(fail(format!(
-            "PD's HTTP API is spoken over plain HTTP only; {url} is not"
-        )));
+    let (authority, tls) = if let Some(authority) = url.strip_prefix("http://") {
+        (authority, None)
+    } else if let Some(authority) = url.strip_prefix("https://") {
+        let tls = tls.ok_or_else(|| {
+            fail(format!(
+                "no CA configured for PD's HTTP API at {url} (security.cluster-ssl-ca)"
+            ))
+        })?;
+        (authority, Some(tls))
+    } else {
+        return Err(fail(format!("unsupported PD URL {url}")));
     };
-    let stream = tokio::net::TcpStream::connect(authority)
+    let tcp = tokio::net::TcpStream::connect(authority)
         .await
         .map_err(|e| fail(format!("cannot connect to {url}: {e}")))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let _ = tcp.set_nodelay(true);
+    match tls {
+        None => exchange(TokioIo::new(tcp), url, authority, path).await,
+        Some(config) => {
+            let host = host_of(authority);
+            let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                .map_err(|e| fail(format!("bad PD host {host:?}: {e}")))?;
+            let stream = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| fail(format!("TLS handshake with {url} failed: {e}")))?;
+            exchange(TokioIo::new(stream), url, authority, path).await
+        }
+    }
+}
+
+/// The host of `host:port` (IPv6 hosts in brackets lose them).
+fn host_of(authority: &str) -> &str {
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
+        _ => authority,
+    };
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// The request and its answer over an open connection.
+async fn exchange<T>(io: T, url: &str, authority: &str, path: &str) -> Result<Vec<u8>>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let fail = |message: String| Error::Pd { message };
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|e| fail(format!("HTTP handshake with {url} failed: {e}")))?;
     // The connection is driven beside the request and dropped with it.
@@ -194,5 +240,95 @@ mod tests {
         assert!(scoped.min >= whole.min);
         let unknown = pd.min_resolved_ts(&[999]).await.unwrap();
         assert_eq!(unknown.stores[&999], u64::MAX);
+    }
+
+    /// A one-shot HTTPS server with the transport's test certificate (CN=tikv-server, for
+    /// 127.0.0.1): answers one request with `body`.
+    async fn https_once(body: &'static str) -> String {
+        use rustls::pki_types::pem::PemObject;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/transport/testdata");
+        let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+        let chain = rustls::pki_types::CertificateDer::pem_slice_iter(&read("server.pem"))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .unwrap();
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(&read("server-key.pem")).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(answer.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            }
+        });
+        format!("https://{addr}")
+    }
+
+    fn tls_config(verify_cn: &[&str]) -> std::sync::Arc<rustls::ClientConfig> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/transport/testdata");
+        let security = crate::Security::default()
+            .with_ca(dir.join("ca.pem"))
+            .with_verify_cn(verify_cn.iter().copied());
+        crate::tls::ClientTls::from_material(&security.load().unwrap())
+            .unwrap()
+            .http_config()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn pd_behind_tls_is_asked_with_the_configured_ca_and_names() {
+        let body = r#"{"is_real_time":true,"min_resolved_ts":5}"#;
+        let url = https_once(body).await;
+        let path = min_resolved_ts_uri(&[]);
+        let got = http_get(&url, &path, Some(tls_config(&[]))).await.unwrap();
+        assert_eq!(parse(&got).unwrap().min, 5);
+        let got = http_get(&url, &path, Some(tls_config(&["pd-server", "tikv-server"])))
+            .await
+            .unwrap();
+        assert_eq!(parse(&got).unwrap().min, 5);
+
+        // A certificate whose Common Name is not allowed is refused.
+        let err = http_get(&url, &path, Some(tls_config(&["pd-server"])))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("TLS handshake"), "{err}");
+        // No CA configured: no TLS call at all.
+        let err = http_get(&url, &path, None).await.unwrap_err();
+        assert!(err.to_string().contains("cluster-ssl-ca"), "{err}");
+        assert!(http_get("ftp://x:1", &path, None).await.is_err());
+    }
+
+    #[test]
+    fn hosts_lose_their_ports_and_brackets() {
+        assert_eq!(host_of("pd:2379"), "pd");
+        assert_eq!(host_of("127.0.0.1:2379"), "127.0.0.1");
+        assert_eq!(host_of("[::1]:2379"), "::1");
+        assert_eq!(host_of("pd"), "pd");
     }
 }
