@@ -12,6 +12,7 @@
 //! (`tikv.NewKVStore`, `rawkv.NewClientWithOpts`), which is why its caches cannot be shared.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -44,6 +45,11 @@ struct ClusterInner {
     sender: Arc<SenderCore>,
     fan_out: FanOutLimit,
     safe_ts: SafeTs,
+    /// Whether the safe-ts refresh runs: it starts with the first question, so clients that
+    /// never read stale (raw clients, as client-go's `rawkv.Client`) cost PD nothing.
+    safe_ts_started: AtomicBool,
+    /// The runtime the cluster was connected on, for tasks started later.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Drop for ClusterInner {
@@ -101,8 +107,9 @@ impl Cluster {
             sender,
             fan_out,
             safe_ts: SafeTs::default(),
+            safe_ts_started: AtomicBool::new(false),
+            runtime: tokio::runtime::Handle::current(),
         });
-        tokio::spawn(update_safe_ts_periodically(Arc::downgrade(&inner)));
         Ok(Cluster { inner })
     }
 
@@ -110,7 +117,13 @@ impl Cluster {
     /// `KVStore.GetMinSafeTS`): [`GLOBAL_TXN_SCOPE`](crate::GLOBAL_TXN_SCOPE) for the whole
     /// cluster, or a value of the stores' `zone` label. Refreshed every 2 s from PD's min
     /// resolved ts, or from the stores when PD cannot tell; 0 until known.
+    ///
+    /// The first call starts the refresh (its first round runs at once) and answers 0.
     pub fn min_safe_ts(&self, txn_scope: &str) -> u64 {
+        if !self.inner.safe_ts_started.swap(true, Ordering::AcqRel) {
+            let inner = Arc::downgrade(&self.inner);
+            self.inner.runtime.spawn(update_safe_ts_periodically(inner));
+        }
         self.inner.safe_ts.min_safe_ts(txn_scope)
     }
 
@@ -245,8 +258,8 @@ impl SafeTsSource for ClusterInner {
 async fn update_safe_ts_periodically(inner: Weak<ClusterInner>) {
     let mut ticker = tokio::time::interval(SAFE_TS_UPDATE_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await;
     loop {
+        // The first tick completes at once: the first round runs when the refresh starts.
         ticker.tick().await;
         let Some(inner) = inner.upgrade() else { return };
         if inner.sender.is_closed() {

@@ -2,10 +2,11 @@
 //! read, kept per store and summarised per transaction scope (`global`, and each value of the
 //! stores' `zone` label).
 //!
-//! Who calls it: [`Cluster`](crate::Cluster) owns one [`SafeTs`] and refreshes it every
-//! [`SAFE_TS_UPDATE_INTERVAL`] from a [`SafeTsSource`] (PD's min resolved ts, else each store's
-//! `GetStoreSafeTS`); [`Cluster::min_safe_ts`](crate::Cluster::min_safe_ts) reads it. Stale
-//! reads (checklist H3) take their read timestamp from it.
+//! Who calls it: [`Cluster`](crate::Cluster) owns one [`SafeTs`] and, from the first
+//! question on, refreshes it every [`SAFE_TS_UPDATE_INTERVAL`] from a [`SafeTsSource`] (PD's
+//! min resolved ts, else each store's `GetStoreSafeTS`);
+//! [`Cluster::min_safe_ts`](crate::Cluster::min_safe_ts) reads it. Stale reads (checklist H3)
+//! take their read timestamp from it.
 //!
 //! One refresh, as client-go's `updateSafeTS` does it:
 //!
@@ -434,11 +435,6 @@ mod cluster_tests {
         let cluster = Cluster::connect(mock.pd_endpoints(), Config::default())
             .await
             .unwrap();
-        assert_eq!(
-            cluster.min_safe_ts(GLOBAL_TXN_SCOPE),
-            0,
-            "nothing learned yet"
-        );
         let raw = RawClient::builder_on(&cluster).build().await.unwrap();
         raw.put("k", "v").await.unwrap();
 
@@ -481,5 +477,27 @@ mod cluster_tests {
             assert!(ts.is_some_and(|ts| ts > 0), "store {}: {ts:?}", store.id);
         }
         assert!(cluster.min_safe_ts(GLOBAL_TXN_SCOPE) > 0);
+    }
+
+    /// The refresh starts with the first question and learns without being driven.
+    #[tokio::test]
+    async fn the_first_question_starts_the_refresh() {
+        let mock = MockCluster::builder().start().await.unwrap();
+        let cluster = Cluster::connect(mock.pd_endpoints(), Config::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            cluster.min_safe_ts(GLOBAL_TXN_SCOPE),
+            0,
+            "nothing learned yet"
+        );
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while cluster.min_safe_ts(GLOBAL_TXN_SCOPE) == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the background refresh learned the safe ts");
+        cluster.close();
     }
 }
