@@ -42,6 +42,9 @@ pub enum Service {
     Pd,
     /// A TiKV store (`tikvpb.Tikv`).
     Tikv,
+    /// A router server of PD's router microservice (`routerpb.Router`); a rule's store is the
+    /// server's index.
+    Router,
 }
 
 /// When a rule fires.
@@ -105,6 +108,17 @@ impl Matcher {
     /// Matches every request to any TiKV store.
     pub fn tikv() -> Self {
         Self::any().service(Service::Tikv)
+    }
+
+    /// Matches every request to any router server
+    /// ([`MockClusterBuilder::router_microservice`](crate::MockClusterBuilder::router_microservice)).
+    pub fn router() -> Self {
+        Self::any().service(Service::Router)
+    }
+
+    /// Matches every request to router server `index`.
+    pub fn router_server(index: usize) -> Self {
+        Self::router().store(index as u64)
     }
 
     /// Only requests to this server.

@@ -373,3 +373,75 @@ async fn a_stopped_server_refuses_connections_and_keeps_its_entry() {
     assert!(resp.region.is_some());
     assert!(cluster.start_router_server(5).await.is_err());
 }
+
+#[tokio::test]
+async fn fault_rules_reach_router_servers() {
+    let cluster = MockCluster::builder()
+        .router_microservice(2)
+        .start()
+        .await
+        .unwrap();
+    let rule = cluster.add_fault(
+        tikv_mock::FaultRule::new(
+            tikv_mock::Matcher::router_server(0).command("GetRegion"),
+            tikv_mock::Action::status(tonic::Code::Unavailable, "router down"),
+        )
+        .times(tikv_mock::Times::Always),
+    );
+    let err = region_by_key(&cluster, 0, b"a").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    assert_eq!(err.message(), "router down");
+    assert_eq!(
+        cluster.router_server_request_count(0, "GetRegion"),
+        0,
+        "a refused request is not served"
+    );
+    // The other server, and PD itself, are not matched.
+    assert!(
+        region_by_key(&cluster, 1, b"a")
+            .await
+            .unwrap()
+            .region
+            .is_some()
+    );
+    let mut pd =
+        pdpb::pd_client::PdClient::connect(format!("http://{}", cluster.pd_endpoints()[0]))
+            .await
+            .unwrap();
+    let from_pd = pd
+        .get_region(pdpb::GetRegionRequest {
+            header: pd_header(&cluster),
+            region_key: b"a".to_vec().into(),
+            need_buckets: false,
+        })
+        .await
+        .unwrap();
+    assert!(from_pd.into_inner().region.is_some());
+    assert!(cluster.remove_fault(rule));
+    assert!(
+        region_by_key(&cluster, 0, b"a")
+            .await
+            .unwrap()
+            .region
+            .is_some()
+    );
+
+    // QueryRegion messages see the rules too: the failing message ends the stream.
+    cluster.add_fault(tikv_mock::FaultRule::new(
+        tikv_mock::Matcher::router().command("QueryRegion"),
+        tikv_mock::Action::status(tonic::Code::Unavailable, "stream down"),
+    ));
+    let query = pdpb::QueryRegionRequest {
+        header: pd_header(&cluster),
+        keys: vec![b"a".to_vec().into()],
+        ..Default::default()
+    };
+    let mut answers = router(&cluster, 1)
+        .await
+        .query_region(tokio_stream::iter(vec![query]))
+        .await
+        .unwrap()
+        .into_inner();
+    let err = answers.message().await.unwrap_err();
+    assert_eq!(err.message(), "stream down");
+}

@@ -525,3 +525,35 @@ async fn the_region_meta_breaker_covers_router_reads() {
     pd.all_stores(false).await.unwrap();
     assert_eq!(all_router_requests(&cluster), before + 1);
 }
+
+/// A router server that answers with an error (a fault rule, the server itself up) is left out
+/// and PD answers within the same call; the next health probe brings it back.
+#[tokio::test]
+async fn a_router_answering_errors_is_left_out_and_pd_answers() {
+    let cluster = routers(1).await;
+    let pd = connect(&cluster, false).await;
+    let rule = cluster.add_fault(
+        tikv_mock::FaultRule::new(
+            tikv_mock::Matcher::router_server(0).command("GetRegion"),
+            tikv_mock::Action::status(tonic::Code::Unavailable, "router overloaded"),
+        )
+        .times(tikv_mock::Times::Always),
+    );
+    let region = pd.region_by_key(b"h", false).await.unwrap().unwrap();
+    assert_eq!(region.region.start_key, b("g"));
+    assert_eq!(cluster.router_server_request_count(0, "GetRegion"), 0);
+    assert_eq!(cluster.pd_request_count(0, "GetRegion"), 1);
+    assert!(pd.core().router_service.pick().is_none(), "left out");
+    // Other reads go to PD meanwhile.
+    pd.all_stores(false).await.unwrap();
+    assert_eq!(cluster.pd_request_count(0, "GetAllStores"), 1);
+
+    assert!(cluster.remove_fault(rule));
+    pd.core()
+        .router_service
+        .check_health(Duration::from_secs(3))
+        .await;
+    assert!(pd.core().router_service.pick().is_some());
+    pd.region_by_key(b"h", false).await.unwrap().unwrap();
+    assert_eq!(cluster.router_server_request_count(0, "GetRegion"), 1);
+}

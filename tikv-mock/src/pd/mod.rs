@@ -498,9 +498,23 @@ async fn fault(
     region_id: Option<u64>,
     keys: &[Bytes],
 ) -> Result<(), Status> {
+    fault_on(shared, Service::Pd, None, phase, command, region_id, keys).await
+}
+
+/// [`fault`] for any PD-side server: PD itself, or a microservice server (`server`: its index,
+/// matched as the rule's store).
+async fn fault_on(
+    shared: &Shared,
+    service: Service,
+    server: Option<u64>,
+    phase: Phase,
+    command: &str,
+    region_id: Option<u64>,
+    keys: &[Bytes],
+) -> Result<(), Status> {
     let info = RequestInfo {
-        service: Service::Pd,
-        store_id: None,
+        service,
+        store_id: server,
         command,
         region_id,
         keys,

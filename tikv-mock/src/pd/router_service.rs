@@ -15,7 +15,8 @@
 //! the live state (PD syncs it through a separate watcher). A router answers as PD's leader
 //! does: a missing region is an empty OK answer, not "region not found". The PD handlers'
 //! answer builders are reused, so router and PD answers are the same for the same map.
-//! Fault rules do not apply to router servers.
+//! Fault rules apply as to PD (`Matcher::router`, `Matcher::router_server`): before the answer
+//! (a refused request is not counted) and after it; `QueryRegion` per message.
 //!
 //! Follows tikv/pd `pkg/mcs/router/server/grpc_service.go` (the seven RPCs over the basic
 //! cluster, answered with `isFollower = false`, `QueryRegion` checking the cluster id of every
@@ -25,6 +26,8 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+use bytes::Bytes;
 
 use tikv_proto::pdpb;
 use tikv_proto::routerpb::router_server::{Router, RouterServer};
@@ -36,9 +39,10 @@ use super::service::{
     Stream, all_stores_answer, answer_stream, batch_scan_answer, get_store_answer, query_regions,
     region_answer,
 };
-use super::{Role, check_cluster_id, request_cluster_id};
+use super::{Role, check_cluster_id, fault_on, request_cluster_id};
 use crate::Shared;
 use crate::cluster::{ClusterState, RegionMap};
+use crate::fault::{Phase, Service};
 
 /// The service name router servers register under (PD's `constant.RouterServiceName`).
 const SERVICE_NAME: &str = "router";
@@ -174,6 +178,39 @@ pub(crate) fn routes(shared: Arc<Shared>, server: usize) -> Routes {
     Routes::new(RouterServer::new(RouterService { shared, server })).add_service(health)
 }
 
+/// [`serve`] between the fault checks before and after it.
+async fn serve_with_faults<T>(
+    shared: &Shared,
+    server: usize,
+    method: &'static str,
+    keys: &[Bytes],
+    f: impl FnOnce(&ClusterState, &RegionMap) -> T,
+) -> Result<T, Status> {
+    let index = Some(server as u64);
+    fault_on(
+        shared,
+        Service::Router,
+        index,
+        Phase::Before,
+        method,
+        None,
+        keys,
+    )
+    .await?;
+    let out = serve(shared, server, method, f)?;
+    fault_on(
+        shared,
+        Service::Router,
+        index,
+        Phase::AfterApply,
+        method,
+        None,
+        keys,
+    )
+    .await?;
+    Ok(out)
+}
+
 /// Runs `f` over the server's region map (its frozen copy, or the live one) and the state,
 /// counting the request.
 fn serve<T>(
@@ -206,13 +243,21 @@ impl Router for RouterService {
         request: Request<pdpb::GetRegionRequest>,
     ) -> Result<Response<pdpb::GetRegionResponse>, Status> {
         let req = request.into_inner();
-        serve(&self.shared, self.server, "GetRegion", |state, map| {
-            region_answer(
-                state.cluster_id,
-                map.region_by_key(&req.region_key),
-                Role::Leader,
-            )
-        })
+        let keys = [req.region_key.clone()];
+        serve_with_faults(
+            &self.shared,
+            self.server,
+            "GetRegion",
+            &keys,
+            |state, map| {
+                region_answer(
+                    state.cluster_id,
+                    map.region_by_key(&req.region_key),
+                    Role::Leader,
+                )
+            },
+        )
+        .await
         .map(Response::new)
     }
 
@@ -221,13 +266,21 @@ impl Router for RouterService {
         request: Request<pdpb::GetRegionRequest>,
     ) -> Result<Response<pdpb::GetRegionResponse>, Status> {
         let req = request.into_inner();
-        serve(&self.shared, self.server, "GetPrevRegion", |state, map| {
-            region_answer(
-                state.cluster_id,
-                map.prev_region(&req.region_key),
-                Role::Leader,
-            )
-        })
+        let keys = [req.region_key.clone()];
+        serve_with_faults(
+            &self.shared,
+            self.server,
+            "GetPrevRegion",
+            &keys,
+            |state, map| {
+                region_answer(
+                    state.cluster_id,
+                    map.prev_region(&req.region_key),
+                    Role::Leader,
+                )
+            },
+        )
+        .await
         .map(Response::new)
     }
 
@@ -236,9 +289,14 @@ impl Router for RouterService {
         request: Request<pdpb::GetRegionByIdRequest>,
     ) -> Result<Response<pdpb::GetRegionResponse>, Status> {
         let req = request.into_inner();
-        serve(&self.shared, self.server, "GetRegionByID", |state, map| {
-            region_answer(state.cluster_id, map.region(req.region_id), Role::Leader)
-        })
+        serve_with_faults(
+            &self.shared,
+            self.server,
+            "GetRegionByID",
+            &[],
+            |state, map| region_answer(state.cluster_id, map.region(req.region_id), Role::Leader),
+        )
+        .await
         .map(Response::new)
     }
 
@@ -255,9 +313,12 @@ impl Router for RouterService {
             move |shared, request| async move {
                 let requested = request_cluster_id(request.header.as_ref());
                 check_cluster_id(requested, shared.lock().cluster_id)?;
-                serve(&shared, server, "QueryRegion", |state, map| {
+                let mut keys = request.keys.clone();
+                keys.extend(request.prev_keys.iter().cloned());
+                serve_with_faults(&shared, server, "QueryRegion", &keys, |state, map| {
                     query_regions(state.cluster_id, map, &request)
                 })
+                .await
             },
         ))
     }
@@ -267,12 +328,15 @@ impl Router for RouterService {
         request: Request<pdpb::BatchScanRegionsRequest>,
     ) -> Result<Response<pdpb::BatchScanRegionsResponse>, Status> {
         let req = request.into_inner();
-        serve(
+        let keys: Vec<Bytes> = req.ranges.iter().map(|r| r.start_key.clone()).collect();
+        serve_with_faults(
             &self.shared,
             self.server,
             "BatchScanRegions",
+            &keys,
             |state, map| batch_scan_answer(state.cluster_id, map, &req, Role::Leader),
         )
+        .await
         .map(Response::new)
     }
 
@@ -281,9 +345,10 @@ impl Router for RouterService {
         request: Request<pdpb::GetStoreRequest>,
     ) -> Result<Response<pdpb::GetStoreResponse>, Status> {
         let req = request.into_inner();
-        serve(&self.shared, self.server, "GetStore", |state, _| {
+        serve_with_faults(&self.shared, self.server, "GetStore", &[], |state, _| {
             get_store_answer(state, req.store_id)
         })
+        .await
         .map(Response::new)
     }
 
@@ -292,9 +357,14 @@ impl Router for RouterService {
         request: Request<pdpb::GetAllStoresRequest>,
     ) -> Result<Response<pdpb::GetAllStoresResponse>, Status> {
         let req = request.into_inner();
-        serve(&self.shared, self.server, "GetAllStores", |state, _| {
-            all_stores_answer(state, req.exclude_tombstone_stores)
-        })
+        serve_with_faults(
+            &self.shared,
+            self.server,
+            "GetAllStores",
+            &[],
+            |state, _| all_stores_answer(state, req.exclude_tombstone_stores),
+        )
+        .await
         .map(Response::new)
     }
 }
