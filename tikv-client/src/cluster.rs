@@ -101,6 +101,10 @@ impl Cluster {
             &config,
         );
         let fan_out = FanOutLimit::new(config.committer_concurrency);
+        // Connecting needs tokio (the transport has already checked): its tasks run here.
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::invalid_argument("a cluster must be connected inside a tokio runtime")
+        })?;
         let inner = Arc::new(ClusterInner {
             config,
             pd,
@@ -108,7 +112,7 @@ impl Cluster {
             fan_out,
             safe_ts: SafeTs::default(),
             safe_ts_started: AtomicBool::new(false),
-            runtime: tokio::runtime::Handle::current(),
+            runtime,
         });
         Ok(Cluster { inner })
     }
