@@ -2,7 +2,8 @@
 //! built once from the [`TlsMaterial`] that [`Security`](crate::Security) loads.
 //!
 //! Who calls it: `pd::conn` (PD-side channels) and `transport` (store channels) turn the
-//! material into a [`ClientTls`] and [`ClientTls::apply`] it to each tonic endpoint.
+//! material into a [`ClientTls`] and [`ClientTls::apply`] it to each tonic endpoint; `pd::conn`
+//! also builds [`http_config`] for PD's HTTP API, with the same checks.
 //!
 //! What a server must show: a certificate chain to one of the configured CAs, valid for the
 //! host the client dials (rustls' WebPKI checks, as Go's `crypto/tls` does in client-go), and,
@@ -27,13 +28,12 @@ use crate::config::TlsMaterial;
 use crate::{Error, Result};
 
 /// Client TLS settings ready to apply to endpoints: tonic's settings, and the verifier that
-/// adds the Common Name check when names are configured; plus, built from the same material,
-/// a rustls configuration for the HTTP/1.1 calls the client makes itself (PD's HTTP API).
+/// adds the Common Name check when names are configured. [`http_config`] builds the matching
+/// rustls configuration for the HTTP/1.1 calls the client makes itself (PD's HTTP API).
 #[derive(Clone)]
 pub(crate) struct ClientTls {
     config: ClientTlsConfig,
     verifier: Option<Arc<dyn ServerCertVerifier>>,
-    http: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl std::fmt::Debug for ClientTls {
@@ -49,7 +49,6 @@ impl ClientTls {
     /// Settings from loaded material: its CAs, its client identity for mutual TLS, and its
     /// Common Name list.
     pub(crate) fn from_material(material: &TlsMaterial) -> Result<Self> {
-        let http = Some(http_config(material)?);
         let mut config = ClientTlsConfig::new();
         if let Some((cert, key)) = material.client_identity() {
             config = config.identity(Identity::from_pem(cert, key));
@@ -59,7 +58,6 @@ impl ClientTls {
             return Ok(ClientTls {
                 config,
                 verifier: None,
-                http,
             });
         }
         // tonic refuses CA roots next to a custom verifier: the roots go into the verifier.
@@ -67,23 +65,15 @@ impl ClientTls {
         Ok(ClientTls {
             config,
             verifier: Some(Arc::new(verifier)),
-            http,
         })
     }
 
     /// Settings that trust the system's roots (PD URLs given as `https://` without a CA).
-    /// HTTP calls get no TLS configuration then: they fail, and their callers do without.
     pub(crate) fn native_roots() -> Self {
         ClientTls {
             config: ClientTlsConfig::new().with_native_roots(),
             verifier: None,
-            http: None,
         }
-    }
-
-    /// The rustls configuration for HTTP/1.1 calls over TLS, when one could be built.
-    pub(crate) fn http_config(&self) -> Option<Arc<rustls::ClientConfig>> {
-        self.http.clone()
     }
 
     /// Lets the connection speak HTTP/2 even when the server negotiates no ALPN protocol.
@@ -118,7 +108,7 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// A rustls client configuration from the material, checking servers as the gRPC connections
 /// do (CA, host, Common Names) and presenting the client identity, speaking HTTP/1.1.
-fn http_config(material: &TlsMaterial) -> Result<Arc<rustls::ClientConfig>> {
+pub(crate) fn http_config(material: &TlsMaterial) -> Result<Arc<rustls::ClientConfig>> {
     let verifier: Arc<dyn ServerCertVerifier> = if material.verify_cn().is_empty() {
         webpki_verifier(material.ca_pem())?
     } else {

@@ -1267,7 +1267,7 @@ impl Core {
     /// The attempt may use half of the time left, so that a server that hangs still leaves
     /// PD time to answer within the caller's deadline. `breaker`: the call is region metadata
     /// and passes the region-meta circuit breaker, as its PD attempts do.
-    pub(crate) async fn router_read<T, F, Fut>(
+    async fn router_read<T, F, Fut>(
         &self,
         op: &'static str,
         allowed: bool,

@@ -33,6 +33,9 @@ const HTTPS: &str = "https://";
 #[derive(Debug, Clone)]
 pub(crate) struct TlsSettings {
     config: Option<ClientTls>,
+    /// The same checks for PD's HTTP API; `None` without a CA (HTTP calls then fail and their
+    /// callers do without).
+    http: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl TlsSettings {
@@ -44,6 +47,7 @@ impl TlsSettings {
             let material = security.load()?;
             return Ok(TlsSettings {
                 config: Some(ClientTls::from_material(&material)?),
+                http: Some(crate::tls::http_config(&material)?),
             });
         }
         let any_https = seeds
@@ -51,6 +55,7 @@ impl TlsSettings {
             .any(|s| s.trim().to_ascii_lowercase().starts_with(HTTPS));
         Ok(TlsSettings {
             config: any_https.then(ClientTls::native_roots),
+            http: None,
         })
     }
 
@@ -196,7 +201,7 @@ pub(crate) struct Connector {
 impl Connector {
     /// The rustls configuration for HTTP calls to PD over TLS, when TLS is on with a CA.
     pub(crate) fn http_tls(&self) -> Option<std::sync::Arc<rustls::ClientConfig>> {
-        self.tls.config.as_ref().and_then(ClientTls::http_config)
+        self.tls.http.clone()
     }
 
     pub(crate) fn new(tls: TlsSettings, config: &Config) -> Self {

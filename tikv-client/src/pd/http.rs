@@ -157,16 +157,14 @@ where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let fail = |message: String| Error::Pd { message };
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| fail(format!("HTTP handshake with {url} failed: {e}")))?;
-    // The connection is driven beside the request and dropped with it.
-    let driver = tokio::spawn(connection);
     let request = hyper::Request::get(path)
         .header(hyper::header::HOST, authority)
         .body(Empty::<Bytes>::new())
         .map_err(|e| fail(format!("bad request {path}: {e}")))?;
-    let result = async {
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| fail(format!("HTTP handshake with {url} failed: {e}")))?;
+    let exchange = async {
         let response = sender
             .send_request(request)
             .await
@@ -184,10 +182,20 @@ where
             )));
         }
         Ok(body.to_vec())
+    };
+    // The connection is driven in this same future, so it ends with the answer, an error, or
+    // the caller's timeout; no task outlives the call.
+    tokio::pin!(connection, exchange);
+    tokio::select! {
+        biased;
+        result = &mut exchange => result,
+        ended = &mut connection => match ended {
+            // A server that answers and closes (`connection: close`) ends the connection with
+            // the answer already handed over: finish reading it.
+            Ok(()) => exchange.await,
+            Err(e) => Err(fail(format!("connection to {url} failed during GET {path}: {e}"))),
+        },
     }
-    .await;
-    driver.abort();
-    result
 }
 
 #[cfg(test)]
@@ -295,10 +303,7 @@ mod tests {
         let security = crate::Security::default()
             .with_ca(dir.join("ca.pem"))
             .with_verify_cn(verify_cn.iter().copied());
-        crate::tls::ClientTls::from_material(&security.load().unwrap())
-            .unwrap()
-            .http_config()
-            .unwrap()
+        crate::tls::http_config(&security.load().unwrap()).unwrap()
     }
 
     #[tokio::test]

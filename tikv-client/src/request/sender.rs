@@ -157,16 +157,7 @@ impl SenderCore {
     /// Also starts the health tick of every store, every quarter of
     /// `stores-refresh-interval` (client-go's schedule), when called inside a tokio runtime.
     pub(crate) fn new(parts: SenderParts, config: &Config) -> Arc<SenderCore> {
-        let core = SenderCore::without_ticks(parts, config);
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let period = (config.stores_refresh_interval / 4).max(Duration::from_millis(100));
-            runtime.spawn(health_ticks(Arc::downgrade(&core), period));
-        }
-        core
-    }
-
-    fn without_ticks(parts: SenderParts, config: &Config) -> Arc<SenderCore> {
-        Arc::new_cyclic(|me| SenderCore {
+        let core = Arc::new_cyclic(|me| SenderCore {
             cache: parts.cache,
             transport: parts.transport,
             enable_forwarding: config.enable_forwarding,
@@ -176,7 +167,12 @@ impl SenderCore {
             read_ts_validator: parts.read_ts_validator,
             closed: AtomicBool::new(false),
             me: me.clone(),
-        })
+        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let period = (config.stores_refresh_interval / 4).max(Duration::from_millis(100));
+            runtime.spawn(health_ticks(Arc::downgrade(&core), period));
+        }
+        core
     }
 
     /// Stops sending: later sends fail with [`Error::Closed`] and health loops end.

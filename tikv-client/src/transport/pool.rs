@@ -77,9 +77,9 @@ impl Drop for UnaryInflight<'_> {
 }
 
 impl StoreShared {
-    /// Records that a request is being sent now.
-    fn touch(&self) {
-        let now = self.created.elapsed().as_secs();
+    /// Records that a request is being sent at `now` (the send path's own clock reading).
+    fn touch(&self, now: Instant) {
+        let now = now.saturating_duration_since(self.created).as_secs();
         if self.last_used.load(Ordering::Relaxed) < now {
             self.last_used.store(now, Ordering::Relaxed);
         }
@@ -355,7 +355,6 @@ impl StorePool {
 
     /// Sends one command, batched unless batching is off or the store refuses it.
     pub(crate) async fn send(&self, cmd: Box<Cmd>, opts: SendOptions) -> Result<Box<RespCmd>> {
-        self.shared.touch();
         if opts.timeout.is_zero() {
             // The deadline has passed: sending could only waste the store's time.
             return Err(super::timeout_error(
@@ -381,6 +380,7 @@ impl StorePool {
         }
         let method = unary::cmd_method(&cmd);
         let arrived = Instant::now();
+        self.shared.touch(arrived);
         let (reply, answer) = oneshot::channel();
         let entry = Entry {
             cmd,
@@ -519,7 +519,7 @@ impl StorePool {
         opts: &SendOptions,
     ) -> Result<UnaryResponse> {
         self.check_open()?;
-        self.shared.touch();
+        self.shared.touch(Instant::now());
         let _inflight = UnaryInflight::enter(&self.shared.unary_inflight);
         if opts.timeout.is_zero() {
             return Err(super::timeout_error(
