@@ -25,9 +25,8 @@
 //!
 //! Proto types from `tikv-proto` stay inside the crate; the public API speaks the types above.
 
-// The API V1/V2 key codec; the raw and transactional clients are its users.
 mod cluster;
-#[cfg_attr(not(test), allow(dead_code))]
+// The API V1/V2 key codec; the raw and transactional clients are its users.
 mod codec;
 pub mod config;
 pub mod error;

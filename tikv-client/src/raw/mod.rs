@@ -29,7 +29,6 @@ use crate::cluster::Cluster;
 use crate::codec::{ApiCodec, KeyMode};
 use crate::config::Config;
 use crate::error::RegionErrorKind;
-use crate::kv::codec::{decode_bytes, encode_bytes};
 use crate::locate::KeyLocation;
 use crate::request::Backoffer;
 use crate::request::dispatch::{BatchLimit, LocateBy, ShardOutcome};
@@ -170,7 +169,6 @@ impl RawClientBuilder {
             ..Default::default()
         };
         codec.stamp(&mut template);
-        let encoded_regions = codec.keyspace().is_some();
         Ok(RawClient {
             cluster,
             inner: Arc::new(RawInner {
@@ -178,7 +176,6 @@ impl RawClientBuilder {
                 context: template.to_context(),
                 cf: self.column_family,
                 atomic: self.atomic,
-                encoded_regions,
             }),
         })
     }
@@ -198,9 +195,6 @@ struct RawInner {
     context: kvrpcpb::Context,
     cf: String,
     atomic: bool,
-    /// Region boundaries are memcomparable-encoded wire keys (API V2, where TiKV stores raw
-    /// keys encoded); under API V1 raw they are the wire keys themselves.
-    encoded_regions: bool,
 }
 
 /// A key to send: its wire form (what the request carries), its region-key form (what the
@@ -281,7 +275,6 @@ impl RawClient {
             context: self.inner.context.clone(),
             cf: self.inner.cf.clone(),
             atomic: self.inner.atomic,
-            encoded_regions: self.inner.encoded_regions,
         };
         change(&mut inner);
         RawClient {
@@ -651,7 +644,7 @@ impl RawClient {
         for (key, value) in items {
             let encoded = self.encode_key(key)?;
             out.push(Item {
-                route: self.inner.encoded_regions.then(|| self.route_key(&encoded)),
+                route: self.inner.codec.route_key(&encoded),
                 encoded,
                 value,
             });
@@ -659,22 +652,17 @@ impl RawClient {
         Ok(out)
     }
 
-    /// The form of a wire key the region cache is searched with.
+    /// The form of a wire key the region cache is searched with (`ApiCodec::route_key`).
     fn route_key(&self, wire: &Bytes) -> Bytes {
-        if self.inner.encoded_regions {
-            Bytes::from(encode_bytes(wire))
-        } else {
-            wire.clone()
-        }
+        self.inner
+            .codec
+            .route_key(wire)
+            .unwrap_or_else(|| wire.clone())
     }
 
     /// A region boundary as a wire key (empty stays empty: unbounded).
     fn wire_bound(&self, boundary: &Key) -> Result<Bytes> {
-        if !self.inner.encoded_regions || boundary.is_empty() {
-            return Ok(boundary.as_bytes_ref().clone());
-        }
-        let (decoded, _) = decode_bytes(boundary.as_bytes())?;
-        Ok(Bytes::from(decoded))
+        self.inner.codec.wire_bound(boundary.as_bytes_ref())
     }
 
     /// Sends a one-key request to the region of `key` (its wire form); `build` makes each
@@ -687,12 +675,10 @@ impl RawClient {
         let mut bo = self.backoffer();
         let opts = self.call_options();
         let sender = self.cluster.sender();
-        let reply = if self.inner.encoded_regions {
-            let route = self.route_key(key);
-            sender.send_to_key(&mut bo, &route, &opts, build).await?
-        } else {
-            sender.send_to_key(&mut bo, key, &opts, build).await?
-        };
+        let route = self.inner.codec.route_key(key);
+        let reply = sender
+            .send_to_key(&mut bo, route.as_ref().unwrap_or(key), &opts, build)
+            .await?;
         Ok(reply.resp)
     }
 
