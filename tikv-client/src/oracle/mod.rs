@@ -58,6 +58,8 @@ mod future;
 mod local;
 mod pd;
 mod retry;
+#[cfg(test)]
+mod retry_tests;
 mod source;
 #[cfg(test)]
 pub(crate) mod testing;

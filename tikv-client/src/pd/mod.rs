@@ -50,6 +50,8 @@ mod gc;
 mod http;
 pub(crate) use http::MinResolvedTs;
 mod keyspace;
+#[cfg(test)]
+mod mod_tests;
 mod retry;
 mod router;
 mod router_discovery;
