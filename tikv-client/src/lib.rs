@@ -33,14 +33,14 @@ pub mod config;
 pub mod error;
 pub mod kv;
 pub mod locate;
-pub mod oracle;
-pub mod pd;
+pub(crate) mod oracle;
+pub(crate) mod pd;
 pub mod raw;
 pub mod request;
 mod rpc;
 mod safe_ts;
 mod tls;
-pub mod transport;
+pub(crate) mod transport;
 
 pub use cluster::Cluster;
 pub use config::{Config, Security};
@@ -49,3 +49,26 @@ pub use kv::{BoundRange, Key, KvPair, Value};
 pub use oracle::Timestamp;
 pub use raw::{ApiVersion, RawClient};
 pub use safe_ts::GLOBAL_TXN_SCOPE;
+
+/// Internals the workspace's benchmarks drive directly: the PD client (TSO bench), the store
+/// transport (transport bench) and the region cache (region-cache bench). Not API: these types
+/// speak `tikv-proto` types and change without notice. Present only with the
+/// `unstable-internals` cargo feature, and hidden from the documentation.
+///
+/// The modules they live in are `pub(crate)`; their items stay `pub` so that this module can
+/// re-export them. An internal module joins with one `pub use` line here (and the
+/// `cfg_attr(..., allow(unreachable_pub))` line at the top of the module, see `pd/mod.rs`).
+#[cfg(feature = "unstable-internals")]
+#[doc(hidden)]
+pub mod unstable {
+    pub use crate::locate::RegionCache;
+    pub use crate::pd::{
+        CircuitBreakerState, GcBarrier, GcSafePointAdvance, GcState, KeyspaceMeta, KeyspaceState,
+        Operator, OperatorStatus, PdClient, PdClientBuilder, ScatterResult, TsoStats,
+        TxnSafePointAdvance,
+    };
+    pub use crate::transport::{
+        HealthFeedback, Liveness, SendOptions, StoreClient, Transport, TransportStats,
+        UnaryRequest, UnaryResponse,
+    };
+}

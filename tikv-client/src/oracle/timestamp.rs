@@ -11,7 +11,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Bits of a timestamp that hold the logical counter.
-pub const LOGICAL_BITS: u32 = 18;
+pub(crate) const LOGICAL_BITS: u32 = 18;
 const LOGICAL_MASK: u64 = (1 << LOGICAL_BITS) - 1;
 
 /// A timestamp allocated by PD's timestamp oracle (or derived from one).

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tikv_client::oracle::{Oracle, PdOracle, PdOracleOptions, Timestamp};
-use tikv_client::pd::PdClient;
-use tikv_client::{Config, Error};
+use crate::oracle::{Oracle, PdOracle, PdOracleOptions, Timestamp};
+use crate::pd::PdClient;
+use crate::{Config, Error};
 use tikv_mock::{ManualClock, MockCluster};
 
 async fn connect(cluster: &MockCluster, config: &Config) -> PdClient {
