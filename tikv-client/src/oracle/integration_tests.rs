@@ -40,8 +40,8 @@ async fn timestamps_validation_and_external_ts_against_mock_pd() {
             read_ts,
             current_ts,
         }) => {
-            assert_eq!(read_ts, future.version());
-            assert!(current_ts > b.version() && current_ts < future.version());
+            assert_eq!(read_ts, future);
+            assert!(current_ts > b && current_ts < future);
         }
         other => panic!("expected FutureTsRead, got {other:?}"),
     }

@@ -285,8 +285,8 @@ impl Shared {
             let skip_retry = false;
             if retrying || skip_retry {
                 return Err(Error::FutureTsRead {
-                    read_ts: read_ts.version(),
-                    current_ts: current.version(),
+                    read_ts,
+                    current_ts: current,
                 });
             }
             retrying = true;

@@ -529,6 +529,7 @@ pub(crate) fn unavailable(address: &str, message: impl Into<String>) -> Error {
         address: address.to_owned(),
         code: GrpcCode::Unavailable,
         message: message.into(),
+        source: None,
     }
 }
 
