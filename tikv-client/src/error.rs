@@ -1129,7 +1129,8 @@ mod tests {
 
     #[test]
     fn error_stays_small() {
-        // Boxed payloads keep Result<T, Error> cheap to move on hot paths.
+        // Boxed payloads keep Result<T, Error> cheap to move on hot paths; the gRPC source is
+        // one shared pointer.
         assert!(
             std::mem::size_of::<Error>() <= 80,
             "size {}",
@@ -1392,6 +1393,114 @@ mod tests {
         };
         assert!(exhausted_undetermined.is_undetermined());
         assert!(!exhausted_undetermined.is_retryable());
+    }
+
+    #[test]
+    fn server_text_has_its_own_variant() {
+        let err = Error::server("raft: proposal dropped");
+        assert!(matches!(err, Error::Server { ref message } if message == "raft: proposal dropped"));
+        assert_eq!(err.to_string(), "TiKV error: raft: proposal dropped");
+        assert!(!err.is_retryable());
+        assert!(!err.is_undetermined());
+    }
+
+    #[test]
+    fn grpc_failures_chain_their_source_and_stay_clone() {
+        use std::error::Error as _;
+
+        let status = tonic::Status::unavailable("store down");
+        let err = Error::from_status("127.0.0.1:1", &status);
+        let source = err.source().expect("a gRPC failure keeps the status");
+        assert!(source.to_string().contains("store down"), "{source}");
+        // Cloning shares the source instead of dropping it.
+        let copy = err.clone();
+        assert_eq!(
+            copy.source().map(|s| s.to_string()),
+            Some(source.to_string())
+        );
+
+        // A failure the client detected itself has no source.
+        let own = Error::Grpc {
+            address: "a".to_owned(),
+            code: GrpcCode::Unavailable,
+            message: "stream closed".to_owned(),
+            source: None,
+        };
+        assert!(own.source().is_none());
+
+        // A connection failure chains the error of the last attempt, and the backoff's last
+        // error is its source in turn.
+        let connect = Error::Connect {
+            address: "pd:2379".to_owned(),
+            message: "no PD endpoint answered".to_owned(),
+            source: Some(ErrorSource::new(err.clone())),
+        };
+        let exhausted = Error::BackoffExhausted {
+            kind: "pdRPC".to_owned(),
+            total_sleep: Duration::from_secs(1),
+            last: Box::new(connect),
+        };
+        let mut chain = Vec::new();
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&exhausted);
+        while let Some(e) = next {
+            chain.push(e.to_string());
+            next = e.source();
+        }
+        assert_eq!(chain.len(), 4, "{chain:#?}");
+        assert!(chain[3].contains("store down"), "{chain:#?}");
+    }
+
+    #[test]
+    fn timestamps_in_errors_are_typed() {
+        let err = Error::from_key_error(kvrpcpb::KeyError {
+            commit_ts_expired: Some(kvrpcpb::CommitTsExpired {
+                start_ts: Timestamp::compose(100, 1).version(),
+                attempted_commit_ts: Timestamp::compose(101, 0).version(),
+                key: Bytes::from_static(b"k"),
+                min_commit_ts: Timestamp::compose(102, 0).version(),
+            }),
+            ..key_error()
+        });
+        let Error::CommitTsExpired {
+            start_ts,
+            min_commit_ts,
+            ..
+        } = err
+        else {
+            panic!("got {err:?}")
+        };
+        assert_eq!((start_ts.physical(), start_ts.logical()), (100, 1));
+        assert_eq!(min_commit_ts.physical(), 102);
+        // The text shows the wire value, as TiKV's logs do.
+        assert!(
+            err_text(start_ts).contains(&start_ts.version().to_string()),
+            "{start_ts:?}"
+        );
+
+        let locked = Error::from_key_error(kvrpcpb::KeyError {
+            locked: Some(kvrpcpb::LockInfo {
+                lock_version: 7,
+                min_commit_ts: 8,
+                lock_for_update_ts: 9,
+                ..Default::default()
+            }),
+            ..key_error()
+        });
+        let Error::Locked(l) = locked else {
+            panic!("got {locked:?}")
+        };
+        assert_eq!(
+            (l.lock_ts, l.min_commit_ts, l.for_update_ts),
+            (7.into(), 8.into(), 9.into())
+        );
+    }
+
+    fn err_text(ts: Timestamp) -> String {
+        Error::TxnAbortedByGc {
+            start_ts: ts,
+            txn_safe_point: Timestamp::ZERO,
+        }
+        .to_string()
     }
 
     #[test]

@@ -11,10 +11,10 @@
 //! | [`error`] | the public error catalogue, classified (retryable, undetermined) | `error/error.go` |
 //! | [`config`] | [`Config`] (builder, TOML, `tikv://` paths), [`Security`] (TLS files) | `config/` |
 //! | [`kv`] | [`Key`], [`Value`], [`KvPair`], [`BoundRange`], memcomparable codec | `kv/key.go`, `util/codec/` |
-//! | [`pd`] | the PD client: members, TSO, region and store queries, GC, keyspaces | tikv/pd `client/` |
-//! | [`oracle`] | [`Timestamp`], the `Oracle` trait, PD and local oracles | `oracle/` |
+//! | `pd` | the PD client: members, TSO, region and store queries, GC, keyspaces | tikv/pd `client/` |
+//! | `oracle` | [`Timestamp`], the `Oracle` trait, PD and local oracles | `oracle/` |
 //! | [`locate`] | the region cache and the store cache | `internal/locate/region_cache.go`, `store_cache.go` |
-//! | [`transport`] | per-store connections, BatchCommands streams, unary calls (hidden, unstable) | `internal/client/` |
+//! | `transport` | per-store connections, BatchCommands streams, unary calls (hidden, unstable) | `internal/client/` |
 //! | [`request`] | backoff, the region request sender, replica selection, fan-out | `config/retry/`, `internal/locate/region_request.go` |
 //! | `rpc` | typed requests and responses of every region-routed command | `tikvrpc/` |
 //! | `codec` | API V1/V2 key codecs (keyspaces) | `internal/apicodec/` |
@@ -38,6 +38,9 @@ pub(crate) mod pd;
 pub mod raw;
 pub mod request;
 mod rpc;
+// Doctests that keep the internals out of the public API.
+#[cfg(doctest)]
+mod public_api;
 mod safe_ts;
 mod tls;
 pub(crate) mod transport;
