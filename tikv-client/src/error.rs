@@ -1398,7 +1398,9 @@ mod tests {
     #[test]
     fn server_text_has_its_own_variant() {
         let err = Error::server("raft: proposal dropped");
-        assert!(matches!(err, Error::Server { ref message } if message == "raft: proposal dropped"));
+        assert!(
+            matches!(err, Error::Server { ref message } if message == "raft: proposal dropped")
+        );
         assert_eq!(err.to_string(), "TiKV error: raft: proposal dropped");
         assert!(!err.is_retryable());
         assert!(!err.is_undetermined());

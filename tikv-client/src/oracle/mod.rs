@@ -63,12 +63,18 @@ mod future;
 mod local;
 #[cfg_attr(
     not(test),
-    expect(dead_code, reason = "the Cluster owns the PD oracle from issue 15 item 6 on")
+    expect(
+        dead_code,
+        reason = "the Cluster owns the PD oracle from issue 15 item 6 on"
+    )
 )]
 mod pd;
 #[cfg_attr(
     not(test),
-    expect(dead_code, reason = "Cluster::current_timestamp (issue 15 item 6) is its caller")
+    expect(
+        dead_code,
+        reason = "Cluster::current_timestamp (issue 15 item 6) is its caller"
+    )
 )]
 mod retry;
 mod source;
@@ -89,7 +95,10 @@ pub(crate) use future::OracleFuture;
 pub(crate) use local::LocalOracle;
 #[cfg_attr(
     not(test),
-    expect(unused_imports, reason = "the Cluster owns the PD oracle from issue 15 item 6 on")
+    expect(
+        unused_imports,
+        reason = "the Cluster owns the PD oracle from issue 15 item 6 on"
+    )
 )]
 pub(crate) use pd::{PdOracle, PdOracleOptions};
 pub(crate) use source::TimestampSource;
@@ -105,7 +114,10 @@ use crate::Result;
 /// `Arc<dyn Oracle>`; see the [module docs](self) for why it is object-safe.
 #[cfg_attr(
     not(test),
-    expect(dead_code, reason = "the request sender calls only `validate_read_ts` until the Cluster owns the oracle (issue 15 item 6)")
+    expect(
+        dead_code,
+        reason = "the request sender calls only `validate_read_ts` until the Cluster owns the oracle (issue 15 item 6)"
+    )
 )]
 pub(crate) trait Oracle: Send + Sync + fmt::Debug {
     /// A fresh timestamp from PD, greater than every timestamp allocated before the call.

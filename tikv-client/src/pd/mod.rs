@@ -53,10 +53,10 @@ mod discovery;
 #[cfg(test)]
 mod failover_tests;
 // The PD client against `tikv-mock` over real gRPC (was `tests/pd.rs`).
-#[cfg(test)]
-mod integration_tests;
 mod gc;
 mod http;
+#[cfg(test)]
+mod integration_tests;
 pub(crate) use http::MinResolvedTs;
 mod keyspace;
 mod retry;

@@ -16,12 +16,12 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use crate::config::TikvClientConfig;
 use crate::transport::{
     Liveness, SendOptions, StoreClient, Transport, UnaryRequest, UnaryResponse,
 };
 use crate::{Config, Error, Security};
+use bytes::Bytes;
 use tikv_mock::{Action, FaultRule, HangHandle, Matcher, MockCluster, Times};
 use tikv_proto::kvrpcpb;
 use tikv_proto::tikvpb::batch_commands_request::request::Cmd;
@@ -529,8 +529,7 @@ impl NamedService for Proxy {
     const NAME: &'static str = "tikvpb.Tikv";
 }
 
-type ProxyFuture =
-    Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
+type ProxyFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
 
 impl Service<http::Request<Body>> for Proxy {
     type Response = http::Response<Body>;
@@ -595,8 +594,7 @@ impl Proxy {
         }
         let router = server.add_service(proxy.clone());
         tokio::spawn(
-            router
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            router.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
         (proxy, address)
     }
@@ -696,8 +694,7 @@ async fn tls_connections_carry_batched_and_unary_requests() {
 
     // Without a client certificate the server refuses the handshake: a retryable failure.
     let no_identity = Security::default().with_ca(testdata("ca.pem"));
-    let transport =
-        Transport::new(&config(one_connection()).with_security(no_identity)).unwrap();
+    let transport = Transport::new(&config(one_connection()).with_security(no_identity)).unwrap();
     let refused = transport
         .store(&proxy_address)
         .unwrap()
