@@ -169,8 +169,8 @@ impl Cluster {
         &self.inner.config
     }
 
-    /// The PD client.
-    pub fn pd_client(&self) -> &PdClient {
+    /// The PD client (crate-private: PD is reached through the cluster's own methods).
+    pub(crate) fn pd_client(&self) -> &PdClient {
         &self.inner.pd
     }
 

@@ -18,14 +18,22 @@
 //!
 //! Ports client-go `error/error.go` (sentinels, typed errors, `ExtractKeyErr`) and the error
 //! classification spread over `internal/locate/region_request.go` and `config/retry`. Proto
-//! types stay private: the public variants use [`Key`] and plain integers.
+//! types stay private: the public variants use [`Key`], [`Timestamp`] and plain integers.
+//!
+//! Error text TiKV or PD wrote itself travels in its own variants ([`Error::Server`] for
+//! TiKV's, [`Error::Pd`] for PD's, [`Error::TxnAborted`] and [`Error::Retryable`] for key
+//! errors); [`Error::Internal`] is kept for this client's own broken invariants. A failed gRPC
+//! call or connection keeps the underlying failure as its [`source`](std::error::Error::source)
+//! (an opaque [`ErrorSource`]: the transport library's types are not part of the API).
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tikv_proto::{errorpb, kvrpcpb};
 
 use crate::kv::Key;
+use crate::oracle::Timestamp;
 
 /// Result with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -88,7 +96,7 @@ pub enum Error {
     #[error("write conflict in local latch, start_ts {start_ts}; retry the transaction")]
     WriteConflictInLatch {
         /// Start timestamp of the transaction that lost.
-        start_ts: u64,
+        start_ts: Timestamp,
     },
     /// An insert met a key that already exists.
     #[error("key {key} already exists")]
@@ -112,25 +120,25 @@ pub enum Error {
     )]
     CommitTsExpired {
         /// Start timestamp of the transaction.
-        start_ts: u64,
+        start_ts: Timestamp,
         /// The rejected commit timestamp.
-        attempted_commit_ts: u64,
+        attempted_commit_ts: Timestamp,
         /// The key whose lock rejected it.
         key: Key,
         /// The lock's minimum commit timestamp.
-        min_commit_ts: u64,
+        min_commit_ts: Timestamp,
     },
     /// The commit timestamp computed for async commit exceeds the allowed maximum.
     #[error("commit_ts {commit_ts} is too large for async commit")]
     CommitTsTooLarge {
         /// The rejected commit timestamp.
-        commit_ts: u64,
+        commit_ts: Timestamp,
     },
     /// The transaction's primary lock was not found when its status was checked.
     #[error("txn {start_ts} not found (primary key {primary_key})")]
     TxnNotFound {
         /// Start timestamp of the transaction.
-        start_ts: u64,
+        start_ts: Timestamp,
         /// Its primary key.
         primary_key: Key,
     },
@@ -145,7 +153,7 @@ pub enum Error {
     #[error("key {key} is not the primary of txn {start_ts}")]
     PrimaryMismatch {
         /// Start timestamp of the lock's transaction.
-        start_ts: u64,
+        start_ts: Timestamp,
         /// The key that was wrongly taken as primary.
         key: Key,
     },
@@ -155,9 +163,9 @@ pub enum Error {
         /// The key.
         key: Key,
         /// Start timestamp of the transaction that tried to upgrade.
-        start_ts: u64,
+        start_ts: Timestamp,
         /// Start timestamp of the transaction holding the conflicting lock.
-        owner_start_ts: u64,
+        owner_start_ts: Timestamp,
     },
     /// A shared pessimistic lock disappeared before the transaction prewrote.
     #[error("shared lock of txn {start_ts} on key {key} was lost")]
@@ -165,7 +173,7 @@ pub enum Error {
         /// The key.
         key: Key,
         /// Start timestamp of the transaction.
-        start_ts: u64,
+        start_ts: Timestamp,
     },
     /// TiKV says the operation may succeed if retried (`KeyError.retryable`).
     #[error("retryable: {message}")]
@@ -196,17 +204,17 @@ pub enum Error {
     )]
     TxnAbortedByGc {
         /// Start timestamp of the transaction.
-        start_ts: u64,
+        start_ts: Timestamp,
         /// The txn safe point it fell below.
-        txn_safe_point: u64,
+        txn_safe_point: Timestamp,
     },
     /// The commit timestamp lags behind the one the caller required.
     #[error("commit timestamp {commit_ts} lags behind the required {required_ts}")]
     CommitTsLag {
         /// The timestamp obtained.
-        commit_ts: u64,
+        commit_ts: Timestamp,
         /// The lower bound required.
-        required_ts: u64,
+        required_ts: Timestamp,
     },
     /// The operation is not valid for the transaction in its current state (for example, it
     /// was already committed or rolled back).
@@ -224,6 +232,26 @@ pub enum Error {
     },
 
     // ----- routing, replication and server state ----------------------------------------------
+    /// TiKV refused a request with an error message of its own (a raw command's `error`
+    /// text), which this client has no typed variant for. Not retried: TiKV gives no hint that
+    /// the same request would succeed later.
+    ///
+    /// ```
+    /// # use tikv_client::Error;
+    /// fn describe(err: &Error) -> String {
+    ///     match err {
+    ///         Error::Server { message, .. } => format!("TiKV said: {message}"),
+    ///         other => other.to_string(),
+    ///     }
+    /// }
+    /// # let _ = describe;
+    /// ```
+    #[error("TiKV error: {message}")]
+    #[non_exhaustive]
+    Server {
+        /// TiKV's text, verbatim.
+        message: String,
+    },
     /// TiKV refused a request for a routing or replication reason and retries did not help.
     #[error("{0}")]
     Region(Box<RegionError>),
@@ -286,11 +314,12 @@ pub enum Error {
     )]
     FutureTsRead {
         /// The rejected read timestamp.
-        read_ts: u64,
+        read_ts: Timestamp,
         /// A timestamp PD allocated after the check started.
-        current_ts: u64,
+        current_ts: Timestamp,
     },
-    /// A stale read asked to read at `u64::MAX` ("the latest"), which a stale read cannot do.
+    /// A stale read asked to read at [`Timestamp::MAX`] ("the latest"), which a stale read
+    /// cannot do.
     #[error("cannot set read ts to max uint64 for stale read")]
     LatestStaleRead,
 
@@ -304,6 +333,11 @@ pub enum Error {
         code: GrpcCode,
         /// The status message.
         message: String,
+        /// The failure underneath (the gRPC status, and through it the transport error), when
+        /// the call got that far; `None` for failures this client detected itself (a broken
+        /// stream, a store it knows is down).
+        #[source]
+        source: Option<ErrorSource>,
     },
     /// A connection could not be established.
     #[error("cannot connect to {address}: {message}")]
@@ -312,6 +346,9 @@ pub enum Error {
         address: String,
         /// Why.
         message: String,
+        /// The last failure underneath, when there was one.
+        #[source]
+        source: Option<ErrorSource>,
     },
     /// An operation did not finish before its deadline.
     #[error("{operation} timed out after {after:?}")]
@@ -329,6 +366,7 @@ pub enum Error {
         /// Total time slept across all kinds.
         total_sleep: Duration,
         /// The last error before giving up.
+        #[source]
         last: Box<Error>,
     },
     /// The client was closed.
@@ -350,11 +388,11 @@ pub enum Error {
 #[non_exhaustive]
 pub struct WriteConflict {
     /// Start timestamp of the transaction that hit the conflict.
-    pub start_ts: u64,
+    pub start_ts: Timestamp,
     /// Start timestamp of the conflicting transaction.
-    pub conflict_ts: u64,
-    /// Commit timestamp of the conflicting write (0 if unknown).
-    pub conflict_commit_ts: u64,
+    pub conflict_ts: Timestamp,
+    /// Commit timestamp of the conflicting write ([`Timestamp::ZERO`] if unknown).
+    pub conflict_commit_ts: Timestamp,
     /// The conflicting key.
     pub key: Key,
     /// Primary key of the transaction that hit the conflict.
@@ -414,7 +452,7 @@ impl WriteConflictReason {
 #[non_exhaustive]
 pub struct Deadlock {
     /// Start timestamp of the transaction holding the lock that was waited for.
-    pub lock_ts: u64,
+    pub lock_ts: Timestamp,
     /// The key that was waited for.
     pub lock_key: Key,
     /// Hash of the key that closes the cycle.
@@ -444,10 +482,10 @@ impl fmt::Display for Deadlock {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WaitForEntry {
-    /// The waiting transaction.
-    pub txn: u64,
-    /// The transaction it waits for.
-    pub wait_for_txn: u64,
+    /// Start timestamp of the waiting transaction.
+    pub txn: Timestamp,
+    /// Start timestamp of the transaction it waits for.
+    pub wait_for_txn: Timestamp,
     /// Hash of the key waited on.
     pub key_hash: u64,
     /// The key waited on.
@@ -461,15 +499,15 @@ pub struct WaitForEntry {
 #[non_exhaustive]
 pub struct AssertionFailed {
     /// Start timestamp of the transaction.
-    pub start_ts: u64,
+    pub start_ts: Timestamp,
     /// The key.
     pub key: Key,
     /// What was asserted.
     pub assertion: Assertion,
-    /// Start timestamp of the existing version (0 if none).
-    pub existing_start_ts: u64,
-    /// Commit timestamp of the existing version (0 if none).
-    pub existing_commit_ts: u64,
+    /// Start timestamp of the existing version ([`Timestamp::ZERO`] if none).
+    pub existing_start_ts: Timestamp,
+    /// Commit timestamp of the existing version ([`Timestamp::ZERO`] if none).
+    pub existing_commit_ts: Timestamp,
 }
 
 impl fmt::Display for AssertionFailed {
@@ -508,15 +546,15 @@ pub struct LockedKey {
     /// Primary key of the lock's transaction.
     pub primary: Key,
     /// Start timestamp of the lock's transaction.
-    pub lock_ts: u64,
+    pub lock_ts: Timestamp,
     /// Lock TTL in milliseconds.
     pub ttl_ms: u64,
     /// Number of keys the transaction writes (a hint for resolution).
     pub txn_size: u64,
     /// The lock's minimum commit timestamp (async commit).
-    pub min_commit_ts: u64,
-    /// `for_update_ts` of a pessimistic lock, 0 otherwise.
-    pub for_update_ts: u64,
+    pub min_commit_ts: Timestamp,
+    /// `for_update_ts` of a pessimistic lock, [`Timestamp::ZERO`] otherwise.
+    pub for_update_ts: Timestamp,
     /// Whether the transaction uses async commit.
     pub use_async_commit: bool,
 }
@@ -592,7 +630,7 @@ pub enum RegionErrorKind {
     /// A stale read asked for a timestamp above the replica's safe ts.
     DataIsNotReady {
         /// The replica's safe ts.
-        safe_ts: u64,
+        safe_ts: Timestamp,
     },
     /// The peer has no data yet.
     RegionNotInitialized,
@@ -718,6 +756,55 @@ impl fmt::Display for GrpcCode {
     }
 }
 
+/// The failure underneath an [`Error::Grpc`] or [`Error::Connect`]: the gRPC status or the
+/// transport error, kept so that error reporters can walk the whole chain.
+///
+/// Opaque on purpose: the gRPC library's types are not part of this crate's API. What it
+/// offers is its text ([`Display`](fmt::Display)) and its own
+/// [`source`](std::error::Error::source) chain. Cheap to clone (shared), so [`Error`] stays
+/// `Clone`.
+///
+/// ```
+/// use std::error::Error as _;
+///
+/// fn chain(err: &tikv_client::Error) -> Vec<String> {
+///     let mut texts = vec![err.to_string()];
+///     let mut next = err.source();
+///     while let Some(e) = next {
+///         texts.push(e.to_string());
+///         next = e.source();
+///     }
+///     texts
+/// }
+/// # assert_eq!(chain(&tikv_client::Error::Closed), ["client is closed"]);
+/// ```
+#[derive(Clone)]
+pub struct ErrorSource(Arc<dyn std::error::Error + Send + Sync + 'static>);
+
+impl ErrorSource {
+    pub(crate) fn new(err: impl std::error::Error + Send + Sync + 'static) -> Self {
+        ErrorSource(Arc::new(err))
+    }
+}
+
+impl fmt::Debug for ErrorSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for ErrorSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl std::error::Error for ErrorSource {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
 impl Error {
     /// An [`Error::InvalidArgument`].
     pub fn invalid_argument(message: impl Into<String>) -> Self {
@@ -743,6 +830,13 @@ impl Error {
     /// An [`Error::Internal`]: an invariant did not hold.
     pub fn internal(message: impl Into<String>) -> Self {
         Error::Internal {
+            message: message.into(),
+        }
+    }
+
+    /// An [`Error::Server`]: TiKV's own error text.
+    pub(crate) fn server(message: impl Into<String>) -> Self {
+        Error::Server {
             message: message.into(),
         }
     }
@@ -804,6 +898,7 @@ impl Error {
             address: address.to_owned(),
             code: GrpcCode::from_tonic(status.code()),
             message: status.message().to_owned(),
+            source: Some(ErrorSource::new(status.clone())),
         }
     }
 
@@ -813,9 +908,9 @@ impl Error {
     pub(crate) fn from_key_error(err: kvrpcpb::KeyError) -> Self {
         if let Some(c) = err.conflict {
             return Error::WriteConflict(Box::new(WriteConflict {
-                start_ts: c.start_ts,
-                conflict_ts: c.conflict_ts,
-                conflict_commit_ts: c.conflict_commit_ts,
+                start_ts: c.start_ts.into(),
+                conflict_ts: c.conflict_ts.into(),
+                conflict_commit_ts: c.conflict_commit_ts.into(),
                 key: c.key.into(),
                 primary: c.primary.into(),
                 reason: WriteConflictReason::from_proto(c.reason),
@@ -833,11 +928,11 @@ impl Error {
                 _ => Assertion::None,
             };
             return Error::AssertionFailed(Box::new(AssertionFailed {
-                start_ts: a.start_ts,
+                start_ts: a.start_ts.into(),
                 key: a.key.into(),
                 assertion,
-                existing_start_ts: a.existing_start_ts,
-                existing_commit_ts: a.existing_commit_ts,
+                existing_start_ts: a.existing_start_ts.into(),
+                existing_commit_ts: a.existing_commit_ts.into(),
             }));
         }
         if !err.abort.is_empty() {
@@ -845,12 +940,12 @@ impl Error {
         }
         if let Some(c) = err.commit_ts_too_large {
             return Error::CommitTsTooLarge {
-                commit_ts: c.commit_ts,
+                commit_ts: c.commit_ts.into(),
             };
         }
         if let Some(t) = err.txn_not_found {
             return Error::TxnNotFound {
-                start_ts: t.start_ts,
+                start_ts: t.start_ts.into(),
                 primary_key: t.primary_key.into(),
             };
         }
@@ -862,7 +957,7 @@ impl Error {
         }
         if let Some(d) = err.deadlock {
             return Error::Deadlock(Box::new(Deadlock {
-                lock_ts: d.lock_ts,
+                lock_ts: d.lock_ts.into(),
                 lock_key: d.lock_key.into(),
                 deadlock_key_hash: d.deadlock_key_hash,
                 deadlock_key: d.deadlock_key.into(),
@@ -870,8 +965,8 @@ impl Error {
                     .wait_chain
                     .into_iter()
                     .map(|w| WaitForEntry {
-                        txn: w.txn,
-                        wait_for_txn: w.wait_for_txn,
+                        txn: w.txn.into(),
+                        wait_for_txn: w.wait_for_txn.into(),
                         key_hash: w.key_hash,
                         key: w.key.into(),
                         wait_time_ms: w.wait_time,
@@ -882,10 +977,10 @@ impl Error {
         }
         if let Some(c) = err.commit_ts_expired {
             return Error::CommitTsExpired {
-                start_ts: c.start_ts,
-                attempted_commit_ts: c.attempted_commit_ts,
+                start_ts: c.start_ts.into(),
+                attempted_commit_ts: c.attempted_commit_ts.into(),
                 key: c.key.into(),
-                min_commit_ts: c.min_commit_ts,
+                min_commit_ts: c.min_commit_ts.into(),
             };
         }
         if let Some(t) = err.txn_lock_not_found {
@@ -894,21 +989,21 @@ impl Error {
         if let Some(p) = err.primary_mismatch {
             let lock = p.lock_info.unwrap_or_default();
             return Error::PrimaryMismatch {
-                start_ts: lock.lock_version,
+                start_ts: lock.lock_version.into(),
                 key: lock.key.into(),
             };
         }
         if let Some(c) = err.lock_upgrade_conflict {
             return Error::LockUpgradeConflict {
                 key: c.key.into(),
-                start_ts: c.start_ts,
-                owner_start_ts: c.owner_start_ts,
+                start_ts: c.start_ts.into(),
+                owner_start_ts: c.owner_start_ts.into(),
             };
         }
         if let Some(s) = err.shared_lock_lost {
             return Error::SharedLockLost {
                 key: s.key.into(),
-                start_ts: s.start_ts,
+                start_ts: s.start_ts.into(),
             };
         }
         Error::Internal {
@@ -971,7 +1066,9 @@ impl RegionErrorKind {
             return RegionErrorKind::ProposalInMergingMode;
         }
         if let Some(d) = &err.data_is_not_ready {
-            return RegionErrorKind::DataIsNotReady { safe_ts: d.safe_ts };
+            return RegionErrorKind::DataIsNotReady {
+                safe_ts: d.safe_ts.into(),
+            };
         }
         if err.region_not_initialized.is_some() {
             return RegionErrorKind::RegionNotInitialized;
@@ -1011,11 +1108,11 @@ fn locked_key(l: kvrpcpb::LockInfo) -> LockedKey {
     LockedKey {
         key: l.key.into(),
         primary: l.primary_lock.into(),
-        lock_ts: l.lock_version,
+        lock_ts: l.lock_version.into(),
         ttl_ms: l.lock_ttl,
         txn_size: l.txn_size,
-        min_commit_ts: l.min_commit_ts,
-        for_update_ts: l.lock_for_update_ts,
+        min_commit_ts: l.min_commit_ts.into(),
+        for_update_ts: l.lock_for_update_ts.into(),
         use_async_commit: l.use_async_commit,
     }
 }
@@ -1032,7 +1129,8 @@ mod tests {
 
     #[test]
     fn error_stays_small() {
-        // Boxed payloads keep Result<T, Error> cheap to move on hot paths.
+        // Boxed payloads keep Result<T, Error> cheap to move on hot paths; the gRPC source is
+        // one shared pointer.
         assert!(
             std::mem::size_of::<Error>() <= 80,
             "size {}",
@@ -1058,9 +1156,9 @@ mod tests {
         let Error::WriteConflict(wc) = &err else {
             panic!("got {err:?}")
         };
-        assert_eq!(wc.start_ts, 10);
-        assert_eq!(wc.conflict_ts, 11);
-        assert_eq!(wc.conflict_commit_ts, 12);
+        assert_eq!(wc.start_ts, Timestamp::from(10));
+        assert_eq!(wc.conflict_ts, Timestamp::from(11));
+        assert_eq!(wc.conflict_commit_ts, Timestamp::from(12));
         assert_eq!(wc.key, Key::from(b"k".to_vec()));
         assert_eq!(wc.primary, Key::from(b"p".to_vec()));
         assert_eq!(wc.reason, WriteConflictReason::PessimisticRetry);
@@ -1199,9 +1297,9 @@ mod tests {
             ..key_error()
         });
         let Error::Deadlock(d) = err else { panic!() };
-        assert_eq!(d.lock_ts, 5);
+        assert_eq!(d.lock_ts, Timestamp::from(5));
         assert_eq!(d.wait_chain.len(), 1);
-        assert_eq!(d.wait_chain[0].wait_for_txn, 6);
+        assert_eq!(d.wait_chain[0].wait_for_txn, Timestamp::from(6));
         assert_eq!(d.wait_chain[0].wait_time_ms, 7);
     }
 
@@ -1298,10 +1396,120 @@ mod tests {
     }
 
     #[test]
+    fn server_text_has_its_own_variant() {
+        let err = Error::server("raft: proposal dropped");
+        assert!(
+            matches!(err, Error::Server { ref message } if message == "raft: proposal dropped")
+        );
+        assert_eq!(err.to_string(), "TiKV error: raft: proposal dropped");
+        assert!(!err.is_retryable());
+        assert!(!err.is_undetermined());
+    }
+
+    #[test]
+    fn grpc_failures_chain_their_source_and_stay_clone() {
+        use std::error::Error as _;
+
+        let status = tonic::Status::unavailable("store down");
+        let err = Error::from_status("127.0.0.1:1", &status);
+        let source = err.source().expect("a gRPC failure keeps the status");
+        assert!(source.to_string().contains("store down"), "{source}");
+        // Cloning shares the source instead of dropping it.
+        let copy = err.clone();
+        assert_eq!(
+            copy.source().map(|s| s.to_string()),
+            Some(source.to_string())
+        );
+
+        // A failure the client detected itself has no source.
+        let own = Error::Grpc {
+            address: "a".to_owned(),
+            code: GrpcCode::Unavailable,
+            message: "stream closed".to_owned(),
+            source: None,
+        };
+        assert!(own.source().is_none());
+
+        // A connection failure chains the error of the last attempt, and the backoff's last
+        // error is its source in turn.
+        let connect = Error::Connect {
+            address: "pd:2379".to_owned(),
+            message: "no PD endpoint answered".to_owned(),
+            source: Some(ErrorSource::new(err.clone())),
+        };
+        let exhausted = Error::BackoffExhausted {
+            kind: "pdRPC".to_owned(),
+            total_sleep: Duration::from_secs(1),
+            last: Box::new(connect),
+        };
+        let mut chain = Vec::new();
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&exhausted);
+        while let Some(e) = next {
+            chain.push(e.to_string());
+            next = e.source();
+        }
+        assert_eq!(chain.len(), 4, "{chain:#?}");
+        assert!(chain[3].contains("store down"), "{chain:#?}");
+    }
+
+    #[test]
+    fn timestamps_in_errors_are_typed() {
+        let err = Error::from_key_error(kvrpcpb::KeyError {
+            commit_ts_expired: Some(kvrpcpb::CommitTsExpired {
+                start_ts: Timestamp::compose(100, 1).version(),
+                attempted_commit_ts: Timestamp::compose(101, 0).version(),
+                key: Bytes::from_static(b"k"),
+                min_commit_ts: Timestamp::compose(102, 0).version(),
+            }),
+            ..key_error()
+        });
+        let Error::CommitTsExpired {
+            start_ts,
+            min_commit_ts,
+            ..
+        } = err
+        else {
+            panic!("got {err:?}")
+        };
+        assert_eq!((start_ts.physical(), start_ts.logical()), (100, 1));
+        assert_eq!(min_commit_ts.physical(), 102);
+        // The text shows the wire value, as TiKV's logs do.
+        assert!(
+            err_text(start_ts).contains(&start_ts.version().to_string()),
+            "{start_ts:?}"
+        );
+
+        let locked = Error::from_key_error(kvrpcpb::KeyError {
+            locked: Some(kvrpcpb::LockInfo {
+                lock_version: 7,
+                min_commit_ts: 8,
+                lock_for_update_ts: 9,
+                ..Default::default()
+            }),
+            ..key_error()
+        });
+        let Error::Locked(l) = locked else {
+            panic!("got {locked:?}")
+        };
+        assert_eq!(
+            (l.lock_ts, l.min_commit_ts, l.for_update_ts),
+            (7.into(), 8.into(), 9.into())
+        );
+    }
+
+    fn err_text(ts: Timestamp) -> String {
+        Error::TxnAbortedByGc {
+            start_ts: ts,
+            txn_safe_point: Timestamp::ZERO,
+        }
+        .to_string()
+    }
+
+    #[test]
     fn read_ts_errors_are_not_retryable() {
         let future = Error::FutureTsRead {
-            read_ts: 10,
-            current_ts: 9,
+            read_ts: Timestamp::from(10),
+            current_ts: Timestamp::from(9),
         };
         assert_eq!(
             future.to_string(),

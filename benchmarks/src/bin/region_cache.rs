@@ -43,7 +43,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use tikv_client::Key;
-use tikv_client::locate::RegionCache;
+use tikv_client::unstable::RegionCache;
 
 use tikv_benchmarks::BoxError;
 

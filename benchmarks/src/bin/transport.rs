@@ -4,7 +4,7 @@
 //! Two modes:
 //!
 //! - `transport`: each task sends `RawGet` commands one after another through
-//!   `tikv_client::transport::StoreClient::send` (BatchCommands, coalesced across tasks, over
+//!   `tikv_client::unstable::StoreClient::send` (BatchCommands, coalesced across tasks, over
 //!   `--connections` connections);
 //! - `unary`: each task sends `RawGet` unary RPCs on plain tonic stubs over `--connections`
 //!   channels.
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tikv_client::Config;
 use tikv_client::config::{BatchPolicy, TikvClientConfig};
-use tikv_client::transport::{SendOptions, StoreClient, Transport};
+use tikv_client::unstable::{SendOptions, StoreClient, Transport};
 use tikv_proto::kvrpcpb;
 use tikv_proto::pdpb::pd_client::PdClient;
 use tikv_proto::tikvpb::batch_commands_request::request::Cmd;

@@ -1,4 +1,4 @@
-//! Timestamps per second from `tikv_client::pd::PdClient::get_timestamp`, and how many TSO
+//! Timestamps per second from `tikv_client::unstable::PdClient::get_timestamp` (the `unstable-internals` feature), and how many TSO
 //! messages the client sends per 1000 timestamps, with 1, 64 and 1024 concurrent callers
 //! against a `tikv-mock` running in another process.
 //!
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tikv_benchmarks::BoxError;
 use tikv_client::Config;
-use tikv_client::pd::PdClient;
+use tikv_client::unstable::PdClient;
 
 #[derive(Debug)]
 struct Args {

@@ -337,7 +337,10 @@ impl RegionCache {
     /// background tasks and reads the clock on every lookup; lookups that miss still need a
     /// runtime to await PD.
     ///
-    /// ```no_run
+    /// (Not compiled as a doctest: the PD client is crate-private; the benchmarks reach it as
+    /// `tikv_client::unstable::PdClient`.)
+    ///
+    /// ```ignore
     /// # async fn example() -> tikv_client::Result<()> {
     /// use tikv_client::Config;
     /// use tikv_client::locate::RegionCache;

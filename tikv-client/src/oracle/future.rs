@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 /// needs PD). Implementors of `Oracle` build one with [`OracleFuture::ready`] or
 /// [`OracleFuture::boxed`].
 #[must_use = "futures do nothing unless awaited"]
-pub struct OracleFuture<'a, T> {
+pub(crate) struct OracleFuture<'a, T> {
     inner: Inner<'a, T>,
 }
 
@@ -27,14 +27,14 @@ enum Inner<'a, T> {
 
 impl<'a, T> OracleFuture<'a, T> {
     /// A future that resolves to `value` on its first poll, without allocating.
-    pub fn ready(value: T) -> Self {
+    pub(crate) fn ready(value: T) -> Self {
         OracleFuture {
             inner: Inner::Ready(ready(value)),
         }
     }
 
     /// Wraps an arbitrary sendable future.
-    pub fn boxed(future: impl Future<Output = T> + Send + 'a) -> Self {
+    pub(crate) fn boxed(future: impl Future<Output = T> + Send + 'a) -> Self {
         OracleFuture {
             inner: Inner::Boxed(Box::pin(future)),
         }

@@ -33,7 +33,7 @@ struct Clock {
 /// same clock; [`validate_read_ts`](Oracle::validate_read_ts) only rejects the out-of-range
 /// values (`u64::MAX` for a stale read, values at or above `i64::MAX`), like client-go's.
 #[derive(Debug)]
-pub struct LocalOracle {
+pub(crate) struct LocalOracle {
     clock: Mutex<Clock>,
     external: AtomicU64,
 }
@@ -46,7 +46,7 @@ impl Default for LocalOracle {
 
 impl LocalOracle {
     /// An oracle on the system clock.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         LocalOracle {
             clock: Mutex::new(Clock {
                 last: 0,
@@ -60,7 +60,7 @@ impl LocalOracle {
 
     /// An oracle on a manual clock that starts at `now` and moves only by
     /// [`set_time`](Self::set_time) and [`advance`](Self::advance).
-    pub fn with_manual_time(now: SystemTime) -> Self {
+    pub(crate) fn with_manual_time(now: SystemTime) -> Self {
         let oracle = LocalOracle::new();
         oracle.set_time(now);
         oracle
@@ -72,13 +72,13 @@ impl LocalOracle {
 
     /// Sets the clock to `now` and stops following the system clock (client-go
     /// `SetOracleHookCurrentTime`). Timestamps stay strictly increasing if it goes back.
-    pub fn set_time(&self, now: SystemTime) {
+    pub(crate) fn set_time(&self, now: SystemTime) {
         self.lock().manual = Some(now);
     }
 
     /// Moves the clock forward: the manual clock if one is set, otherwise the offset added to
     /// the system clock (client-go `MockOracle.AddOffset`).
-    pub fn advance(&self, by: Duration) {
+    pub(crate) fn advance(&self, by: Duration) {
         let mut clock = self.lock();
         match clock.manual.as_mut() {
             Some(t) => *t += by,
@@ -88,7 +88,7 @@ impl LocalOracle {
 
     /// Switches the oracle on or off (client-go `MockOracle.Enable` / `Disable`). While off,
     /// fetching a timestamp fails with [`Error::PdServerTimeout`], as if PD were unreachable.
-    pub fn set_enabled(&self, enabled: bool) {
+    pub(crate) fn set_enabled(&self, enabled: bool) {
         self.lock().enabled = enabled;
     }
 

@@ -38,20 +38,20 @@ const SLOW_FETCH: Duration = Duration::from_millis(30);
 
 /// Default refresh interval of the low-resolution timestamp (client-go
 /// `defaultOracleUpdateInterval`).
-pub const DEFAULT_UPDATE_INTERVAL: Duration = Duration::from_secs(2);
+pub(crate) const DEFAULT_UPDATE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Options of [`PdOracle`] (client-go `PDOracleOptions`).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
-pub struct PdOracleOptions {
+pub(crate) struct PdOracleOptions {
     /// How often the low-resolution timestamp is refreshed from PD when stale reads do not ask
     /// for a shorter interval. Must be positive. Default: 2 s.
-    pub update_interval: Duration,
+    pub(crate) update_interval: Duration,
     /// Whether [`Oracle::validate_read_ts`] checks read timestamps (client-go
     /// `EnableTSValidation`, a process-wide switch there, per oracle here). Default: on; the
     /// check costs a PD round trip only for a read timestamp newer than every timestamp this
     /// oracle has seen.
-    pub ts_validation: bool,
+    pub(crate) ts_validation: bool,
     /// Run the refresh task. Off only in tests that drive the oracle by hand (client-go
     /// `NoUpdateTS`).
     pub(crate) background_update: bool,
@@ -69,13 +69,13 @@ impl Default for PdOracleOptions {
 
 impl PdOracleOptions {
     /// Sets [`update_interval`](Self::update_interval).
-    pub fn with_update_interval(mut self, interval: Duration) -> Self {
+    pub(crate) fn with_update_interval(mut self, interval: Duration) -> Self {
         self.update_interval = interval;
         self
     }
 
     /// Sets [`ts_validation`](Self::ts_validation).
-    pub fn with_ts_validation(mut self, enabled: bool) -> Self {
+    pub(crate) fn with_ts_validation(mut self, enabled: bool) -> Self {
         self.ts_validation = enabled;
         self
     }
@@ -285,8 +285,8 @@ impl Shared {
             let skip_retry = false;
             if retrying || skip_retry {
                 return Err(Error::FutureTsRead {
-                    read_ts: read_ts.version(),
-                    current_ts: current.version(),
+                    read_ts,
+                    current_ts: current,
                 });
             }
             retrying = true;
@@ -361,7 +361,7 @@ async fn run_refresh(shared: Arc<Shared>, mut shrink_rx: mpsc::Receiver<Duration
 ///
 /// Create it once per cluster and share it (`Arc<PdOracle>` or `Arc<dyn Oracle>`). It is not
 /// `Clone`: dropping it stops its refresh task.
-pub struct PdOracle {
+pub(crate) struct PdOracle {
     shared: Arc<Shared>,
     refresh_task: Option<JoinHandle<()>>,
     /// The shrink requests' receiver while no refresh task consumes them (tests).
@@ -390,7 +390,7 @@ impl PdOracle {
     ///
     /// Fails with [`Error::InvalidArgument`] for a zero update interval, and with PD's error
     /// if the first timestamp cannot be fetched.
-    pub async fn new(pd: &PdClient, options: PdOracleOptions) -> Result<PdOracle> {
+    pub(crate) async fn new(pd: &PdClient, options: PdOracleOptions) -> Result<PdOracle> {
         PdOracle::with_source(Arc::new(pd.clone()), options).await
     }
 
@@ -443,13 +443,13 @@ impl PdOracle {
     }
 
     /// Turns read-timestamp validation on or off (see [`PdOracleOptions::ts_validation`]).
-    pub fn set_ts_validation(&self, enabled: bool) {
+    pub(crate) fn set_ts_validation(&self, enabled: bool) {
         self.shared.ts_validation.store(enabled, Ordering::Relaxed);
     }
 
     /// The interval the refresh task currently uses: the configured one, or shorter while
     /// adapting to stale reads.
-    pub fn current_update_interval(&self) -> Duration {
+    pub(crate) fn current_update_interval(&self) -> Duration {
         self.shared.adaptive.current()
     }
 }

@@ -18,7 +18,7 @@ use crate::request::{BackoffKind, Backoffer};
 use crate::{Error, Result};
 
 /// The backoff budget of [`current_timestamp`] (client-go `TsoMaxBackoff`, 15 000 ms).
-pub const TSO_MAX_BACKOFF: Duration = Duration::from_millis(15_000);
+pub(crate) const TSO_MAX_BACKOFF: Duration = Duration::from_millis(15_000);
 
 /// A fresh timestamp from `oracle`, retried after a `pdRPC` backoff on `bo` while the failure
 /// may pass (client-go `GetTimestampWithRetry`).
@@ -27,7 +27,7 @@ pub const TSO_MAX_BACKOFF: Duration = Duration::from_millis(15_000);
 /// mismatch, an invalid argument. client-go retries every error; here the typed error tells
 /// which ones are worth the wait. When `bo` runs out, the error is
 /// [`Error::BackoffExhausted`] carrying the last failure.
-pub async fn get_timestamp_with_retry(
+pub(crate) async fn get_timestamp_with_retry(
     oracle: &dyn Oracle,
     bo: &mut Backoffer,
 ) -> Result<Timestamp> {
@@ -42,7 +42,7 @@ pub async fn get_timestamp_with_retry(
 
 /// [`get_timestamp_with_retry`] with a backoffer of its own, [`TSO_MAX_BACKOFF`] in all
 /// (client-go `CurrentTimestamp`).
-pub async fn current_timestamp(oracle: &dyn Oracle) -> Result<Timestamp> {
+pub(crate) async fn current_timestamp(oracle: &dyn Oracle) -> Result<Timestamp> {
     let mut bo = Backoffer::new(TSO_MAX_BACKOFF);
     get_timestamp_with_retry(oracle, &mut bo).await
 }

@@ -258,15 +258,15 @@ async fn validate_read_ts() {
                 read_ts,
                 current_ts,
             } => {
-                assert_eq!(read_ts, ts.version() + 3);
-                assert_eq!(current_ts, ts.version() + 2);
+                assert_eq!(read_ts, Timestamp::from(ts.version() + 3));
+                assert_eq!(current_ts, Timestamp::from(ts.version() + 2));
             }
             other => panic!("unexpected {other:?}"),
         }
         assert!(
             !Error::FutureTsRead {
-                read_ts: 0,
-                current_ts: 0
+                read_ts: Timestamp::ZERO,
+                current_ts: Timestamp::ZERO
             }
             .is_retryable()
         );
@@ -369,8 +369,8 @@ async fn concurrent_validations_share_one_fetch() {
                         read_ts,
                         current_ts,
                     }) => {
-                        assert_eq!(read_ts, read_tss[i]);
-                        assert_eq!(current_ts, ts);
+                        assert_eq!(read_ts, Timestamp::from(read_tss[i]));
+                        assert_eq!(current_ts, Timestamp::from(ts));
                     }
                     other => panic!("case {case}, task {i}: {other:?}"),
                 }

@@ -510,6 +510,7 @@ mod tests {
             address: "pd".to_owned(),
             code,
             message: String::new(),
+            source: None,
         };
         assert!(is_overloaded(&grpc(GrpcCode::ResourceExhausted)));
         assert!(is_overloaded(&grpc(GrpcCode::Unavailable)));

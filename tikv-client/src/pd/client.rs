@@ -190,7 +190,10 @@ pd_responses!(
 /// Cloning is cheap and every clone shares the connections, the TSO stream and the background
 /// tasks. Those tasks stop when the last clone is dropped or [`close`](Self::close) is called.
 ///
-/// ```no_run
+/// (Not compiled as a doctest: the PD client is crate-private; the benchmarks reach it as
+/// `tikv_client::unstable::PdClient`.)
+///
+/// ```ignore
 /// # async fn demo() -> tikv_client::Result<()> {
 /// use tikv_client::Config;
 /// use tikv_client::pd::PdClient;
@@ -491,7 +494,10 @@ impl PdClient {
     /// `pd-client.region-meta-circuit-breaker`). As in PD, new values apply from the next
     /// counting window or cool-down; a threshold of 0 turns the breaker off at the next call.
     ///
-    /// ```no_run
+    /// (Not compiled as a doctest: the PD client is crate-private; the benchmarks reach it as
+    /// `tikv_client::unstable::PdClient`.)
+    ///
+    /// ```ignore
     /// # async fn demo(pd: tikv_client::pd::PdClient) {
     /// pd.change_region_meta_circuit_breaker_settings(|s| s.error_rate_threshold_pct = 50);
     /// # }

@@ -42,6 +42,7 @@ use tonic_health::pb::health_client::HealthClient;
 
 use super::conn::{Connector, PdChannel};
 use super::retry::{Backoff, Failure, Retried, classify_status, retry_in_background};
+use crate::error::ErrorSource;
 use crate::{Error, Result};
 
 /// How long one `GetMembers` may take during a refresh (PD's `UpdateMemberTimeout`).
@@ -230,10 +231,12 @@ impl Discovery {
                     (None, Some((url, e))) => Error::Connect {
                         address: url,
                         message: format!("no PD endpoint answered within {budget:?}: {e}"),
+                        source: Some(ErrorSource::new(e)),
                     },
                     (None, None) => Error::Connect {
                         address: seeds.join(","),
                         message: format!("no PD endpoint answered within {budget:?}"),
+                        source: None,
                     },
                 });
             }

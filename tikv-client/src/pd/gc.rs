@@ -24,7 +24,7 @@ use super::keyspace::keyspace_scope;
 use crate::Result;
 
 /// The keyspace id meaning "no keyspace": the cluster-wide GC state (`constants.NullKeyspaceID`).
-pub const NULL_KEYSPACE_ID: u32 = 0xFFFF_FFFF;
+pub(crate) const NULL_KEYSPACE_ID: u32 = 0xFFFF_FFFF;
 
 /// The outcome of [`PdClient::advance_txn_safe_point`].
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,7 +19,7 @@ use super::PdClient;
 use crate::{Error, Result};
 
 /// The name PD gives the keyspace of API V1-style data (`constants.DefaultKeyspaceName`).
-pub const DEFAULT_KEYSPACE_NAME: &str = "DEFAULT";
+pub(crate) const DEFAULT_KEYSPACE_NAME: &str = "DEFAULT";
 
 /// A keyspace as PD describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]

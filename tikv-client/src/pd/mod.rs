@@ -40,14 +40,23 @@
 //! in-memory source. The trait's methods and `RegionInfo` are a shared contract: change them
 //! only together with their users.
 
+// The module is crate-private, but its items that `crate::unstable` re-exports for the
+// benchmarks stay `pub`. Without the `unstable-internals` feature nothing outside the crate can
+// reach them, so `unreachable_pub` is allowed in that build only; the workspace build (where
+// the benchmarks turn the feature on) still checks that every `pub` item here is reachable.
+#![cfg_attr(not(feature = "unstable-internals"), allow(unreachable_pub))]
+
 mod circuit_breaker;
 mod client;
 mod conn;
 mod discovery;
 #[cfg(test)]
 mod failover_tests;
+// The PD client against `tikv-mock` over real gRPC (was `tests/pd.rs`).
 mod gc;
 mod http;
+#[cfg(test)]
+mod integration_tests;
 pub(crate) use http::MinResolvedTs;
 mod keyspace;
 #[cfg(test)]
@@ -71,11 +80,19 @@ use tikv_proto::metapb;
 
 use crate::Result;
 
-pub use circuit_breaker::CircuitBreakerState;
-pub use client::{Operator, OperatorStatus, PdClient, PdClientBuilder, ScatterResult};
-pub use gc::{GcBarrier, GcSafePointAdvance, GcState, NULL_KEYSPACE_ID, TxnSafePointAdvance};
-pub use keyspace::{DEFAULT_KEYSPACE_NAME, KeyspaceMeta, KeyspaceState};
-pub use tso::TsoStats;
+pub use client::PdClient;
+pub(crate) use gc::NULL_KEYSPACE_ID;
+pub use keyspace::KeyspaceMeta;
+// The rest of `PdClient`'s signatures, for the tests and for `crate::unstable`: with the
+// feature on, every type a `pub` method of `PdClient` names must be reachable too.
+#[cfg(any(test, feature = "unstable-internals"))]
+pub use {circuit_breaker::CircuitBreakerState, client::OperatorStatus, keyspace::KeyspaceState};
+#[cfg(feature = "unstable-internals")]
+pub use {
+    client::{Operator, PdClientBuilder, ScatterResult},
+    gc::{GcBarrier, GcSafePointAdvance, GcState, TxnSafePointAdvance},
+    tso::TsoStats,
+};
 
 /// A boxed, sendable future: what [`RegionSource`] returns so that it can be used as a trait
 /// object. PD calls are rare (cache misses), so the allocation does not matter.

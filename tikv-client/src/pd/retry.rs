@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tonic::Code;
 
 use crate::Error;
-use crate::error::GrpcCode;
+use crate::error::{ErrorSource, GrpcCode};
 
 /// PD's markers of "ask the leader instead" in error texts (`errs.NoLeaderErr`,
 /// `errs.NotLeaderErr`, `errs.NotServedErr`, `errs.NotPrimaryErr`).
@@ -208,6 +208,7 @@ pub(crate) fn grpc_error(address: &str, status: &tonic::Status) -> Error {
         address: address.to_owned(),
         code: GrpcCode::from_tonic(status.code()),
         message: status.message().to_owned(),
+        source: Some(ErrorSource::new(status.clone())),
     }
 }
 

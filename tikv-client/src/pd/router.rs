@@ -315,6 +315,7 @@ impl RouterDispatcher {
                 address: leader.url.clone(),
                 code: GrpcCode::Unavailable,
                 message: "PD leader unreachable; QueryRegion cannot be forwarded".to_owned(),
+                source: None,
             }),
             Some(leader) => Ok(Server::Pd(leader)),
         }
@@ -461,6 +462,7 @@ impl RouterDispatcher {
                     address: url.to_owned(),
                     code: GrpcCode::Unavailable,
                     message: "QueryRegion stream closed by the server".to_owned(),
+                    source: None,
                 });
             }
             Ok(Ok(Some(resp))) => resp,

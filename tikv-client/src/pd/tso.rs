@@ -565,6 +565,7 @@ impl Dispatcher {
                     address: stream.url.clone(),
                     code: crate::error::GrpcCode::Unavailable,
                     message: "TSO stream closed by the server".to_owned(),
+                    source: None,
                 })),
                 Ok(Ok(Some(resp))) => self.accept(&pending, resp),
             };
@@ -653,6 +654,7 @@ impl Dispatcher {
                     address: stream.url.clone(),
                     code: crate::error::GrpcCode::Unavailable,
                     message: "TSO stream closed by PD".to_owned(),
+                    source: None,
                 })),
                 Ok(Ok(Some(resp))) => self.accept(&pending, resp),
             };

@@ -840,9 +840,7 @@ fn raw_error(error: &str) -> Result<()> {
     if error.is_empty() {
         Ok(())
     } else {
-        Err(Error::Internal {
-            message: format!("TiKV: {error}"),
-        })
+        Err(Error::server(error))
     }
 }
 

@@ -38,16 +38,21 @@
 //! as client-go's "rpcClient is idle" race does, and the next [`Transport::store`] call opens
 //! fresh connections.
 //!
-//! This module is public only so that the workspace's benchmarks can drive it: it is a
-//! low-level, unstable surface that speaks `tikv-proto` types, hidden from the documentation.
-//! Applications use the raw and transactional clients.
+//! The module is crate-private: the workspace's transport benchmark drives [`Transport`] and
+//! [`StoreClient`] through `crate::unstable` (the `unstable-internals` feature). Applications
+//! use the raw and transactional clients.
 
-#![doc(hidden)]
+// Items `crate::unstable` re-exports stay `pub`; `unreachable_pub` is checked only in builds
+// with the feature, where they are reachable (see `pd/mod.rs`).
+#![cfg_attr(not(feature = "unstable-internals"), allow(unreachable_pub))]
 
 mod batch;
 mod collapse;
 #[cfg(test)]
 mod idle_tests;
+// The transport against `tikv-mock` (was `tests/transport.rs`).
+#[cfg(test)]
+mod integration_tests;
 mod policy;
 mod pool;
 mod unary;
@@ -345,6 +350,8 @@ impl StoreClient {
         !self.store.is_closed() && self.pool.strong_count() > 0
     }
 
+    // Read by the tests and the transport benchmark only.
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// The store's address.
     pub fn address(&self) -> &str {
         &self.store.address
@@ -379,6 +386,8 @@ impl StoreClient {
         self.pool()?.unary(req, &opts).await
     }
 
+    // Read by the tests and the transport benchmark only.
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// The newest health feedback the store attached to a BatchCommands answer, if any.
     pub fn health_feedback(&self) -> Option<HealthFeedback> {
         self.store.health_feedback()
@@ -399,11 +408,15 @@ impl StoreClient {
         self.store.slow_score()
     }
 
+    // Read by the tests and the transport benchmark only.
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// The store's last reported transport-layer load (0 until it reports one).
     pub fn transport_layer_load(&self) -> u64 {
         self.store.load()
     }
 
+    // Read by the tests and the transport benchmark only.
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// Counters of this store's connections.
     pub fn stats(&self) -> TransportStats {
         match self.pool.upgrade() {
@@ -499,6 +512,8 @@ pub struct TransportStats {
 }
 
 impl TransportStats {
+    // Read by the transport benchmark only.
+    #[cfg(feature = "unstable-internals")]
     /// Mean requests per BatchCommands message (0 before the first one).
     pub fn mean_batch_size(&self) -> f64 {
         if self.batch_messages == 0 {
@@ -514,6 +529,7 @@ pub(crate) fn unavailable(address: &str, message: impl Into<String>) -> Error {
         address: address.to_owned(),
         code: GrpcCode::Unavailable,
         message: message.into(),
+        source: None,
     }
 }
 

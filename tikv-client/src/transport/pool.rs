@@ -146,6 +146,7 @@ impl StoreShared {
         }
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     pub(crate) fn health_feedback(&self) -> Option<HealthFeedback> {
         *self.health.lock().unwrap_or_else(PoisonError::into_inner)
     }

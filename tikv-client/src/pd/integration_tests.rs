@@ -1,4 +1,4 @@
-//! The public PD client API against `tikv-mock`: connecting, timestamps, keyspaces, GC states,
+//! The PD client against `tikv-mock`: connecting, timestamps, keyspaces, GC states,
 //! scatter and operators, external timestamps, failover and restart, closing.
 //!
 //! Ported cases (tikv/pd `tests/integrations/client/client_test.go`, `gc_client_test.go`,
@@ -16,11 +16,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use tikv_client::config::CircuitBreakerSettings;
-use tikv_client::pd::{
-    CircuitBreakerState, KeyspaceState, NULL_KEYSPACE_ID, OperatorStatus, PdClient,
-};
-use tikv_client::{Config, Error};
+use crate::config::CircuitBreakerSettings;
+use crate::pd::{CircuitBreakerState, KeyspaceState, NULL_KEYSPACE_ID, OperatorStatus, PdClient};
+use crate::{Config, Error};
 use tikv_mock::proto::keyspacepb::{self, keyspace_client::KeyspaceClient};
 use tikv_mock::proto::pdpb;
 use tikv_mock::{Action, FaultRule, Matcher, MockCluster, Times};
