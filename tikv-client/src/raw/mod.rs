@@ -798,7 +798,7 @@ fn place_answers(
     // value are needed.
     for pair in &mut pairs {
         if let Some(e) = pair.error.take() {
-            return Err(Error::from_key_error(e));
+            return Err(crate::rpc::KeyErr::from(e).into_error());
         }
         if let Some(offset) = asked[next..].iter().position(|i| i.encoded == pair.key) {
             let item = &mut asked[next + offset];

@@ -15,6 +15,10 @@
 //! here each command is its own type: a response of the wrong kind is impossible to confuse with
 //! the right one, and the compiler checks that every command has a response.
 
+mod key_error;
+
+pub(crate) use key_error::KeyErr;
+
 use tikv_proto::tikvpb::batch_commands_request::request::Cmd;
 use tikv_proto::tikvpb::batch_commands_response::response::Cmd as RespCmd;
 use tikv_proto::{errorpb, kvrpcpb, metapb};
