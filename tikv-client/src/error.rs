@@ -899,7 +899,6 @@ impl RegionErrorKind {
 
 #[cfg(test)]
 mod tests {
-
     use super::*;
 
     #[test]
