@@ -113,17 +113,29 @@ pub(crate) enum KeyErr {
     Retryable(String),
     AssertionFailed(Box<kvrpcpb::AssertionFailed>),
     Abort(String),
-    CommitTsTooLarge { commit_ts: u64 },
-    TxnNotFound { start_ts: u64, primary_key: Bytes },
+    CommitTsTooLarge {
+        commit_ts: u64,
+    },
+    TxnNotFound {
+        start_ts: u64,
+        primary_key: Bytes,
+    },
     Locked(Box<Lock>),
-    AlreadyExist { key: Bytes },
+    AlreadyExist {
+        key: Bytes,
+    },
     Deadlock(Box<kvrpcpb::Deadlock>),
     CommitTsExpired(Box<kvrpcpb::CommitTsExpired>),
-    TxnLockNotFound { key: Bytes },
+    TxnLockNotFound {
+        key: Bytes,
+    },
     /// The lock TiKV found on the key names another primary.
     PrimaryMismatch(Box<Lock>),
     LockUpgradeConflict(Box<kvrpcpb::LockUpgradeConflict>),
-    SharedLockLost { key: Bytes, start_ts: u64 },
+    SharedLockLost {
+        key: Bytes,
+        start_ts: u64,
+    },
     /// No detail field was set.
     Unknown,
 }
@@ -412,7 +424,10 @@ mod tests {
         type Step = (fn(&KeyErr) -> bool, fn(&mut kvrpcpb::KeyError));
         let order: Vec<Step> = vec![
             (|e| matches!(e, KeyErr::Conflict(_)), |k| k.conflict = None),
-            (|e| matches!(e, KeyErr::Retryable(_)), |k| k.retryable.clear()),
+            (
+                |e| matches!(e, KeyErr::Retryable(_)),
+                |k| k.retryable.clear(),
+            ),
             (
                 |e| matches!(e, KeyErr::AssertionFailed(_)),
                 |k| k.assertion_failed = None,

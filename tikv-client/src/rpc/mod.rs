@@ -3,7 +3,8 @@
 //! the transport moves.
 //!
 //! Who calls it: the region request sender (`crate::request`) is generic over [`KvRequest`]. It
-//! patches the routing part of the context ([`KvRequest::set_route`]) for each attempt, hands
+//! copies each attempt's part of the context (region, epoch, peer, replica/stale read, busy
+//! threshold: the selector's `AttemptContext`) into [`KvRequest::context_mut`], hands
 //! [`KvRequest::into_wire`] to the transport, turns the answer back with
 //! [`KvRequest::response_from`] and inspects [`KvResponse::take_region_error`]. The raw and
 //! transactional clients build the requests and fill the rest of the context once, with
@@ -21,7 +22,7 @@ pub(crate) use key_error::KeyErr;
 
 use tikv_proto::tikvpb::batch_commands_request::request::Cmd;
 use tikv_proto::tikvpb::batch_commands_response::response::Cmd as RespCmd;
-use tikv_proto::{errorpb, kvrpcpb, metapb};
+use tikv_proto::{errorpb, kvrpcpb};
 
 use crate::transport::{UnaryRequest, UnaryResponse};
 use crate::{Error, Result};
@@ -47,9 +48,8 @@ pub(crate) enum WireResponse {
 }
 
 /// Whether a command only reads. Reads may go to followers (replica read, stale read) and have
-/// their timestamp validated against the oracle; writes always go to the leader.
-// Read by replica selection for follower and stale reads (checklist H1, H2), which land next.
-#[cfg_attr(not(test), allow(dead_code))]
+/// their timestamp validated against the oracle; writes always go to the leader (the replica
+/// selector ignores a read mode for them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Access {
     Read,
@@ -63,7 +63,6 @@ pub(crate) trait KvRequest: Clone + Send + Sync + 'static {
     /// TiKV's gRPC method name (`KvGet`, `RawPut`, ...): for logs, metrics and the mock's counts.
     const NAME: &'static str;
     /// Whether the command only reads.
-    #[cfg_attr(not(test), allow(dead_code))]
     const ACCESS: Access;
 
     /// The request's context, created empty if absent.
@@ -83,20 +82,6 @@ pub(crate) trait KvRequest: Clone + Send + Sync + 'static {
     /// KvScanLock and KvBufferBatchGet.
     fn read_ts(&self) -> Option<u64> {
         None
-    }
-
-    /// Points the request at one peer of one region version: the only part of the context the
-    /// sender changes between attempts.
-    fn set_route(
-        &mut self,
-        region_id: u64,
-        epoch: Option<metapb::RegionEpoch>,
-        peer: metapb::Peer,
-    ) {
-        let ctx = self.context_mut();
-        ctx.region_id = region_id;
-        ctx.region_epoch = epoch;
-        ctx.peer = Some(peer);
     }
 }
 
@@ -297,9 +282,9 @@ impl ContextTemplate {
     }
 
     /// Stamps the template on a request, keeping any routing it already has.
-    // For requests built elsewhere (the transactional client's); the raw client builds each
-    // request with `to_context` directly.
-    #[cfg_attr(not(test), allow(dead_code))]
+    // The raw client builds each request with `to_context` directly; requests built elsewhere
+    // (the transactional client's, when it lands) will use this.
+    #[cfg(test)]
     pub(crate) fn apply<R: KvRequest>(&self, req: &mut R) {
         let ctx = req.context_mut();
         let routing = (ctx.region_id, ctx.region_epoch.take(), ctx.peer.take());
@@ -310,6 +295,8 @@ impl ContextTemplate {
 
 #[cfg(test)]
 mod tests {
+    use tikv_proto::metapb;
+
     use super::*;
 
     #[test]
@@ -318,18 +305,19 @@ mod tests {
             key: bytes::Bytes::from_static(b"k"),
             ..Default::default()
         };
-        req.set_route(
-            7,
-            Some(metapb::RegionEpoch {
+        {
+            let ctx = req.context_mut();
+            ctx.region_id = 7;
+            ctx.region_epoch = Some(metapb::RegionEpoch {
                 conf_ver: 2,
                 version: 3,
-            }),
-            metapb::Peer {
+            });
+            ctx.peer = Some(metapb::Peer {
                 id: 9,
                 store_id: 1,
                 ..Default::default()
-            },
-        );
+            });
+        }
         let ctx = req.context().unwrap();
         assert_eq!((ctx.region_id, ctx.peer.as_ref().unwrap().id), (7, 9));
         assert_eq!(<kvrpcpb::RawGetRequest as KvRequest>::NAME, "RawGet");
@@ -403,7 +391,8 @@ mod tests {
             ..Default::default()
         };
         let mut req = kvrpcpb::RawPutRequest::default();
-        req.set_route(5, None, metapb::Peer::default());
+        req.context_mut().region_id = 5;
+        req.context_mut().peer = Some(metapb::Peer::default());
         template.apply(&mut req);
         let ctx = req.context().unwrap();
         assert_eq!(ctx.region_id, 5);
