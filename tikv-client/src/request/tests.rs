@@ -757,6 +757,7 @@ async fn a_stale_read_not_ready_on_a_follower_is_retried_on_the_leader_as_a_norm
 async fn a_busy_leader_sends_a_thresholded_read_to_an_idle_follower() {
     let f = fixture(&[]).await;
     f.put("k", "v").await;
+    f.core.attempt_log.lock().unwrap().clear();
     let leader = f.leader_store("k");
     f.core
         .cache
