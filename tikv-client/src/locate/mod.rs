@@ -71,8 +71,8 @@ pub use region::RegionVerId;
 pub use region_cache::{BatchLocateOptions, RegionCache};
 pub use store::{StoreInfo, StoreState, StoreType};
 
-pub use health::StoreHealthDetail;
 pub(crate) use health::LivenessState;
+pub use health::StoreHealthDetail;
 pub(crate) use region::flags as region_flags;
 pub(crate) use region::{CachedRegion, InvalidReason};
 pub(crate) use store::{ResolveState, Store, StoreCache};

@@ -14,6 +14,12 @@
 //! every store (`checkAndUpdateStoreHealthStatus`, with `requestHealthFeedbackFromKVClient` for
 //! TiKV slow scores gone stale).
 //!
+//! Each attempt's request gets everything the replica selector decided for it (the selector's
+//! `AttemptContext`: region, epoch, peer, replica read, stale read, busy threshold; the proxy
+//! goes to the transport), so a stale read that meets DataIsNotReady is retried on the leader
+//! as a normal read. A failed send keeps whether an RPC failed on the way ([`SendError`]), as
+//! an answer does ([`Reply::had_rpc_error`]).
+//!
 //! Differences from client-go, on purpose:
 //! - `UndeterminedResult` is returned as a typed undetermined error instead of a response
 //!   carrying the region error, so no caller can mistake it for "retry the write".
@@ -279,9 +285,12 @@ impl SenderCore {
 
     /// Checks a read's timestamp with the oracle (client-go `validateReadTS`): reading above
     /// the newest timestamp PD has handed out could miss writes committed later below it.
-    /// The request comes from `build`, called only when a validator is set: nothing of it is
-    /// kept across the await.
+    /// The request comes from `build`, called only for commands that carry a read ts and only
+    /// when a validator is set: nothing of it is kept across the await.
     async fn validate_read_ts<R: KvRequest>(&self, build: impl FnOnce() -> R) -> Result<()> {
+        if !R::HAS_READ_TS {
+            return Ok(());
+        }
         let Some(validator) = &self.read_ts_validator else {
             return Ok(());
         };

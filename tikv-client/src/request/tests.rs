@@ -659,7 +659,11 @@ async fn a_read_above_the_clusters_oracle_is_refused_before_sending() {
         .send_by_key(&mut bo(), b"k", LocateBy::Key, &opts(), |_| Ok(req.clone()))
         .await
         .unwrap_err();
-    assert!(matches!(err.error, Error::FutureTsRead { .. }), "{:?}", err.error);
+    assert!(
+        matches!(err.error, Error::FutureTsRead { .. }),
+        "{:?}",
+        err.error
+    );
     assert!(!err.had_rpc_error);
     assert_eq!(gets(), 0, "nothing was sent");
     // "Read the latest" passes, as in client-go; a stale read of the latest does not.
@@ -678,7 +682,11 @@ async fn a_read_above_the_clusters_oracle_is_refused_before_sending() {
         })
         .await
         .unwrap_err();
-    assert!(matches!(err.error, Error::LatestStaleRead), "{:?}", err.error);
+    assert!(
+        matches!(err.error, Error::LatestStaleRead),
+        "{:?}",
+        err.error
+    );
     assert_eq!(gets(), 0);
     // A read at a timestamp the oracle has handed out goes through.
     let ok = kvrpcpb::GetRequest {
@@ -706,7 +714,12 @@ async fn a_stale_read_not_ready_on_a_follower_is_retried_on_the_leader_as_a_norm
         .unwrap();
     let ts = pd.get_timestamp().await.unwrap();
     let leader = f.leader_store("k");
-    let follower = f.mock.store_ids().into_iter().find(|&s| s != leader).unwrap();
+    let follower = f
+        .mock
+        .store_ids()
+        .into_iter()
+        .find(|&s| s != leader)
+        .unwrap();
     f.mock.add_fault(
         FaultRule::new(
             Matcher::tikv().store(follower).command("KvGet"),
@@ -744,7 +757,11 @@ async fn a_stale_read_not_ready_on_a_follower_is_retried_on_the_leader_as_a_norm
         stale_read: false,
     };
     assert_eq!(log, vec![first, second]);
-    assert_eq!(bo.total_sleep(), Duration::ZERO, "no backoff for DataIsNotReady");
+    assert_eq!(
+        bo.total_sleep(),
+        Duration::ZERO,
+        "no backoff for DataIsNotReady"
+    );
     // The follower's answer did not make it the leader.
     let cached = f.core.cache.try_locate_key(b"k").unwrap();
     let region = f.core.cache.cached_region(cached.region()).unwrap();
@@ -830,7 +847,11 @@ async fn a_send_failure_is_remembered_by_the_error_that_ends_the_request() {
         .send_to_key(&mut bo, b"k", &opts(), || req.clone())
         .await
         .unwrap_err();
-    assert!(matches!(err.error, Error::BackoffExhausted { .. }), "{:?}", err.error);
+    assert!(
+        matches!(err.error, Error::BackoffExhausted { .. }),
+        "{:?}",
+        err.error
+    );
     assert!(err.had_rpc_error);
 
     // Without a transport failure the same error says so.

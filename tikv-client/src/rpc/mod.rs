@@ -10,6 +10,9 @@
 //! transactional clients build the requests and fill the rest of the context once, with
 //! [`ContextTemplate`].
 //!
+//! Key errors in answers are classified by `key_error.rs` ([`KeyErr`], which keeps a lock's
+//! whole `LockInfo` for the lock resolver) and become the public error only at the API edge.
+//!
 //! Ports client-go `tikvrpc/tikvrpc.go` (`CmdType`, `Request`, `AttachContext`,
 //! `FromBatchCommandsResponse`, `Response.GetRegionError`) and the generated
 //! `tikvrpc/cmds_generated.go`. Where client-go switches over an untyped request at run time,
@@ -77,6 +80,10 @@ pub(crate) trait KvRequest: Clone + Send + Sync + 'static {
     /// Unwraps the transport's answer; an answer of another kind is an internal error.
     fn response_from(wire: WireResponse) -> Result<Self::Response>;
 
+    /// Whether [`read_ts`](KvRequest::read_ts) can answer: checked first, so that commands
+    /// without a read timestamp (every raw command) cost the validation nothing.
+    const HAS_READ_TS: bool = false;
+
     /// The snapshot timestamp a read reads at, for the commands whose timestamp the oracle
     /// validates before sending (client-go `validateReadTS`): KvGet, KvScan, KvBatchGet,
     /// KvScanLock and KvBufferBatchGet.
@@ -112,6 +119,12 @@ fn mismatch(expected: &'static str, got: &WireResponse) -> Error {
     }
 }
 
+/// True: lets the request macros set [`KvRequest::HAS_READ_TS`] for the commands that name
+/// their read-ts field.
+const fn names_a_field(_field: &str) -> bool {
+    true
+}
+
 /// Implements [`KvRequest`] for commands that travel in BatchCommands.
 macro_rules! batch_requests {
     ($($req:ident => $resp:ident, $variant:ident, $name:literal, $access:ident
@@ -121,9 +134,13 @@ macro_rules! batch_requests {
             const NAME: &'static str = $name;
             const ACCESS: Access = Access::$access;
 
-            $(fn read_ts(&self) -> Option<u64> {
-                Some(self.$ts)
-            })?
+            $(
+                const HAS_READ_TS: bool = names_a_field(stringify!($ts));
+
+                fn read_ts(&self) -> Option<u64> {
+                    Some(self.$ts)
+                }
+            )?
 
             fn context_mut(&mut self) -> &mut kvrpcpb::Context {
                 self.context.get_or_insert_with(Default::default)

@@ -54,7 +54,10 @@ async fn simple_locate_and_expire() {
         .unwrap()
         .set_ttl_deadline(0);
     assert!(cache.try_locate_key(b"a").is_none());
-    assert!(Request::new(&cache, loc.region()).is_none(), "no request to an expired view");
+    assert!(
+        Request::new(&cache, loc.region()).is_none(),
+        "no request to an expired view"
+    );
     cache.locate_key(b"a").await.unwrap();
     assert_eq!(get_region_calls(&pd), 2);
 }

@@ -154,4 +154,3 @@ async fn report_leader(cache: &RegionCache, region: RegionVerId, leader_store: O
     let t = req.next(cache).await.expect("a target");
     req.not_leader(&t, leader_store);
 }
-
