@@ -20,15 +20,23 @@ use tikv_proto::kvrpcpb;
 
 use crate::config::Config;
 use crate::locate::{RegionCache, ResolveState};
+use crate::oracle::{
+    Oracle, OracleFuture, PdOracle, PdOracleOptions, TSO_MAX_BACKOFF, Timestamp,
+    get_timestamp_with_retry,
+};
 use crate::pd::{BoxFuture, MinResolvedTs, PdClient, RegionSource};
 use crate::request::dispatch::FanOutLimit;
-use crate::request::sender::{SenderCore, SenderParts};
+use crate::request::sender::{ReadTsValidator, SenderCore, SenderParts};
+use crate::request::{BackoffKind, Backoffer};
 use crate::safe_ts::{DC_LABEL_KEY, SAFE_TS_UPDATE_INTERVAL, SafeTs, SafeTsSource, SafeTsStore};
 use crate::transport::{SendOptions, Transport, UnaryRequest, UnaryResponse};
 use crate::{Error, Result};
 
 /// How long a store may take to report its safe ts (client-go `ReadTimeoutShort`).
 const STORE_SAFE_TS_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long [`Cluster::min_safe_ts`] waits for the refresh's first round before saying it
+/// knows nothing.
+const FIRST_SAFE_TS_WAIT: Duration = Duration::from_secs(10);
 
 /// A connection to one TiKV cluster, shared by the clients built from it. Cheap to clone.
 ///
@@ -48,6 +56,10 @@ struct ClusterInner {
     /// Whether the safe-ts refresh runs: it starts with the first question, so clients that
     /// never read stale (raw clients, as client-go's `rawkv.Client`) cost PD nothing.
     safe_ts_started: AtomicBool,
+    /// Set once the refresh finished its first round: until then no answer is an answer.
+    safe_ts_refreshed: tokio::sync::watch::Sender<bool>,
+    /// The timestamp oracle, shared with the sender as its read-ts validator.
+    oracle: Arc<ClusterOracle>,
     /// The runtime the cluster was connected on, for tasks started later.
     runtime: tokio::runtime::Handle,
 }
@@ -55,6 +67,48 @@ struct ClusterInner {
 impl Drop for ClusterInner {
     fn drop(&mut self) {
         self.sender.close();
+        self.oracle.close();
+    }
+}
+
+/// The cluster's PD oracle (client-go `KVStore.oracle`), made on first use: the first read that
+/// carries a timestamp, or the first timestamp asked for. A raw-only client never makes one,
+/// so it costs PD no timestamp and no refresh task, as client-go's `rawkv.Client`.
+#[derive(Debug)]
+struct ClusterOracle {
+    pd: Arc<PdClient>,
+    oracle: tokio::sync::OnceCell<PdOracle>,
+}
+
+impl ClusterOracle {
+    /// The oracle, made now if it was not (one timestamp fetched, the refresh task started).
+    async fn get(&self) -> Result<&PdOracle> {
+        self.oracle
+            .get_or_try_init(|| PdOracle::new(&self.pd, PdOracleOptions::default()))
+            .await
+    }
+
+    fn close(&self) {
+        if let Some(oracle) = self.oracle.get() {
+            oracle.close();
+        }
+    }
+}
+
+/// The sender's read-ts check (client-go `validateReadTS` with the store's oracle). Once the
+/// oracle exists, the common case is answered from memory without allocating.
+impl ReadTsValidator for ClusterOracle {
+    fn validate_read_ts(
+        &self,
+        read_ts: Timestamp,
+        is_stale_read: bool,
+    ) -> OracleFuture<'_, Result<()>> {
+        if let Some(oracle) = self.oracle.get() {
+            return Oracle::validate_read_ts(oracle, read_ts, is_stale_read);
+        }
+        OracleFuture::boxed(async move {
+            Oracle::validate_read_ts(self.get().await?, read_ts, is_stale_read).await
+        })
     }
 }
 
@@ -91,12 +145,16 @@ impl Cluster {
             &config,
         ));
         let transport = Transport::new(&config)?;
+        let oracle = Arc::new(ClusterOracle {
+            pd: pd.clone(),
+            oracle: tokio::sync::OnceCell::new(),
+        });
         let sender = SenderCore::new(
             SenderParts {
                 cache,
                 transport,
                 cluster_id: pd.cluster_id(),
-                read_ts_validator: None,
+                read_ts_validator: Some(oracle.clone() as Arc<dyn ReadTsValidator>),
             },
             &config,
         );
@@ -112,6 +170,8 @@ impl Cluster {
             fan_out,
             safe_ts: SafeTs::default(),
             safe_ts_started: AtomicBool::new(false),
+            safe_ts_refreshed: tokio::sync::watch::Sender::new(false),
+            oracle,
             runtime,
         });
         Ok(Cluster { inner })
@@ -120,15 +180,46 @@ impl Cluster {
     /// The newest timestamp every store of `txn_scope` can serve a stale read at (client-go
     /// `KVStore.GetMinSafeTS`): [`GLOBAL_TXN_SCOPE`](crate::GLOBAL_TXN_SCOPE) for the whole
     /// cluster, or a value of the stores' `zone` label. Refreshed every 2 s from PD's min
-    /// resolved ts, or from the stores when PD cannot tell; 0 until known.
+    /// resolved ts, or from the stores when PD cannot tell.
     ///
-    /// The first call starts the refresh (its first round runs at once) and answers 0.
-    pub fn min_safe_ts(&self, txn_scope: &str) -> u64 {
+    /// The first call starts the refresh and waits for its first round (at most 10 s), so an
+    /// answer is never a placeholder. `None` means nothing is known for the scope: no store of
+    /// it has reported a safe ts yet, or the first round did not finish in time.
+    pub async fn min_safe_ts(&self, txn_scope: &str) -> Option<Timestamp> {
         if !self.inner.safe_ts_started.swap(true, Ordering::AcqRel) {
             let inner = Arc::downgrade(&self.inner);
             self.inner.runtime.spawn(update_safe_ts_periodically(inner));
         }
-        self.inner.safe_ts.min_safe_ts(txn_scope)
+        if !*self.inner.safe_ts_refreshed.borrow() {
+            let mut refreshed = self.inner.safe_ts_refreshed.subscribe();
+            // A timeout or a closed cluster leaves the answer to what is known (nothing).
+            let _ =
+                tokio::time::timeout(FIRST_SAFE_TS_WAIT, refreshed.wait_for(|done| *done)).await;
+        }
+        match self.inner.safe_ts.min_safe_ts(txn_scope) {
+            0 => None,
+            ts => Some(Timestamp::from_version(ts)),
+        }
+    }
+
+    /// A fresh timestamp from PD, retried while PD may come back, within client-go's 15 s TSO
+    /// budget (client-go `KVStore.CurrentTimestamp`).
+    ///
+    /// Errors: [`Error::BackoffExhausted`] with PD's last error when the budget runs out, and at
+    /// once the errors waiting cannot cure ([`Error::Closed`], a cluster-id mismatch).
+    pub async fn current_timestamp(&self) -> Result<Timestamp> {
+        let mut bo = Backoffer::new(TSO_MAX_BACKOFF);
+        let oracle = loop {
+            match self.inner.oracle.get().await {
+                Ok(oracle) => break oracle,
+                // The oracle's first fetch failed: the same retry as for any fetch.
+                Err(err) if err.is_retryable() || matches!(err, Error::Pd { .. }) => {
+                    bo.backoff(BackoffKind::PdRpc, err).await?;
+                }
+                Err(err) => return Err(err),
+            }
+        };
+        get_timestamp_with_retry(oracle, &mut bo).await
     }
 
     /// Refreshes the safe timestamps now (what the background refresh does every 2 s).
@@ -159,7 +250,7 @@ impl Cluster {
     }
 
     /// The safe ts last learned for one store.
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[cfg(test)]
     pub(crate) fn store_safe_ts(&self, store_id: u64) -> Option<u64> {
         self.inner.safe_ts.store_safe_ts(store_id)
     }
@@ -188,6 +279,7 @@ impl Cluster {
     /// ones fail with [`Error::Closed`].
     pub fn close(&self) {
         self.inner.sender.close();
+        self.inner.oracle.close();
         self.inner.sender.transport.close();
         self.inner.sender.cache.close();
         self.inner.pd.close();
@@ -270,5 +362,6 @@ async fn update_safe_ts_periodically(inner: Weak<ClusterInner>) {
             return;
         }
         inner.update_safe_ts().await;
+        inner.safe_ts_refreshed.send_replace(true);
     }
 }

@@ -433,7 +433,7 @@ pub enum WriteConflictReason {
 }
 
 impl WriteConflictReason {
-    fn from_proto(value: i32) -> Self {
+    pub(crate) fn from_proto(value: i32) -> Self {
         use kvrpcpb::write_conflict::Reason as R;
         match R::try_from(value) {
             Ok(R::Optimistic) => Self::Optimistic,
@@ -902,115 +902,6 @@ impl Error {
         }
     }
 
-    /// Maps a TiKV key error. When several fields are set (TiKV sets one), the precedence is
-    /// client-go's `ExtractKeyErr`: conflict, retryable, assertion, abort, commit ts too large,
-    /// txn not found; then the kinds client-go handles at its call sites.
-    pub(crate) fn from_key_error(err: kvrpcpb::KeyError) -> Self {
-        if let Some(c) = err.conflict {
-            return Error::WriteConflict(Box::new(WriteConflict {
-                start_ts: c.start_ts.into(),
-                conflict_ts: c.conflict_ts.into(),
-                conflict_commit_ts: c.conflict_commit_ts.into(),
-                key: c.key.into(),
-                primary: c.primary.into(),
-                reason: WriteConflictReason::from_proto(c.reason),
-            }));
-        }
-        if !err.retryable.is_empty() {
-            return Error::Retryable {
-                message: err.retryable,
-            };
-        }
-        if let Some(a) = err.assertion_failed {
-            let assertion = match kvrpcpb::Assertion::try_from(a.assertion) {
-                Ok(kvrpcpb::Assertion::Exist) => Assertion::Exist,
-                Ok(kvrpcpb::Assertion::NotExist) => Assertion::NotExist,
-                _ => Assertion::None,
-            };
-            return Error::AssertionFailed(Box::new(AssertionFailed {
-                start_ts: a.start_ts.into(),
-                key: a.key.into(),
-                assertion,
-                existing_start_ts: a.existing_start_ts.into(),
-                existing_commit_ts: a.existing_commit_ts.into(),
-            }));
-        }
-        if !err.abort.is_empty() {
-            return Error::TxnAborted { message: err.abort };
-        }
-        if let Some(c) = err.commit_ts_too_large {
-            return Error::CommitTsTooLarge {
-                commit_ts: c.commit_ts.into(),
-            };
-        }
-        if let Some(t) = err.txn_not_found {
-            return Error::TxnNotFound {
-                start_ts: t.start_ts.into(),
-                primary_key: t.primary_key.into(),
-            };
-        }
-        if let Some(l) = err.locked {
-            return Error::Locked(Box::new(locked_key(l)));
-        }
-        if let Some(e) = err.already_exist {
-            return Error::KeyExists { key: e.key.into() };
-        }
-        if let Some(d) = err.deadlock {
-            return Error::Deadlock(Box::new(Deadlock {
-                lock_ts: d.lock_ts.into(),
-                lock_key: d.lock_key.into(),
-                deadlock_key_hash: d.deadlock_key_hash,
-                deadlock_key: d.deadlock_key.into(),
-                wait_chain: d
-                    .wait_chain
-                    .into_iter()
-                    .map(|w| WaitForEntry {
-                        txn: w.txn.into(),
-                        wait_for_txn: w.wait_for_txn.into(),
-                        key_hash: w.key_hash,
-                        key: w.key.into(),
-                        wait_time_ms: w.wait_time,
-                    })
-                    .collect(),
-                is_retryable: false,
-            }));
-        }
-        if let Some(c) = err.commit_ts_expired {
-            return Error::CommitTsExpired {
-                start_ts: c.start_ts.into(),
-                attempted_commit_ts: c.attempted_commit_ts.into(),
-                key: c.key.into(),
-                min_commit_ts: c.min_commit_ts.into(),
-            };
-        }
-        if let Some(t) = err.txn_lock_not_found {
-            return Error::TxnLockNotFound { key: t.key.into() };
-        }
-        if let Some(p) = err.primary_mismatch {
-            let lock = p.lock_info.unwrap_or_default();
-            return Error::PrimaryMismatch {
-                start_ts: lock.lock_version.into(),
-                key: lock.key.into(),
-            };
-        }
-        if let Some(c) = err.lock_upgrade_conflict {
-            return Error::LockUpgradeConflict {
-                key: c.key.into(),
-                start_ts: c.start_ts.into(),
-                owner_start_ts: c.owner_start_ts.into(),
-            };
-        }
-        if let Some(s) = err.shared_lock_lost {
-            return Error::SharedLockLost {
-                key: s.key.into(),
-                start_ts: s.start_ts.into(),
-            };
-        }
-        Error::Internal {
-            message: "TiKV returned a key error with no detail set".to_owned(),
-        }
-    }
-
     /// Maps a TiKV region error for `region_id`.
     pub(crate) fn from_region_error(region_id: Option<u64>, err: errorpb::Error) -> Self {
         let kind = RegionErrorKind::from_proto(&err);
@@ -1103,29 +994,9 @@ impl RegionErrorKind {
     }
 }
 
-#[cfg_attr(not(test), allow(dead_code))]
-fn locked_key(l: kvrpcpb::LockInfo) -> LockedKey {
-    LockedKey {
-        key: l.key.into(),
-        primary: l.primary_lock.into(),
-        lock_ts: l.lock_version.into(),
-        ttl_ms: l.lock_ttl,
-        txn_size: l.txn_size,
-        min_commit_ts: l.min_commit_ts.into(),
-        for_update_ts: l.lock_for_update_ts.into(),
-        use_async_commit: l.use_async_commit,
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::*;
-
-    fn key_error() -> kvrpcpb::KeyError {
-        kvrpcpb::KeyError::default()
-    }
 
     #[test]
     fn error_stays_small() {
@@ -1136,171 +1007,6 @@ mod tests {
             "size {}",
             std::mem::size_of::<Error>()
         );
-    }
-
-    #[test]
-    fn write_conflict_maps_every_field_and_is_retryable() {
-        let err = Error::from_key_error(kvrpcpb::KeyError {
-            conflict: Some(kvrpcpb::WriteConflict {
-                start_ts: 10,
-                conflict_ts: 11,
-                key: Bytes::from_static(b"k"),
-                primary: Bytes::from_static(b"p"),
-                conflict_commit_ts: 12,
-                reason: kvrpcpb::write_conflict::Reason::PessimisticRetry as i32,
-            }),
-            // client-go checks the conflict before `retryable`.
-            retryable: "also set".to_owned(),
-            ..key_error()
-        });
-        let Error::WriteConflict(wc) = &err else {
-            panic!("got {err:?}")
-        };
-        assert_eq!(wc.start_ts, Timestamp::from(10));
-        assert_eq!(wc.conflict_ts, Timestamp::from(11));
-        assert_eq!(wc.conflict_commit_ts, Timestamp::from(12));
-        assert_eq!(wc.key, Key::from(b"k".to_vec()));
-        assert_eq!(wc.primary, Key::from(b"p".to_vec()));
-        assert_eq!(wc.reason, WriteConflictReason::PessimisticRetry);
-        assert!(err.is_retryable());
-        assert!(err.is_write_conflict());
-        assert!(!err.is_undetermined());
-        assert!(err.to_string().contains("retry the transaction"));
-    }
-
-    #[test]
-    fn key_error_precedence_follows_client_go() {
-        let err = Error::from_key_error(kvrpcpb::KeyError {
-            retryable: "stale".to_owned(),
-            abort: "aborted".to_owned(),
-            ..key_error()
-        });
-        assert!(matches!(err, Error::Retryable { ref message } if message == "stale"));
-
-        let err = Error::from_key_error(kvrpcpb::KeyError {
-            abort: "aborted".to_owned(),
-            txn_not_found: Some(Default::default()),
-            ..key_error()
-        });
-        assert!(matches!(err, Error::TxnAborted { .. }));
-        assert!(!err.is_retryable());
-    }
-
-    #[test]
-    fn every_key_error_kind_is_typed() {
-        type Check = fn(&Error) -> bool;
-        let cases: Vec<(kvrpcpb::KeyError, Check)> = vec![
-            (
-                kvrpcpb::KeyError {
-                    already_exist: Some(kvrpcpb::AlreadyExist {
-                        key: Bytes::from_static(b"a"),
-                    }),
-                    ..key_error()
-                },
-                |e| e.is_key_exists(),
-            ),
-            (
-                kvrpcpb::KeyError {
-                    locked: Some(Default::default()),
-                    ..key_error()
-                },
-                |e| matches!(e, Error::Locked(_)),
-            ),
-            (
-                kvrpcpb::KeyError {
-                    deadlock: Some(Default::default()),
-                    ..key_error()
-                },
-                |e| matches!(e, Error::Deadlock(_)) && !e.is_retryable(),
-            ),
-            (
-                kvrpcpb::KeyError {
-                    commit_ts_expired: Some(Default::default()),
-                    ..key_error()
-                },
-                |e| matches!(e, Error::CommitTsExpired { .. }),
-            ),
-            (
-                kvrpcpb::KeyError {
-                    txn_not_found: Some(Default::default()),
-                    ..key_error()
-                },
-                |e| matches!(e, Error::TxnNotFound { .. }),
-            ),
-            (
-                kvrpcpb::KeyError {
-                    commit_ts_too_large: Some(Default::default()),
-                    ..key_error()
-                },
-                |e| matches!(e, Error::CommitTsTooLarge { .. }),
-            ),
-            (
-                kvrpcpb::KeyError {
-                    assertion_failed: Some(Default::default()),
-                    ..key_error()
-                },
-                |e| matches!(e, Error::AssertionFailed(_)),
-            ),
-            (
-                kvrpcpb::KeyError {
-                    primary_mismatch: Some(Default::default()),
-                    ..key_error()
-                },
-                |e| matches!(e, Error::PrimaryMismatch { .. }),
-            ),
-            (
-                kvrpcpb::KeyError {
-                    txn_lock_not_found: Some(Default::default()),
-                    ..key_error()
-                },
-                |e| matches!(e, Error::TxnLockNotFound { .. }),
-            ),
-            (
-                kvrpcpb::KeyError {
-                    lock_upgrade_conflict: Some(Default::default()),
-                    ..key_error()
-                },
-                |e| matches!(e, Error::LockUpgradeConflict { .. }),
-            ),
-            (
-                kvrpcpb::KeyError {
-                    shared_lock_lost: Some(Default::default()),
-                    ..key_error()
-                },
-                |e| matches!(e, Error::SharedLockLost { .. }),
-            ),
-            (key_error(), |e| matches!(e, Error::Internal { .. })),
-        ];
-        for (input, check) in cases {
-            let err = Error::from_key_error(input.clone());
-            assert!(check(&err), "{input:?} mapped to {err:?}");
-        }
-    }
-
-    #[test]
-    fn deadlock_keeps_wait_chain() {
-        let err = Error::from_key_error(kvrpcpb::KeyError {
-            deadlock: Some(kvrpcpb::Deadlock {
-                lock_ts: 5,
-                lock_key: Bytes::from_static(b"x"),
-                deadlock_key_hash: 99,
-                wait_chain: vec![tikv_proto::deadlock::WaitForEntry {
-                    txn: 5,
-                    wait_for_txn: 6,
-                    key_hash: 99,
-                    key: Bytes::from_static(b"y"),
-                    wait_time: 7,
-                    ..Default::default()
-                }],
-                deadlock_key: Bytes::from_static(b"y"),
-            }),
-            ..key_error()
-        });
-        let Error::Deadlock(d) = err else { panic!() };
-        assert_eq!(d.lock_ts, Timestamp::from(5));
-        assert_eq!(d.wait_chain.len(), 1);
-        assert_eq!(d.wait_chain[0].wait_for_txn, Timestamp::from(6));
-        assert_eq!(d.wait_chain[0].wait_time_ms, 7);
     }
 
     #[test]
@@ -1454,15 +1160,16 @@ mod tests {
 
     #[test]
     fn timestamps_in_errors_are_typed() {
-        let err = Error::from_key_error(kvrpcpb::KeyError {
+        let err = crate::rpc::key_error::KeyErr::from(kvrpcpb::KeyError {
             commit_ts_expired: Some(kvrpcpb::CommitTsExpired {
                 start_ts: Timestamp::compose(100, 1).version(),
                 attempted_commit_ts: Timestamp::compose(101, 0).version(),
-                key: Bytes::from_static(b"k"),
+                key: bytes::Bytes::from_static(b"k"),
                 min_commit_ts: Timestamp::compose(102, 0).version(),
             }),
-            ..key_error()
-        });
+            ..Default::default()
+        })
+        .into_error();
         let Error::CommitTsExpired {
             start_ts,
             min_commit_ts,
@@ -1479,15 +1186,16 @@ mod tests {
             "{start_ts:?}"
         );
 
-        let locked = Error::from_key_error(kvrpcpb::KeyError {
+        let locked = crate::rpc::key_error::KeyErr::from(kvrpcpb::KeyError {
             locked: Some(kvrpcpb::LockInfo {
                 lock_version: 7,
                 min_commit_ts: 8,
                 lock_for_update_ts: 9,
                 ..Default::default()
             }),
-            ..key_error()
-        });
+            ..Default::default()
+        })
+        .into_error();
         let Error::Locked(l) = locked else {
             panic!("got {locked:?}")
         };

@@ -71,13 +71,8 @@ pub use region::RegionVerId;
 pub use region_cache::{BatchLocateOptions, RegionCache};
 pub use store::{StoreInfo, StoreState, StoreType};
 
+pub(crate) use health::LivenessState;
 pub use health::StoreHealthDetail;
-#[allow(unused_imports)]
-pub(crate) use health::{LivenessState, StoreHealth};
 pub(crate) use region::flags as region_flags;
-#[allow(unused_imports)]
 pub(crate) use region::{CachedRegion, InvalidReason};
-#[allow(unused_imports)]
-#[cfg(test)]
-pub(crate) use region_cache::RpcTarget;
 pub(crate) use store::{ResolveState, Store, StoreCache};

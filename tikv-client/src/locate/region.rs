@@ -64,7 +64,6 @@ impl RegionVerId {
     }
 
     /// The epoch, for a request's context.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn epoch(&self) -> metapb::RegionEpoch {
         metapb::RegionEpoch {
             conf_ver: self.conf_ver,
@@ -422,16 +421,16 @@ pub(crate) struct CachedRegion {
     store_epochs: Box<[AtomicU32]>,
     /// Indexes into `peers` of the TiKV peers, and of the TiFlash peers.
     tikv_peers: Box<[usize]>,
-    #[cfg_attr(not(test), allow(dead_code))]
     tiflash_peers: Box<[usize]>,
     /// Index into `tikv_peers` of the peer believed to be the leader.
     work_tikv_idx: AtomicUsize,
     /// Index into `tiflash_peers` of the TiFlash peer in use.
     work_tiflash_idx: AtomicUsize,
     buckets: ArcSwapOption<Buckets>,
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// PD's down and pending peers, for the logs (requests only need to know that there are
+    /// down peers: see `NEED_EXPIRE_AFTER_TTL`; pending peers matter to TiFlash batch reads,
+    /// not ported).
     down_peers: Box<[metapb::Peer]>,
-    #[cfg_attr(not(test), allow(dead_code))]
     pending_peers: Box<[metapb::Peer]>,
     /// TTL, flags and invalid reason: the state every hit reads, kept apart (see [`HotState`]).
     hot: &'static HotState,
@@ -445,6 +444,9 @@ impl fmt::Debug for CachedRegion {
             .field("end_key", &self.end_key)
             .field("peers", &self.peers)
             .field("leader_idx", &self.work_tikv_idx.load(Ordering::Relaxed))
+            .field("tiflash_peers", &self.tiflash_peers)
+            .field("down_peers", &self.down_peers)
+            .field("pending_peers", &self.pending_peers)
             .field("invalid_reason", &self.invalid_reason())
             .finish_non_exhaustive()
     }
@@ -599,17 +601,17 @@ impl CachedRegion {
         &self.tikv_peers
     }
 
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[cfg(test)]
     pub(crate) fn tiflash_peer_indexes(&self) -> &[usize] {
         &self.tiflash_peers
     }
 
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[cfg(test)]
     pub(crate) fn down_peers(&self) -> &[metapb::Peer] {
         &self.down_peers
     }
 
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[cfg(test)]
     pub(crate) fn pending_peers(&self) -> &[metapb::Peer] {
         &self.pending_peers
     }
@@ -666,19 +668,17 @@ impl CachedRegion {
     }
 
     /// The presumed leader: its index into `peers()`, or `None` when the region has no TiKV peer.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn leader_peer_index(&self) -> Option<usize> {
         self.tikv_peer_index(self.leader_access_idx())
     }
 
     /// The presumed leader peer (client-go `GetLeaderPeerID`/`GetLeaderStoreID`).
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn leader_peer(&self) -> Option<&metapb::Peer> {
         self.leader_peer_index().map(|i| &self.peers[i])
     }
 
     /// The store of the presumed leader.
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[cfg(test)]
     pub(crate) fn leader_store(&self) -> Option<&Arc<Store>> {
         self.leader_peer_index().map(|i| &self.stores[i])
     }
@@ -721,26 +721,8 @@ impl CachedRegion {
         true
     }
 
-    /// Moves the presumed leader to the next TiKV peer if it is still `current` (client-go
-    /// `switchNextTiKVPeer`): concurrent failures on the same peer advance it once. For sends
-    /// made without a replica selector (client-go's TiFlash paths, not ported yet); leader
-    /// requests go through the selector, which tracks its own next replica.
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub(crate) fn switch_to_next_tikv_peer(&self, current: usize) {
-        let n = self.tikv_peers.len();
-        if n == 0 {
-            return;
-        }
-        let _ = self.work_tikv_idx.compare_exchange(
-            current,
-            (current + 1) % n,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
-    }
-
     /// Moves the TiFlash peer in use to the one after `current`.
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[cfg(test)]
     pub(crate) fn switch_to_next_tiflash_peer(&self, current: usize) {
         let n = self.tiflash_peers.len();
         if n > 0 {
@@ -790,7 +772,6 @@ impl CachedRegion {
         now_ms >= self.hot.deadline()
     }
 
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn ttl_deadline(&self) -> u64 {
         self.hot.deadline()
     }

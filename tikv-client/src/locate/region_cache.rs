@@ -734,13 +734,11 @@ impl RegionCache {
     // ----- for the request sender -------------------------------------------------------------
 
     /// The store cache.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn store_cache(&self) -> &StoreCache {
         &self.inner.stores
     }
 
     /// The cached region at exactly this version (client-go `GetCachedRegionWithRLock`).
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn cached_region(&self, region: RegionVerId) -> Option<Arc<CachedRegion>> {
         self.inner.cached_region(region)
     }
@@ -754,7 +752,6 @@ impl RegionCache {
 
     /// Marks a cached region invalid, with the reason (client-go
     /// `InvalidateCachedRegionWithReason`). Its next lookup asks PD.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn invalidate_region(&self, region: RegionVerId, reason: InvalidReason) {
         if let Some(cached) = self.inner.cached_region(region) {
             cached.invalidate(reason);
@@ -814,7 +811,6 @@ impl RegionCache {
 
     /// TiKV rejected a request for stale buckets and sent its own (client-go
     /// `OnBucketVersionNotMatch`): keep them if they are newer.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn on_bucket_version_not_match(
         &self,
         region: RegionVerId,
@@ -926,132 +922,16 @@ impl LocateKey<'_> {
     }
 }
 
-// ----- test drivers ---------------------------------------------------------------------------
+// ----- test helpers ---------------------------------------------------------------------------
 //
-// The request sender does not use these: its replica selector (`crate::request::selector`)
-// makes the same changes to a cached region (leader switch, next peer, store epoch) through
-// `CachedRegion` and `Store` directly. They stay as the compact entry points the ported
-// client-go region-cache cases (`UpdateLeader`, `OnSendFail`, `GetTiKVRPCContext`) drive the
-// cache through.
-
-#[cfg(test)]
-/// A region's leader, resolved for sending: what the request sender needs to address a
-/// request and to report back what happened.
-#[derive(Debug, Clone)]
-pub(crate) struct RpcTarget {
-    /// The cached region the target was taken from.
-    pub(crate) region: Arc<CachedRegion>,
-    /// The peer to send to.
-    pub(crate) peer: metapb::Peer,
-    /// Its index into the region's peers and stores.
-    pub(crate) peer_idx: usize,
-    /// Its index among the region's TiKV peers (client-go `AccessIndex`).
-    pub(crate) access_idx: usize,
-    /// Its store.
-    pub(crate) store: Arc<Store>,
-    /// The store's address.
-    pub(crate) addr: Arc<str>,
-}
+// The ported client-go cases that drive leader switches and send failures go through the
+// production replica selector (`crate::request::selector`), as the sender does.
 
 #[cfg(test)]
 impl RegionCache {
-    /// The region holding `key` as the cache object itself, for the sender (one lookup instead
-    /// of a location plus a by-id lookup).
+    /// The region holding `key` as the cache object itself.
     pub(crate) async fn locate_region(&self, key: &[u8]) -> Result<Arc<CachedRegion>> {
         self.inner.find_region_by_key(key, false).await
-    }
-
-    /// Where to send a leader request for `region` (client-go `GetTiKVRPCContext` for leader
-    /// reads). `Ok(None)` means the cached region is gone or stale and was invalidated: locate
-    /// the key again. Resolving the leader's store may ask PD once.
-    pub(crate) async fn leader_target(&self, region: RegionVerId) -> Result<Option<RpcTarget>> {
-        let Some(cached) = self.inner.cached_region(region) else {
-            return Ok(None);
-        };
-        if !cached.is_valid(self.inner.clock.now(), &self.inner.ttl) {
-            return Ok(None);
-        }
-        let access_idx = cached.leader_access_idx();
-        let Some(peer_idx) = cached.tikv_peer_index(access_idx) else {
-            cached.invalidate(InvalidReason::StoreNotFound);
-            return Ok(None);
-        };
-        let store = cached.stores()[peer_idx].clone();
-        let addr = self.inner.stores.resolve(&store).await?;
-        let Some(addr) = addr.filter(|a| !a.is_empty()) else {
-            cached.invalidate(InvalidReason::StoreNotFound);
-            return Ok(None);
-        };
-        if cached.is_store_stale(peer_idx) {
-            tracing::debug!(region = %region, store = store.id(), "store failed for another region; reloading");
-            cached.invalidate(InvalidReason::Other);
-            return Ok(None);
-        }
-        Ok(Some(RpcTarget {
-            peer: cached.peers()[peer_idx],
-            region: cached,
-            peer_idx,
-            access_idx,
-            store,
-            addr,
-        }))
-    }
-
-    /// TiKV said the region's leader is elsewhere (client-go `UpdateLeader`): switch to the peer
-    /// on `leader_store_id`, or, with no leader named, to the peer after `current_access_idx`. A
-    /// leader on a store the region has no peer on means the cached region is stale: it is
-    /// invalidated.
-    pub(crate) fn update_leader(
-        &self,
-        region: RegionVerId,
-        leader_store_id: Option<u64>,
-        current_access_idx: usize,
-    ) {
-        let Some(cached) = self.inner.cached_region(region) else {
-            return;
-        };
-        match leader_store_id {
-            None => cached.switch_to_next_tikv_peer(current_access_idx),
-            Some(store_id) => {
-                if !cached.switch_leader_to_store(store_id) {
-                    tracing::info!(region = %region, store = store_id, "new leader not among the cached peers; invalidating");
-                    cached.invalidate(InvalidReason::StoreNotFound);
-                }
-            }
-        }
-    }
-
-    /// A send to `target` failed (client-go `OnSendFail`). `store_failed` (a transport error)
-    /// marks the store failed: every region on it is reloaded before its next use, and the store
-    /// is checked with PD. The leader moves to the next peer, and `schedule_reload` makes the
-    /// next lookup of the region go to PD.
-    pub(crate) fn on_send_fail(
-        &self,
-        target: &RpcTarget,
-        schedule_reload: bool,
-        store_failed: bool,
-    ) {
-        let Some(cached) = self.inner.cached_region(target.region.ver_id()) else {
-            return;
-        };
-        if cached.peers().len() != target.region.peers().len() {
-            // The region was reloaded with other peers since the target was taken.
-            return;
-        }
-        if store_failed {
-            let seen = cached.store_epoch_at(target.peer_idx);
-            if target.store.bump_epoch_from(seen) {
-                tracing::info!(
-                    store = target.store.id(),
-                    "store failed; its regions will be reloaded"
-                );
-            }
-            self.inner.stores.mark_need_check(&target.store);
-        }
-        cached.switch_to_next_tikv_peer(target.access_idx);
-        if schedule_reload {
-            cached.set_flags(flags::NEED_RELOAD_ON_ACCESS);
-        }
     }
 }
 

@@ -293,13 +293,11 @@ impl Store {
             .map(|c| c.client.address().to_owned())
     }
 
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn labels(&self) -> Vec<metapb::StoreLabel> {
         self.meta().labels.clone()
     }
 
     /// Whether the store has every one of `labels` (client-go `IsLabelsMatch`).
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn matches_labels(&self, labels: &[(String, String)]) -> bool {
         let meta = self.meta();
         labels

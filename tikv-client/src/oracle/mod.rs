@@ -53,29 +53,12 @@
 //! `oracle/oracles/local_external_timestamp.go`, `oracle/oracles/mock.go`, and the timestamp
 //! retry of `tikv/kv.go`.
 
-// The production oracle. `Cluster` starts owning one with issue 15 item 6 (read-ts validation,
-// `Cluster::current_timestamp`); until that lands only the tests build one. `expect`, not
-// `allow`: the expectation fails once a caller exists, which says to delete these lines.
 mod adaptive;
 mod future;
 // Timestamps from the local clock: only tests use an oracle without PD.
 #[cfg(test)]
 mod local;
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "the Cluster owns the PD oracle from issue 15 item 6 on"
-    )
-)]
 mod pd;
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "Cluster::current_timestamp (issue 15 item 6) is its caller"
-    )
-)]
 mod retry;
 #[cfg(test)]
 mod retry_tests;
@@ -95,14 +78,8 @@ use std::time::Duration;
 pub(crate) use future::OracleFuture;
 #[cfg(test)]
 pub(crate) use local::LocalOracle;
-#[cfg_attr(
-    not(test),
-    expect(
-        unused_imports,
-        reason = "the Cluster owns the PD oracle from issue 15 item 6 on"
-    )
-)]
 pub(crate) use pd::{PdOracle, PdOracleOptions};
+pub(crate) use retry::{TSO_MAX_BACKOFF, get_timestamp_with_retry};
 pub(crate) use source::TimestampSource;
 pub(crate) use timestamp::LOGICAL_BITS;
 pub use timestamp::Timestamp;
@@ -114,13 +91,6 @@ use crate::Result;
 ///
 /// Implemented by [`PdOracle`] (production) and [`LocalOracle`] (tests). Use it as
 /// `Arc<dyn Oracle>`; see the [module docs](self) for why it is object-safe.
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "the request sender calls only `validate_read_ts` until the Cluster owns the oracle (issue 15 item 6)"
-    )
-)]
 pub(crate) trait Oracle: Send + Sync + fmt::Debug {
     /// A fresh timestamp from PD, greater than every timestamp allocated before the call.
     fn get_timestamp(&self) -> OracleFuture<'_, Result<Timestamp>>;

@@ -17,7 +17,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::config::CircuitBreakerSettings;
-use crate::pd::{CircuitBreakerState, KeyspaceState, NULL_KEYSPACE_ID, OperatorStatus, PdClient};
+use crate::pd::gc::NULL_KEYSPACE_ID;
+use crate::pd::{CircuitBreakerState, KeyspaceState, OperatorStatus, PdClient};
 use crate::{Config, Error};
 use tikv_mock::proto::keyspacepb::{self, keyspace_client::KeyspaceClient};
 use tikv_mock::proto::pdpb;

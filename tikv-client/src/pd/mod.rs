@@ -81,7 +81,6 @@ use tikv_proto::metapb;
 use crate::Result;
 
 pub use client::PdClient;
-pub(crate) use gc::NULL_KEYSPACE_ID;
 pub use keyspace::KeyspaceMeta;
 // The rest of `PdClient`'s signatures, for the tests and for `crate::unstable`: with the
 // feature on, every type a `pub` method of `PdClient` names must be reachable too.

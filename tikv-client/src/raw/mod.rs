@@ -32,7 +32,7 @@ use crate::error::RegionErrorKind;
 use crate::locate::KeyLocation;
 use crate::request::Backoffer;
 use crate::request::dispatch::{BatchLimit, LocateBy, ShardOutcome};
-use crate::request::sender::{CallOptions, RegionOutcome};
+use crate::request::sender::{CallOptions, RegionOutcome, SendError};
 use crate::rpc::{ContextTemplate, KvRequest};
 use crate::{BoundRange, Error, Key, KvPair, Result, Value};
 
@@ -725,22 +725,24 @@ impl RawClient {
                                 .await;
                             match outcome {
                                 Ok(RegionOutcome::Done(reply)) => done.push((part, reply.resp)),
-                                Ok(RegionOutcome::Relocate(error)) => {
+                                Ok(RegionOutcome::Relocate { error, .. }) => {
                                     relocate.extend(part);
                                     relocate_error = Some(error);
                                 }
-                                Err(Error::Region(e))
-                                    if matches!(
-                                        e.kind,
-                                        RegionErrorKind::RaftEntryTooLarge { .. }
-                                    ) && part.len() > 1 =>
+                                Err(SendError {
+                                    error: Error::Region(e),
+                                    ..
+                                }) if matches!(
+                                    e.kind,
+                                    RegionErrorKind::RaftEntryTooLarge { .. }
+                                ) && part.len() > 1 =>
                                 {
                                     let mut part = part;
                                     let tail = part.split_off(part.len() / 2);
                                     todo.push(tail);
                                     todo.push(part);
                                 }
-                                Err(e) => return Err(e),
+                                Err(e) => return Err(e.into()),
                             }
                         }
                         Ok(match relocate_error {
@@ -784,7 +786,7 @@ fn place_answers(
     // value are needed.
     for pair in &mut pairs {
         if let Some(e) = pair.error.take() {
-            return Err(Error::from_key_error(e));
+            return Err(crate::rpc::KeyErr::from(e).into_error());
         }
         if let Some(offset) = asked[next..].iter().position(|i| i.encoded == pair.key) {
             let item = &mut asked[next + offset];

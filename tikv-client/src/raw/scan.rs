@@ -160,7 +160,7 @@ impl RawClient {
         kvs.into_iter()
             .map(|kv| {
                 if let Some(e) = kv.error {
-                    return Err(Error::from_key_error(e));
+                    return Err(crate::rpc::KeyErr::from(e).into_error());
                 }
                 Ok(KvPair::new(self.decode_key(kv.key)?, kv.value))
             })

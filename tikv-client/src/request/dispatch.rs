@@ -29,7 +29,7 @@ use tokio::sync::Semaphore;
 
 use crate::locate::KeyLocation;
 use crate::request::region_error_needs_backoff;
-use crate::request::sender::{CallOptions, RegionOutcome, Reply, SenderCore};
+use crate::request::sender::{CallOptions, RegionOutcome, Reply, SendError, SenderCore};
 use crate::request::{BackoffKind, Backoffer};
 use crate::rpc::KvRequest;
 use crate::{Error, Result};
@@ -63,7 +63,7 @@ impl BatchLimit {
     }
 
     /// No cut: one request per region.
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[cfg(test)]
     pub(crate) const UNLIMITED: BatchLimit = BatchLimit {
         max_items: usize::MAX,
         max_bytes: usize::MAX,
@@ -98,7 +98,7 @@ impl FanOutLimit {
     }
 
     /// Permits not taken right now.
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[cfg(test)]
     pub(crate) fn available(&self) -> usize {
         self.0.available_permits()
     }
@@ -126,22 +126,37 @@ impl SenderCore {
     /// resending after a relocation, until an answer comes. For requests that do not depend on
     /// the region: each attempt's request is built by `build`
     /// ([`send_built`](SenderCore::send_built)), and no [`KeyLocation`] is kept.
+    ///
+    /// Whether an RPC failed is kept over relocations, in the answer and in the error.
     pub(crate) async fn send_to_key<R: KvRequest>(
         &self,
         bo: &mut Backoffer,
         key: &[u8],
         opts: &CallOptions,
         build: impl Fn() -> R + Sync,
-    ) -> Result<Reply<R::Response>> {
+    ) -> std::result::Result<Reply<R::Response>, SendError> {
+        let mut had_rpc_error = false;
         loop {
-            let region = self.cache.locate_key(key).await?.region();
+            let region = match self.cache.locate_key(key).await {
+                Ok(location) => location.region(),
+                Err(e) => return Err(SendError::new(e, had_rpc_error)),
+            };
             // Unpacked in its own statement, so that the answer (about a kilobyte) is not kept
             // in this future across the backoff below.
-            let error = match self.send_built(bo, region, opts, &build).await? {
-                RegionOutcome::Done(reply) => return Ok(reply),
-                RegionOutcome::Relocate(error) => error,
+            let error = match self.send_built(bo, region, opts, &build).await {
+                Ok(RegionOutcome::Done(reply)) => return Ok(merge_reply(reply, had_rpc_error)),
+                Ok(RegionOutcome::Relocate {
+                    error,
+                    had_rpc_error: failed,
+                }) => {
+                    had_rpc_error |= failed;
+                    error
+                }
+                Err(e) => return Err(merge_error(e, had_rpc_error)),
             };
-            backoff_for_relocation(bo, Some(region.id()), &error).await?;
+            if let Err(e) = backoff_for_relocation(bo, Some(region.id()), &error).await {
+                return Err(SendError::new(e, had_rpc_error));
+            }
         }
     }
 
@@ -154,23 +169,35 @@ impl SenderCore {
         by: LocateBy,
         opts: &CallOptions,
         mut build: impl FnMut(&KeyLocation) -> Result<R>,
-    ) -> Result<(Reply<R::Response>, KeyLocation)> {
+    ) -> std::result::Result<(Reply<R::Response>, KeyLocation), SendError> {
+        let mut had_rpc_error = false;
         loop {
-            let location = match by {
-                LocateBy::Key => self.cache.locate_key(key).await?,
-                LocateBy::EndKey => self.cache.locate_end_key(key).await?,
+            let located = match by {
+                LocateBy::Key => self.cache.locate_key(key).await,
+                LocateBy::EndKey => self.cache.locate_end_key(key).await,
             };
-            let req = build(&location)?;
+            let (location, req) = match located.and_then(|l| build(&l).map(|req| (l, req))) {
+                Ok(built) => built,
+                Err(e) => return Err(SendError::new(e, had_rpc_error)),
+            };
             // The outcome is unpacked in its own statement so that the answer, about a
             // kilobyte, is not kept in this future across the backoff below.
-            let error = match self
-                .send_to_region(bo, &req, location.region(), opts)
-                .await?
-            {
-                RegionOutcome::Done(reply) => return Ok((reply, location)),
-                RegionOutcome::Relocate(error) => error,
+            let error = match self.send_to_region(bo, &req, location.region(), opts).await {
+                Ok(RegionOutcome::Done(reply)) => {
+                    return Ok((merge_reply(reply, had_rpc_error), location));
+                }
+                Ok(RegionOutcome::Relocate {
+                    error,
+                    had_rpc_error: failed,
+                }) => {
+                    had_rpc_error |= failed;
+                    error
+                }
+                Err(e) => return Err(merge_error(e, had_rpc_error)),
             };
-            backoff_for_relocation(bo, Some(location.region_id()), &error).await?;
+            if let Err(e) = backoff_for_relocation(bo, Some(location.region_id()), &error).await {
+                return Err(SendError::new(e, had_rpc_error));
+            }
         }
     }
 
@@ -344,6 +371,18 @@ impl SenderCore {
         }
         Ok(groups)
     }
+}
+
+/// An answer after relocations: an RPC error before them counts too.
+fn merge_reply<T>(mut reply: Reply<T>, had_rpc_error: bool) -> Reply<T> {
+    reply.had_rpc_error |= had_rpc_error;
+    reply
+}
+
+/// A failure after relocations: an RPC error before them counts too.
+fn merge_error(mut error: SendError, had_rpc_error: bool) -> SendError {
+    error.had_rpc_error |= had_rpc_error;
+    error
 }
 
 /// The first 16 bytes of a key as a big-endian number, zero-padded. Heads order keys: a smaller

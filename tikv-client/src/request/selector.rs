@@ -23,9 +23,15 @@
 //! `ReplicaSelectMixedStrategy` as the leader path's fallback, `ReplicaSelectLeaderWithProxyStrategy`,
 //! `onNotLeader`, `onRegionNotFound`, `onServerIsBusy`, `onSendFailure`, `onSendSuccess`) and
 //! the replica bookkeeping of `region_request.go` (`replica`, `buildRPCContext`,
-//! `invalidateReplicaStore`, `updateLeader`, the pending backoffs). Follower, learner, mixed and
-//! stale reads (checklist H1, H2) and the busy-threshold redirection join here later; today
-//! every request is a leader request.
+//! `invalidateReplicaStore`, `updateLeader`, the pending backoffs), and the replica-read paths:
+//! `nextForReplicaReadMixed` (follower, mixed and stale reads, with the stale read's second
+//! attempt on the leader as a normal read), the busy-threshold redirection of a leader read,
+//! `onDataIsNotReady`.
+//!
+//! What one attempt needs is an [`AttemptContext`]: the target peer and its address, the proxy,
+//! and the read flags of that attempt (`replica_read`, `stale_read`, busy threshold), which may
+//! differ from the request's mode (a stale read that met DataIsNotReady is retried on the
+//! leader as a normal read). The sender copies all of it into the request's context.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +44,8 @@ use crate::locate::{
     StoreCache, region_flags,
 };
 use crate::request::BackoffKind;
+use crate::request::sender::{CallOptions, ReadMode};
+use crate::rpc::Access;
 
 /// TiKV peers whose store epochs a selector snapshots inline; a region with more (never seen
 /// in practice: 3 or 5 is the norm) builds its replica list at once instead.
@@ -61,6 +69,8 @@ mod flag {
     pub(super) const SERVER_IS_BUSY: u8 = 1 << 1;
     /// It is the presumed leader but keeps refusing with ServerIsBusy: probe a follower.
     pub(super) const SUSPECT_NOT_LEADER: u8 = 1 << 2;
+    /// A stale read on it answered DataIsNotReady: a follower may still serve a replica read.
+    pub(super) const DATA_IS_NOT_READY: u8 = 1 << 3;
 }
 
 /// One TiKV peer of the region, as this request sees it. Its store is the region's
@@ -109,11 +119,13 @@ impl Replica {
     }
 }
 
-/// Where one attempt goes: the target replica, and the replica that forwards to it. The
-/// replicas' stores are the selector's ([`ReplicaSelector::store`],
-/// [`ReplicaSelector::send_store`]).
+/// Everything about one attempt that may change between attempts (client-go `RPCContext`
+/// plus the request fields `replicaSelector.next` rewrites): where it goes (the target replica,
+/// and the replica that forwards to it), and how the target must serve it. The replicas' stores
+/// are the selector's ([`ReplicaSelector::store`], [`ReplicaSelector::send_store`]). Built by
+/// copy: nothing here allocates (the addresses are shared).
 #[derive(Debug, Clone)]
-pub(crate) struct Route {
+pub(crate) struct AttemptContext {
     pub(crate) region: RegionVerId,
     /// Index of the target among the selector's replicas.
     pub(crate) target: usize,
@@ -121,9 +133,56 @@ pub(crate) struct Route {
     pub(crate) addr: Arc<str>,
     /// The proxy's replica index and address, when the request is forwarded.
     pub(crate) proxy: Option<(usize, Arc<str>)>,
+    /// `kvrpcpb.Context.replica_read`: a follower serves the read after a read index.
+    pub(crate) replica_read: bool,
+    /// `kvrpcpb.Context.stale_read`: the target serves the read from its own safe ts.
+    pub(crate) stale_read: bool,
+    /// `kvrpcpb.Context.busy_threshold_ms`: TiKV refuses with ServerIsBusy rather than queue
+    /// the read for longer (0: no threshold).
+    pub(crate) busy_threshold_ms: u32,
 }
 
-impl Route {
+/// The read flags an attempt is sent with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct ReadFlags {
+    replica_read: bool,
+    stale_read: bool,
+}
+
+/// The knobs of one run of the mixed strategy (client-go `ReplicaSelectMixedStrategy`).
+struct Mixed<'a> {
+    leader_idx: usize,
+    /// The leader competes with the followers (client-go `tryLeader`, the Mixed read type).
+    try_leader: bool,
+    leader_only: bool,
+    /// Only replicas estimated less busy than this; the leader is excluded (zero: no filter).
+    busy_threshold: Duration,
+    match_stores: &'a [u64],
+    match_labels: &'a [(String, String)],
+}
+
+impl Mixed<'_> {
+    /// A leader path's fallback: no preferences.
+    fn leader_fallback(leader_idx: usize, leader_only: bool) -> Mixed<'static> {
+        Mixed {
+            leader_idx,
+            try_leader: false,
+            leader_only,
+            busy_threshold: Duration::ZERO,
+            match_stores: &[],
+            match_labels: &[],
+        }
+    }
+
+    /// Whether `store` is one the caller asked for (client-go `IsStoreMatch` and
+    /// `IsLabelsMatch`; no preference matches every store).
+    fn matches(&self, store: &Store) -> bool {
+        (self.match_stores.is_empty() || self.match_stores.contains(&store.id()))
+            && (self.match_labels.is_empty() || store.matches_labels(self.match_labels))
+    }
+}
+
+impl AttemptContext {
     /// The replica the request is physically sent to: the proxy when forwarding.
     pub(crate) fn send_replica(&self) -> usize {
         self.proxy.as_ref().map_or(self.target, |(p, _)| *p)
@@ -174,6 +233,11 @@ pub(crate) struct ReplicaSelector {
     enable_forwarding: bool,
     /// The request may only be served by the leader (never retried on a follower).
     leader_only: bool,
+    /// How the request reads (always the leader for writes); its busy threshold is dropped
+    /// when every replica is too busy.
+    mode: ReadMode,
+    /// The command only reads.
+    is_read: bool,
     target: Option<usize>,
     proxy: Option<usize>,
     attempts: u32,
@@ -189,11 +253,14 @@ pub(crate) struct ReplicaSelector {
 impl ReplicaSelector {
     /// A selector over the cached region `region`, or `None` when the cache no longer holds a
     /// valid region at that version (the caller relocates).
+    /// `opts` gives the read mode and the replica preferences; a write (`access`) always goes
+    /// to the leader whatever they say.
     pub(crate) fn new(
         cache: &RegionCache,
         region: RegionVerId,
         enable_forwarding: bool,
-        leader_only: bool,
+        opts: &CallOptions,
+        access: Access,
     ) -> Option<ReplicaSelector> {
         let cached = cache.cached_region(region)?;
         if !cache.is_region_valid(&cached) {
@@ -214,7 +281,12 @@ impl ReplicaSelector {
             epochs,
             fast_attempt: None,
             enable_forwarding,
-            leader_only,
+            leader_only: opts.leader_only,
+            mode: match access {
+                Access::Read => opts.read,
+                Access::Write => ReadMode::default(),
+            },
+            is_read: access == Access::Read,
             target: None,
             proxy: None,
             attempts: 0,
@@ -271,13 +343,13 @@ impl ReplicaSelector {
         self.region.tikv_peer_indexes().get(i).copied().unwrap_or(0)
     }
 
-    /// The store of replica `i` (an index a [`Route`] of this selector names).
+    /// The store of replica `i` (an index a [`AttemptContext`] of this selector names).
     pub(crate) fn store(&self, i: usize) -> &Arc<Store> {
         &self.region.stores()[self.peer_idx(i)]
     }
 
     /// The store `route` is physically sent to: the proxy's when forwarding.
-    pub(crate) fn send_store(&self, route: &Route) -> &Arc<Store> {
+    pub(crate) fn send_store(&self, route: &AttemptContext) -> &Arc<Store> {
         self.store(route.send_replica())
     }
 
@@ -289,10 +361,21 @@ impl ReplicaSelector {
         self.region.leader_peer().map_or(0, |p| p.id)
     }
 
-    /// Picks the next replica (client-go `replicaSelector.next` + `buildRPCContext`). `None`
-    /// means no replica is left for this region version: it has been invalidated where that
-    /// is the right reaction, and the caller relocates the key.
-    pub(crate) async fn next(&mut self, cache: &RegionCache) -> crate::Result<Option<Route>> {
+    /// Whether the request reads from the leader only (client-go `ReplicaReadLeader` without
+    /// stale read): the leader path.
+    fn is_leader_read(&self) -> bool {
+        !self.mode.replica_read && !self.mode.stale_read
+    }
+
+    /// Picks the next replica and how it must serve the attempt (client-go
+    /// `replicaSelector.next` + `buildRPCContext`). `None` means no replica is left for this
+    /// region version: it has been invalidated where that is the right reaction, and the caller
+    /// relocates the key. `opts` must be the options the selector was made with.
+    pub(crate) async fn next(
+        &mut self,
+        cache: &RegionCache,
+        opts: &CallOptions,
+    ) -> crate::Result<Option<AttemptContext>> {
         if self.invalidated_for_retry {
             self.invalidated_for_retry = false;
         } else if !cache.is_region_valid(&self.region) {
@@ -301,7 +384,10 @@ impl ReplicaSelector {
         self.attempts += 1;
         self.target = None;
         self.proxy = None;
-        if !self.built
+        let leader_read = self.is_leader_read();
+        if leader_read
+            && self.mode.busy_threshold_ms == 0
+            && !self.built
             && self.attempts == 1
             && let Some(leader) = self.untouched_leader()
         {
@@ -309,11 +395,15 @@ impl ReplicaSelector {
             return self.build_fast_route(cache, leader).await;
         }
         self.build_replicas();
-        self.pick_for_leader(cache.store_cache());
+        let flags = if leader_read {
+            self.pick_for_leader(cache.store_cache())
+        } else {
+            self.pick_for_replica_read(opts)
+        };
         let Some(target) = self.target else {
             return Ok(None);
         };
-        self.build_route(cache, target, self.proxy).await
+        self.build_route(cache, target, self.proxy, flags).await
     }
 
     /// The presumed leader's replica index when the leader path would pick it, unproxied, for
@@ -333,7 +423,7 @@ impl ReplicaSelector {
         &mut self,
         cache: &RegionCache,
         target: usize,
-    ) -> crate::Result<Option<Route>> {
+    ) -> crate::Result<Option<AttemptContext>> {
         let peer_idx = self.peer_idx(target);
         let store = &self.region.stores()[peer_idx];
         if self.epochs.get(target) != Some(store.epoch()) {
@@ -349,51 +439,137 @@ impl ReplicaSelector {
             return Ok(None);
         };
         self.fast_attempt = Some((target, Duration::ZERO));
-        Ok(Some(Route {
+        Ok(Some(AttemptContext {
             region: self.region.ver_id(),
             target,
             peer: self.region.peers()[peer_idx],
             addr,
             proxy: None,
+            replica_read: false,
+            stale_read: false,
+            busy_threshold_ms: 0,
         }))
     }
 
     /// The leader path (client-go `nextForReplicaReadLeader`): the leader when it is a
     /// candidate (through a proxy when its store is unreachable and forwarding is on),
     /// otherwise the best-scoring follower, which will answer NotLeader with a hint.
-    fn pick_for_leader(&mut self, stores: &StoreCache) {
+    /// With a busy threshold, a read whose leader is estimated busier than it goes to an idle
+    /// follower as a replica read; when every follower is busy too, the threshold is dropped.
+    fn pick_for_leader(&mut self, stores: &StoreCache) -> ReadFlags {
+        let mut flags = ReadFlags::default();
         if self.enable_forwarding {
             match self.pick_leader_with_proxy(stores) {
                 ProxyPick::Direct => {}
                 ProxyPick::Proxied(target, proxy) => {
                     self.target = Some(target);
                     self.proxy = Some(proxy);
-                    return;
+                    return flags;
                 }
-                ProxyPick::Nothing => return,
+                ProxyPick::Nothing => return flags,
             }
         }
         let leader_idx = self.leader_idx();
-        if let Some(leader) = self.replicas.get(leader_idx)
+        let threshold = Duration::from_millis(u64::from(self.mode.busy_threshold_ms));
+        // (candidate, busy beyond the threshold)
+        let leader_state = self.replicas.get(leader_idx).map(|leader| {
+            let store = &self.region.stores()[leader.peer_idx];
+            (
+                leader.is_leader_candidate(store) && !leader.has(flag::SUSPECT_NOT_LEADER),
+                !threshold.is_zero()
+                    && self.is_read
+                    && (store.health().estimated_wait() > threshold
+                        || leader.has(flag::SERVER_IS_BUSY)),
+            )
+        });
+        if let Some((true, busy)) = leader_state {
+            self.target = Some(leader_idx);
+            if busy {
+                let idle = Mixed {
+                    busy_threshold: threshold,
+                    ..Mixed::leader_fallback(leader_idx, false)
+                };
+                match self.pick_mixed(&idle) {
+                    Some(follower) => {
+                        self.target = Some(follower);
+                        flags.replica_read = true;
+                    }
+                    None => self.mode.busy_threshold_ms = 0,
+                }
+            }
+            return flags;
+        }
+        self.target = self.pick_mixed(&Mixed::leader_fallback(leader_idx, self.leader_only));
+        flags
+    }
+
+    /// Follower, mixed and stale reads (client-go `nextForReplicaReadMixed`). A stale read's
+    /// second attempt goes to the leader as a normal read when the leader was not tried yet;
+    /// after that, a replica that cannot serve the stale read serves a replica read.
+    fn pick_for_replica_read(&mut self, opts: &CallOptions) -> ReadFlags {
+        let leader_idx = self.leader_idx();
+        if self.mode.stale_read
+            && self.attempts == 2
+            && let Some(leader) = self.replicas.get(leader_idx)
             && leader.is_leader_candidate(&self.region.stores()[leader.peer_idx])
             && !leader.has(flag::SUSPECT_NOT_LEADER)
+            && !leader.is_exhausted(1, Duration::ZERO)
         {
             self.target = Some(leader_idx);
-            return;
+            return ReadFlags::default();
         }
-        self.target = self.pick_mixed(leader_idx);
+        let mixed = Mixed {
+            leader_idx,
+            // Stale reads are mixed reads (client-go sets `ReplicaReadMixed` for them).
+            try_leader: self.mode.try_leader || self.mode.stale_read,
+            leader_only: self.leader_only,
+            busy_threshold: Duration::ZERO,
+            match_stores: &opts.match_stores,
+            match_labels: &opts.match_labels,
+        };
+        self.target = self.pick_mixed(&mixed);
+        let Some(target) = self.target else {
+            return ReadFlags::default();
+        };
+        let is_leader = self.replicas[target].peer.id == self.leader_peer_id();
+        if !self.mode.stale_read {
+            return ReadFlags {
+                replica_read: self.is_read && !is_leader,
+                stale_read: false,
+            };
+        }
+        let store = &self.region.stores()[self.replicas[target].peer_idx];
+        let mut stale = true;
+        if (self.attempts != 1 || (!mixed.matches(store) && !is_leader))
+            && self.can_send_replica_read(leader_idx)
+        {
+            stale = false;
+        }
+        ReadFlags {
+            replica_read: !stale,
+            stale_read: stale,
+        }
+    }
+
+    /// Whether a retried stale read may become a replica read (client-go
+    /// `canSendReplicaRead`): only once the leader was tried and did not answer busy.
+    fn can_send_replica_read(&self, leader_idx: usize) -> bool {
+        self.replicas
+            .get(leader_idx)
+            .is_some_and(|l| l.attempts != 0 && !l.has(flag::SERVER_IS_BUSY))
     }
 
     /// Scores every candidate and takes the best, at random among equals (client-go
-    /// `ReplicaSelectMixedStrategy.next` with leader-read settings). When none is left, the
-    /// region is invalidated.
-    fn pick_mixed(&mut self, leader_idx: usize) -> Option<usize> {
-        // Score bits, most significant first: not slow, normal peer, not attempted. (Label
-        // matching and leader preference are for replica reads and always hold or never apply
-        // here.)
+    /// `ReplicaSelectMixedStrategy.next`). When none is left, the region is invalidated, except
+    /// when looking for an idle replica under a busy threshold.
+    fn pick_mixed(&mut self, strategy: &Mixed<'_>) -> Option<usize> {
+        // Score bits, most significant first.
         const NOT_ATTEMPTED: u8 = 1;
         const NORMAL_PEER: u8 = 1 << 1;
-        const NOT_SLOW: u8 = 1 << 2;
+        const PREFER_LEADER: u8 = 1 << 2;
+        const LABEL_MATCHES: u8 = 1 << 3;
+        const NOT_SLOW: u8 = 1 << 4;
+        let leader_idx = strategy.leader_idx;
         let mut best: Option<u8> = None;
         let mut best_idxs: Vec<usize> = Vec::with_capacity(self.replicas.len());
         let mut reload = false;
@@ -410,16 +586,41 @@ impl ReplicaSelector {
             {
                 reload = true;
             }
-            if stale || liveness == LivenessState::Unreachable || r.is_exhausted(1, Duration::ZERO)
+            // A follower that was not ready for a stale read may still serve a replica read.
+            let max_attempts = if r.has(flag::DATA_IS_NOT_READY) && !is_leader {
+                2
+            } else {
+                1
+            };
+            if stale
+                || liveness == LivenessState::Unreachable
+                || r.is_exhausted(max_attempts, Duration::ZERO)
             {
                 continue;
             }
-            if self.leader_only && !is_leader {
+            if strategy.leader_only && !is_leader {
+                continue;
+            }
+            if !strategy.busy_threshold.is_zero()
+                && (is_leader
+                    || r.has(flag::SERVER_IS_BUSY)
+                    || store.health().estimated_wait() > strategy.busy_threshold)
+            {
                 continue;
             }
             let mut score = 0u8;
+            if strategy.matches(store) {
+                score |= LABEL_MATCHES;
+            }
             if !is_leader {
                 score |= NORMAL_PEER;
+            } else if strategy.try_leader {
+                // With labels, the leader wins among replicas that match equally.
+                score |= if strategy.match_labels.is_empty() {
+                    NORMAL_PEER
+                } else {
+                    PREFER_LEADER
+                };
             }
             if !store.health().is_slow() {
                 score |= NOT_SLOW;
@@ -445,6 +646,10 @@ impl ReplicaSelector {
             0 => {}
             1 => return Some(best_idxs[0]),
             n => return Some(best_idxs[fastrand::usize(..n)]),
+        }
+        if !strategy.busy_threshold.is_zero() {
+            // No idle replica: the caller keeps the leader; nothing is wrong with the region.
+            return None;
         }
         // The leader was skipped only on suspicion; with nothing else to probe, use it again.
         if let Some(leader) = self.replicas.get_mut(leader_idx)
@@ -499,7 +704,8 @@ impl ReplicaSelector {
         cache: &RegionCache,
         target: usize,
         proxy: Option<usize>,
-    ) -> crate::Result<Option<Route>> {
+        flags: ReadFlags,
+    ) -> crate::Result<Option<AttemptContext>> {
         let region = self.region.clone();
         let store_of = |r: &Replica| &region.stores()[r.peer_idx];
         let stale = self.replicas[target].is_epoch_stale(store_of(&self.replicas[target]))
@@ -532,12 +738,15 @@ impl ReplicaSelector {
         };
         let t = &mut self.replicas[target];
         t.attempts += 1;
-        Ok(Some(Route {
+        Ok(Some(AttemptContext {
             region: self.region.ver_id(),
             target,
             peer: t.peer,
             addr,
             proxy,
+            replica_read: flags.replica_read,
+            stale_read: flags.stale_read,
+            busy_threshold_ms: self.mode.busy_threshold_ms,
         }))
     }
 
@@ -609,7 +818,7 @@ impl ReplicaSelector {
     /// then kept pending for the busy store).
     pub(crate) fn on_server_is_busy(
         &mut self,
-        route: &Route,
+        route: &AttemptContext,
         estimated_wait_ms: u32,
         error: Error,
     ) -> Option<(BackoffKind, Error)> {
@@ -621,8 +830,10 @@ impl ReplicaSelector {
         } else {
             store.health().mark_slow();
             let leader_peer = self.leader_peer_id();
+            let leader_read = self.is_leader_read();
             if let Some(t) = self.target.and_then(|t| self.replicas.get_mut(t))
                 && t.peer.id == leader_peer
+                && leader_read
                 && !self.leader_only
                 && !self.leader_busy_probed
             {
@@ -686,7 +897,7 @@ impl ReplicaSelector {
     pub(crate) fn on_send_failure(
         &mut self,
         stores: &StoreCache,
-        route: &Route,
+        route: &AttemptContext,
         liveness: LivenessState,
     ) -> bool {
         self.build_replicas();
@@ -708,10 +919,19 @@ impl ReplicaSelector {
         false
     }
 
+    /// A stale read found its replica behind (client-go `onDataIsNotReady`): that replica may
+    /// still serve a replica read later, the next attempt reads normally.
+    pub(crate) fn on_data_is_not_ready(&mut self) {
+        self.build_replicas();
+        if let Some(t) = self.target.and_then(|t| self.replicas.get_mut(t)) {
+            t.flags |= flag::DATA_IS_NOT_READY;
+        }
+    }
+
     /// The attempt succeeded (client-go `onSendSuccess`): a follower that served a leader
-    /// request is the leader now.
-    pub(crate) fn on_send_success(&mut self, route: &Route) {
-        if route.peer.id != self.leader_peer_id() {
+    /// read (neither a replica nor a stale read) is the leader now.
+    pub(crate) fn on_send_success(&mut self, route: &AttemptContext) {
+        if !route.replica_read && !route.stale_read && route.peer.id != self.leader_peer_id() {
             self.region.switch_leader_to_store(route.peer.store_id);
         }
     }

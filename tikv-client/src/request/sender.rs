@@ -14,6 +14,12 @@
 //! every store (`checkAndUpdateStoreHealthStatus`, with `requestHealthFeedbackFromKVClient` for
 //! TiKV slow scores gone stale).
 //!
+//! Each attempt's request gets everything the replica selector decided for it (the selector's
+//! `AttemptContext`: region, epoch, peer, replica read, stale read, busy threshold; the proxy
+//! goes to the transport), so a stale read that meets DataIsNotReady is retried on the leader
+//! as a normal read. A failed send keeps whether an RPC failed on the way ([`SendError`]), as
+//! an answer does ([`Reply::had_rpc_error`]).
+//!
 //! Differences from client-go, on purpose:
 //! - `UndeterminedResult` is returned as a typed undetermined error instead of a response
 //!   carrying the region error, so no caller can mistake it for "retry the write".
@@ -39,8 +45,8 @@ use tikv_proto::errorpb;
 use crate::config::Config;
 use crate::error::RegionErrorKind;
 use crate::locate::{InvalidReason, LivenessState, RegionCache, RegionVerId, Store, StoreType};
-use crate::oracle::{Oracle, Timestamp};
-use crate::request::selector::{ReplicaSelector, Route};
+use crate::oracle::{Oracle, OracleFuture, Timestamp};
+use crate::request::selector::{AttemptContext, ReplicaSelector};
 use crate::request::{BackoffKind, Backoffer};
 use crate::rpc::{KvRequest, KvResponse, Wire, WireResponse};
 use crate::transport::{Liveness, SendOptions, StoreClient, Transport};
@@ -57,6 +63,26 @@ const STORE_RE_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
 /// `getHealthFeedbackTimeout`).
 const HEALTH_FEEDBACK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How a read asks to be served (client-go's `ReplicaReadType`, `StaleRead` and
+/// `BusyThresholdMs` on a request). The default reads from the leader. Writes ignore it: they
+/// always go to the leader. The replica selector turns it into each attempt's flags
+/// ([`AttemptContext`]), which may differ from it (a stale read retried on the leader reads
+/// normally).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ReadMode {
+    /// Replica read: followers may serve the read (after a read index with the leader).
+    pub(crate) replica_read: bool,
+    /// With `replica_read`, the leader competes with the followers (client-go `Mixed`);
+    /// without, followers come first (client-go `Follower`).
+    pub(crate) try_leader: bool,
+    /// Stale read at the request's timestamp: any replica whose safe ts passed it serves it
+    /// locally.
+    pub(crate) stale_read: bool,
+    /// A leader read whose leader is estimated busier than this many milliseconds goes to an
+    /// idle follower as a replica read, and TiKV refuses rather than queue it longer (0: off).
+    pub(crate) busy_threshold_ms: u32,
+}
+
 /// Per-call settings of a send.
 #[derive(Debug, Clone)]
 pub(crate) struct CallOptions {
@@ -67,6 +93,12 @@ pub(crate) struct CallOptions {
     pub(crate) priority: u64,
     /// Never try a follower (for requests only the leader may serve even to answer NotLeader).
     pub(crate) leader_only: bool,
+    /// How reads are served.
+    pub(crate) read: ReadMode,
+    /// Replica reads prefer these stores (client-go `WithMatchStores`; empty: any).
+    pub(crate) match_stores: Vec<u64>,
+    /// Replica reads prefer stores with all these labels (client-go `WithMatchLabels`).
+    pub(crate) match_labels: Vec<(String, String)>,
 }
 
 impl CallOptions {
@@ -75,22 +107,25 @@ impl CallOptions {
             timeout,
             priority: 0,
             leader_only: false,
+            read: ReadMode::default(),
+            match_stores: Vec::new(),
+            match_labels: Vec::new(),
         }
     }
 }
 
 /// A successful answer and where it came from.
-// Only `resp` is read by the raw client; the transactional committer reads the rest (region for
-// its batches, `had_rpc_error` for undetermined commits), and the sender's tests assert on them.
-#[cfg_attr(not(test), allow(dead_code))]
 #[derive(Debug)]
 pub(crate) struct Reply<T> {
     pub(crate) resp: T,
     /// The region version that answered.
+    #[cfg(test)]
     pub(crate) region: RegionVerId,
     /// The store that answered.
+    #[cfg(test)]
     pub(crate) store_id: u64,
     /// How many times the request was sent (1 when the first attempt answered).
+    #[cfg(test)]
     pub(crate) attempts: u32,
     /// Whether some attempt failed in the transport: a write may then have been applied by
     /// an attempt whose answer was lost (client-go `rpcError`, which the committer turns into
@@ -107,7 +142,36 @@ pub(crate) enum RegionOutcome<T> {
     /// the cache): locate the keys again and resend. The cache has already been corrected. The
     /// error tells the caller whether to back off first
     /// ([`region_error_needs_backoff`](crate::request::backoff::region_error_needs_backoff)).
-    Relocate(Box<errorpb::Error>),
+    Relocate {
+        error: Box<errorpb::Error>,
+        /// As [`Reply::had_rpc_error`]: kept for the answer that comes after relocating.
+        had_rpc_error: bool,
+    },
+}
+
+/// A failed send, with what the caller must know even then: whether some attempt failed in
+/// the transport, so that a write may have been applied although no answer says so (client-go
+/// `RegionRequestSender.rpcError`; the committer reports the primary's commit as undetermined).
+#[derive(Debug)]
+pub(crate) struct SendError {
+    pub(crate) error: Error,
+    pub(crate) had_rpc_error: bool,
+}
+
+impl SendError {
+    pub(crate) fn new(error: Error, had_rpc_error: bool) -> SendError {
+        SendError {
+            error,
+            had_rpc_error,
+        }
+    }
+}
+
+/// The API edge: callers that only need the error drop the fact.
+impl From<SendError> for Error {
+    fn from(e: SendError) -> Error {
+        e.error
+    }
 }
 
 /// What to do after a region error.
@@ -126,8 +190,11 @@ pub(crate) struct SenderCore {
     liveness_timeout: Duration,
     store_limit: u64,
     cluster_id: u64,
-    read_ts_validator: Option<Arc<dyn Oracle>>,
+    read_ts_validator: Option<Arc<dyn ReadTsValidator>>,
     closed: AtomicBool,
+    /// Every attempt's store and read flags, for tests that check what each attempt asked.
+    #[cfg(test)]
+    pub(crate) attempt_log: std::sync::Mutex<Vec<AttemptRecord>>,
     /// Handle to ourselves for the health loops, which must not keep the sender alive.
     me: Weak<SenderCore>,
 }
@@ -150,7 +217,37 @@ pub(crate) struct SenderParts {
     /// The cluster id stamped on every request (0: not stamped).
     pub(crate) cluster_id: u64,
     /// Validates read timestamps before reads are sent; `None` skips the check.
-    pub(crate) read_ts_validator: Option<Arc<dyn Oracle>>,
+    pub(crate) read_ts_validator: Option<Arc<dyn ReadTsValidator>>,
+}
+
+/// What checks a read timestamp before a read is sent (client-go `oracle.ReadTSValidator`):
+/// any [`Oracle`], or the cluster's oracle created on first use.
+pub(crate) trait ReadTsValidator: Send + Sync + std::fmt::Debug {
+    /// See [`Oracle::validate_read_ts`].
+    fn validate_read_ts(
+        &self,
+        read_ts: Timestamp,
+        is_stale_read: bool,
+    ) -> OracleFuture<'_, Result<()>>;
+}
+
+impl<O: Oracle + ?Sized> ReadTsValidator for O {
+    fn validate_read_ts(
+        &self,
+        read_ts: Timestamp,
+        is_stale_read: bool,
+    ) -> OracleFuture<'_, Result<()>> {
+        Oracle::validate_read_ts(self, read_ts, is_stale_read)
+    }
+}
+
+/// One attempt as the sender addressed it (tests only).
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AttemptRecord {
+    pub(crate) store_id: u64,
+    pub(crate) replica_read: bool,
+    pub(crate) stale_read: bool,
 }
 
 impl SenderCore {
@@ -166,6 +263,8 @@ impl SenderCore {
             cluster_id: parts.cluster_id,
             read_ts_validator: parts.read_ts_validator,
             closed: AtomicBool::new(false),
+            #[cfg(test)]
+            attempt_log: std::sync::Mutex::new(Vec::new()),
             me: me.clone(),
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -186,9 +285,12 @@ impl SenderCore {
 
     /// Checks a read's timestamp with the oracle (client-go `validateReadTS`): reading above
     /// the newest timestamp PD has handed out could miss writes committed later below it.
-    /// The request comes from `build`, called only when a validator is set: nothing of it is
-    /// kept across the await.
+    /// The request comes from `build`, called only for commands that carry a read ts and only
+    /// when a validator is set: nothing of it is kept across the await.
     async fn validate_read_ts<R: KvRequest>(&self, build: impl FnOnce() -> R) -> Result<()> {
+        if !R::HAS_READ_TS {
+            return Ok(());
+        }
         let Some(validator) = &self.read_ts_validator else {
             return Ok(());
         };
@@ -213,7 +315,7 @@ impl SenderCore {
         req: &R,
         region: RegionVerId,
         opts: &CallOptions,
-    ) -> Result<RegionOutcome<R::Response>> {
+    ) -> std::result::Result<RegionOutcome<R::Response>, SendError> {
         self.send_built(bo, region, opts, || req.clone()).await
     }
 
@@ -226,27 +328,43 @@ impl SenderCore {
         region: RegionVerId,
         opts: &CallOptions,
         build: impl Fn() -> R + Sync,
+    ) -> std::result::Result<RegionOutcome<R::Response>, SendError> {
+        let mut had_rpc_error = false;
+        match self
+            .send_attempts(bo, region, opts, build, &mut had_rpc_error)
+            .await
+        {
+            Ok(outcome) => Ok(outcome),
+            Err(error) => Err(SendError::new(error, had_rpc_error)),
+        }
+    }
+
+    /// The retry loop of [`send_built`](SenderCore::send_built); `had_rpc_error` is set as
+    /// soon as an attempt fails in the transport, whatever happens next.
+    async fn send_attempts<R: KvRequest>(
+        &self,
+        bo: &mut Backoffer,
+        region: RegionVerId,
+        opts: &CallOptions,
+        build: impl Fn() -> R + Sync,
+        had_rpc_error: &mut bool,
     ) -> Result<RegionOutcome<R::Response>> {
         self.validate_read_ts(&build).await?;
-        let Some(mut selector) = ReplicaSelector::new(
-            &self.cache,
-            region,
-            self.enable_forwarding,
-            opts.leader_only,
-        ) else {
-            return Ok(RegionOutcome::Relocate(Box::new(no_replica_error())));
+        let Some(mut selector) =
+            ReplicaSelector::new(&self.cache, region, self.enable_forwarding, opts, R::ACCESS)
+        else {
+            return Ok(relocate(no_replica_error(), *had_rpc_error));
         };
         let mut attempts = 0u32;
-        let mut had_rpc_error = false;
         loop {
             if self.is_closed() {
                 return Err(Error::Closed);
             }
-            let Some(route) = selector.next(&self.cache).await? else {
+            let Some(route) = selector.next(&self.cache, opts).await? else {
                 if let Some((kind, err)) = selector.take_largest_pending_backoff() {
                     bo.backoff(kind, err).await?;
                 }
-                return Ok(RegionOutcome::Relocate(Box::new(no_replica_error())));
+                return Ok(relocate(no_replica_error(), *had_rpc_error));
             };
             let send_store_id = selector.send_store(&route).id();
             if let Some((kind, err)) = selector.take_pending_backoff(send_store_id) {
@@ -268,7 +386,7 @@ impl SenderCore {
                 Err(Attempt::Fatal(err)) => return Err(err),
                 Err(Attempt::Failed(err, took)) => {
                     selector.record_attempt_time(took);
-                    had_rpc_error = true;
+                    *had_rpc_error = true;
                     Box::pin(self.on_send_fail(bo, &mut selector, &route, err)).await?;
                     continue;
                 }
@@ -279,10 +397,13 @@ impl SenderCore {
                 selector.on_send_success(&route);
                 return Ok(RegionOutcome::Done(Reply {
                     resp,
+                    #[cfg(test)]
                     region: route.region,
+                    #[cfg(test)]
                     store_id: selector.store(route.target).id(),
+                    #[cfg(test)]
                     attempts,
-                    had_rpc_error,
+                    had_rpc_error: *had_rpc_error,
                 }));
             };
             // Neither the answer nor the error may stay in this future across the await: both
@@ -291,7 +412,12 @@ impl SenderCore {
             let region_err = Box::new(region_err);
             match Box::pin(self.on_region_error(bo, &mut selector, &route, &region_err)).await? {
                 Reaction::Retry => continue,
-                Reaction::Relocate => return Ok(RegionOutcome::Relocate(region_err)),
+                Reaction::Relocate => {
+                    return Ok(RegionOutcome::Relocate {
+                        error: region_err,
+                        had_rpc_error: *had_rpc_error,
+                    });
+                }
             }
         }
     }
@@ -301,7 +427,7 @@ impl SenderCore {
     async fn send_once<R: KvRequest>(
         &self,
         build: &(impl Fn() -> R + Sync),
-        route: &Route,
+        route: &AttemptContext,
         send_store: &Store,
         attempts: u32,
         opts: &CallOptions,
@@ -342,16 +468,22 @@ impl SenderCore {
     fn start_attempt<R: KvRequest, F: Fn() -> R>(
         &self,
         build: &F,
-        route: &Route,
+        route: &AttemptContext,
         send_store: &Store,
         attempts: u32,
         timeout: Duration,
         opts: &CallOptions,
     ) -> Result<impl Future<Output = Result<WireResponse>> + Send + use<R, F>> {
         let mut attempt = build();
-        attempt.set_route(route.region.id(), Some(route.region.epoch()), route.peer);
         {
+            // Everything the selector decided for this attempt, copied in.
             let ctx = attempt.context_mut();
+            ctx.region_id = route.region.id();
+            ctx.region_epoch = Some(route.region.epoch());
+            ctx.peer = Some(route.peer);
+            ctx.replica_read = route.replica_read;
+            ctx.stale_read = route.stale_read;
+            ctx.busy_threshold_ms = route.busy_threshold_ms;
             ctx.is_retry_request = attempts > 0;
             if ctx.max_execution_duration_ms == 0 {
                 // TiKV gives up on work whose answer nobody waits for any more.
@@ -361,6 +493,15 @@ impl SenderCore {
             if self.cluster_id != 0 {
                 ctx.cluster_id = self.cluster_id;
             }
+            #[cfg(test)]
+            self.attempt_log
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(AttemptRecord {
+                    store_id: route.peer.store_id,
+                    replica_read: ctx.replica_read,
+                    stale_read: ctx.stale_read,
+                });
         }
         let mut send_opts = SendOptions::new(timeout).with_priority(opts.priority);
         if route.proxy.is_some() {
@@ -392,7 +533,7 @@ impl SenderCore {
         &self,
         bo: &mut Backoffer,
         selector: &mut ReplicaSelector,
-        route: &Route,
+        route: &AttemptContext,
         err: Error,
     ) -> Result<()> {
         tracing::debug!(region = %route.region, addr = %route.send_addr(), %err, "send failed");
@@ -407,7 +548,7 @@ impl SenderCore {
         &self,
         bo: &mut Backoffer,
         selector: &mut ReplicaSelector,
-        route: &Route,
+        route: &AttemptContext,
         err: &errorpb::Error,
     ) -> Result<Reaction> {
         let region = route.region;
@@ -517,7 +658,9 @@ impl SenderCore {
             return Ok(Reaction::Retry);
         }
         if err.data_is_not_ready.is_some() {
-            // A stale read's replica is behind; the next attempt reads normally.
+            // A stale read's replica is behind: no backoff, the selector sends the next attempt
+            // as a normal read (to the leader when it was not tried yet).
+            selector.on_data_is_not_ready();
             return Ok(Reaction::Retry);
         }
         if err.mismatch_peer_id.is_some() {
@@ -685,7 +828,7 @@ async fn health_ticks(me: Weak<SenderCore>, period: Duration) {
 /// The time one attempt may wait for its answer: the call's timeout, cut to what is left
 /// before the backoffer's deadline. A passed deadline is a timeout error.
 fn attempt_timeout<R: KvRequest>(
-    route: &Route,
+    route: &AttemptContext,
     opts: &CallOptions,
     bo: &Backoffer,
 ) -> Result<Duration> {
@@ -723,6 +866,13 @@ impl<'a> StoreToken<'a> {
 impl Drop for StoreToken<'_> {
     fn drop(&mut self) {
         self.0.health().release_token();
+    }
+}
+
+fn relocate<T>(error: errorpb::Error, had_rpc_error: bool) -> RegionOutcome<T> {
+    RegionOutcome::Relocate {
+        error: Box::new(error),
+        had_rpc_error,
     }
 }
 

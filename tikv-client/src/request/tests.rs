@@ -15,11 +15,13 @@ use tikv_proto::kvrpcpb;
 
 use crate::error::RegionErrorKind;
 use crate::locate::{LivenessState, RegionCache};
-use crate::oracle::{Oracle, PdOracle, PdOracleOptions};
 use crate::pd::{PdClient, RegionSource};
 use crate::request::dispatch::{BatchLimit, FanOutLimit, LocateBy, ShardOutcome};
-use crate::request::sender::{CallOptions, RegionOutcome, Reply, SenderCore, SenderParts};
+use crate::request::sender::{
+    AttemptRecord, CallOptions, RegionOutcome, Reply, SenderCore, SenderParts,
+};
 use crate::request::{BackoffKind, Backoffer};
+use crate::rpc::KvRequest;
 use crate::transport::Transport;
 use crate::{Config, Error, Result};
 
@@ -102,6 +104,7 @@ impl Fixture {
             })
             .await
             .map(|(reply, _)| reply)
+            .map_err(Error::from)
     }
 
     fn leader_store(&self, key: &str) -> u64 {
@@ -631,29 +634,22 @@ async fn dropping_a_call_cancels_its_attempt_and_frees_what_it_held() {
     assert_eq!(bo.total_sleep(), Duration::ZERO);
 }
 
+/// The cluster's own oracle validates every read that carries a timestamp (client-go
+/// `validateReadTS`, checklist B5): a read above it fails before anything is sent.
 #[tokio::test]
-async fn a_read_above_the_oracle_is_refused_before_sending() {
-    // The oracle must be the cluster's own: timestamps from elsewhere would trip the mock's
-    // (TiKV's) max-ts guard.
-    let f = fixture(&[]).await;
-    let pd = PdClient::connect(f.mock.pd_endpoints(), &Config::default())
+async fn a_read_above_the_clusters_oracle_is_refused_before_sending() {
+    let mock = MockCluster::builder().stores(3).start().await.unwrap();
+    let cluster = crate::Cluster::connect(mock.pd_endpoints(), Config::default())
         .await
         .unwrap();
-    let oracle: Arc<dyn Oracle> = Arc::new(
-        PdOracle::new(&pd, PdOracleOptions::default())
-            .await
-            .unwrap(),
-    );
-    let core = SenderCore::new(
-        SenderParts {
-            cache: f.core.cache.clone(),
-            transport: f.core.transport.clone(),
-            cluster_id: f.mock.cluster_id(),
-            read_ts_validator: Some(oracle.clone()),
-        },
-        &Config::default(),
-    );
-    let now = oracle.get_timestamp().await.unwrap();
+    let now = cluster.current_timestamp().await.unwrap();
+    let gets = || -> u64 {
+        mock.store_ids()
+            .into_iter()
+            .map(|s| mock.rpc_count(s, "KvGet"))
+            .sum()
+    };
+    let core = cluster.sender();
     let req = kvrpcpb::GetRequest {
         key: Bytes::from_static(b"k"),
         version: now.version() + (3_600_000 << 18),
@@ -663,14 +659,35 @@ async fn a_read_above_the_oracle_is_refused_before_sending() {
         .send_by_key(&mut bo(), b"k", LocateBy::Key, &opts(), |_| Ok(req.clone()))
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::FutureTsRead { .. }), "{err}");
-    let gets: u64 = f
-        .mock
-        .store_ids()
-        .into_iter()
-        .map(|s| f.mock.rpc_count(s, "KvGet"))
-        .sum();
-    assert_eq!(gets, 0);
+    assert!(
+        matches!(err.error, Error::FutureTsRead { .. }),
+        "{:?}",
+        err.error
+    );
+    assert!(!err.had_rpc_error);
+    assert_eq!(gets(), 0, "nothing was sent");
+    // "Read the latest" passes, as in client-go; a stale read of the latest does not.
+    let latest = kvrpcpb::GetRequest {
+        key: Bytes::from_static(b"k"),
+        version: u64::MAX,
+        ..Default::default()
+    };
+    let mut stale = opts();
+    stale.read.stale_read = true;
+    let err = core
+        .send_by_key(&mut bo(), b"k", LocateBy::Key, &stale, |_| {
+            let mut r = latest.clone();
+            r.context_mut().stale_read = true;
+            Ok(r)
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.error, Error::LatestStaleRead),
+        "{:?}",
+        err.error
+    );
+    assert_eq!(gets(), 0);
     // A read at a timestamp the oracle has handed out goes through.
     let ok = kvrpcpb::GetRequest {
         key: Bytes::from_static(b"k"),
@@ -682,6 +699,220 @@ async fn a_read_above_the_oracle_is_refused_before_sending() {
         .await
         .unwrap();
     assert!(reply.resp.not_found);
+    assert_eq!(gets(), 1);
+    // Timestamps keep coming from the same oracle.
+    assert!(cluster.current_timestamp().await.unwrap() > now);
+}
+
+/// A stale read that meets DataIsNotReady is retried on the leader as a normal read (client-go
+/// `onDataIsNotReady` and the stale read's second attempt in `nextForReplicaReadMixed`).
+#[tokio::test]
+async fn a_stale_read_not_ready_on_a_follower_is_retried_on_the_leader_as_a_normal_read() {
+    let f = fixture(&[]).await;
+    let pd = PdClient::connect(f.mock.pd_endpoints(), &Config::default())
+        .await
+        .unwrap();
+    let ts = pd.get_timestamp().await.unwrap();
+    let leader = f.leader_store("k");
+    let follower = f
+        .mock
+        .store_ids()
+        .into_iter()
+        .find(|&s| s != leader)
+        .unwrap();
+    f.mock.add_fault(
+        FaultRule::new(
+            Matcher::tikv().store(follower).command("KvGet"),
+            Action::region_error(RegionErrorSpec::DataIsNotReady),
+        )
+        .times(Times::Once),
+    );
+    let mut opts = opts();
+    opts.read.stale_read = true;
+    // The follower is the preferred replica, so the first attempt goes there.
+    opts.match_stores = vec![follower];
+    let req = kvrpcpb::GetRequest {
+        key: Bytes::from_static(b"k"),
+        version: ts.version(),
+        ..Default::default()
+    };
+    let mut bo = bo();
+    let (reply, _) = f
+        .core
+        .send_by_key(&mut bo, b"k", LocateBy::Key, &opts, |_| Ok(req.clone()))
+        .await
+        .unwrap();
+    assert!(reply.resp.not_found);
+    assert_eq!(reply.attempts, 2);
+    assert_eq!(reply.store_id, leader);
+    let log = f.core.attempt_log.lock().unwrap().clone();
+    let first = AttemptRecord {
+        store_id: follower,
+        replica_read: false,
+        stale_read: true,
+    };
+    let second = AttemptRecord {
+        store_id: leader,
+        replica_read: false,
+        stale_read: false,
+    };
+    assert_eq!(log, vec![first, second]);
+    assert_eq!(
+        bo.total_sleep(),
+        Duration::ZERO,
+        "no backoff for DataIsNotReady"
+    );
+    // The follower's answer did not make it the leader.
+    let cached = f.core.cache.try_locate_key(b"k").unwrap();
+    let region = f.core.cache.cached_region(cached.region()).unwrap();
+    assert_eq!(region.leader_peer().unwrap().store_id, leader);
+}
+
+/// A leader read with a busy threshold goes to an idle follower as a replica read while the
+/// leader is estimated busier than the threshold (client-go `nextForReplicaReadLeader`).
+#[tokio::test]
+async fn a_busy_leader_sends_a_thresholded_read_to_an_idle_follower() {
+    let f = fixture(&[]).await;
+    f.put("k", "v").await;
+    f.core.attempt_log.lock().unwrap().clear();
+    let leader = f.leader_store("k");
+    f.core
+        .cache
+        .store_cache()
+        .get(leader)
+        .unwrap()
+        .health()
+        .update_estimated_wait(5_000);
+    let mut opts = opts();
+    opts.read.busy_threshold_ms = 100;
+    let req = kvrpcpb::RawGetRequest {
+        key: Bytes::from_static(b"k"),
+        ..Default::default()
+    };
+    let (reply, _) = f
+        .core
+        .send_by_key(&mut bo(), b"k", LocateBy::Key, &opts, |_| Ok(req.clone()))
+        .await
+        .unwrap();
+    assert_eq!(reply.resp.value.as_ref(), b"v");
+    assert_ne!(reply.store_id, leader);
+    let log = f.core.attempt_log.lock().unwrap().clone();
+    assert_eq!(log.len(), 1);
+    assert!(log[0].replica_read && !log[0].stale_read);
+    // A write ignores the read mode: it goes to the leader.
+    let put = kvrpcpb::RawPutRequest {
+        key: Bytes::from_static(b"k"),
+        value: Bytes::from_static(b"w"),
+        ..Default::default()
+    };
+    let (reply, _) = f
+        .core
+        .send_by_key(&mut bo(), b"k", LocateBy::Key, &opts, |_| Ok(put.clone()))
+        .await
+        .unwrap();
+    assert_eq!(reply.store_id, leader);
+    let log = f.core.attempt_log.lock().unwrap().clone();
+    assert!(!log[1].replica_read);
+}
+
+/// Whether an RPC failed is kept when the send fails in the end (client-go `rpcError`, needed
+/// to report an undetermined primary commit), and over relocations.
+#[tokio::test]
+async fn a_send_failure_is_remembered_by_the_error_that_ends_the_request() {
+    let f = fixture(&[]).await;
+    f.put("k", "v").await;
+    let leader = f.leader_store("k");
+    // A broken stream first, then a region error until the budget runs out.
+    f.mock.add_fault(
+        FaultRule::new(
+            Matcher::tikv().store(leader).command("RawGet"),
+            Action::status(tonic::Code::Unavailable, "broken"),
+        )
+        .times(Times::Once),
+    );
+    f.mock.add_fault(
+        FaultRule::new(
+            Matcher::tikv().command("RawGet"),
+            Action::region_error(RegionErrorSpec::MaxTimestampNotSynced),
+        )
+        .times(Times::Always),
+    );
+    let req = kvrpcpb::RawGetRequest {
+        key: Bytes::from_static(b"k"),
+        ..Default::default()
+    };
+    let mut bo = Backoffer::new(Duration::from_millis(500)).without_sleeps();
+    let err = f
+        .core
+        .send_to_key(&mut bo, b"k", &opts(), || req.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.error, Error::BackoffExhausted { .. }),
+        "{:?}",
+        err.error
+    );
+    assert!(err.had_rpc_error);
+
+    // Without a transport failure the same error says so.
+    let mut bo = Backoffer::new(Duration::from_millis(500)).without_sleeps();
+    let err = f
+        .core
+        .send_to_key(&mut bo, b"k", &opts(), || req.clone())
+        .await
+        .unwrap_err();
+    assert!(!err.had_rpc_error);
+}
+
+/// A transport failure before a final region error, and before a relocation, is reported.
+#[tokio::test]
+async fn a_send_failure_before_a_final_region_error_or_a_relocation_is_reported() {
+    let f = fixture(&["m"]).await;
+    f.put("k", "v").await;
+    let leader = f.leader_store("k");
+    let broken = || {
+        FaultRule::new(
+            Matcher::tikv().store(leader).command("RawGet"),
+            Action::status(tonic::Code::Unavailable, "broken"),
+        )
+        .times(Times::Once)
+    };
+    f.mock.add_fault(broken());
+    f.mock.add_fault(
+        FaultRule::new(
+            Matcher::tikv().command("RawGet"),
+            Action::region_error(RegionErrorSpec::RaftEntryTooLarge),
+        )
+        .times(Times::Once),
+    );
+    let req = kvrpcpb::RawGetRequest {
+        key: Bytes::from_static(b"k"),
+        ..Default::default()
+    };
+    let err = f
+        .core
+        .send_to_key(&mut bo(), b"k", &opts(), || req.clone())
+        .await
+        .unwrap_err();
+    assert!(matches!(err.error, Error::Region(_)), "{:?}", err.error);
+    assert!(err.had_rpc_error);
+
+    // A failed send, then a split (relocation), then an answer: the answer carries the fact.
+    f.mock.add_fault(broken());
+    f.mock.add_fault(
+        FaultRule::new(
+            Matcher::tikv().command("RawGet"),
+            Action::region_error(RegionErrorSpec::KeyNotInRegion),
+        )
+        .times(Times::Once),
+    );
+    let reply = f
+        .core
+        .send_to_key(&mut bo(), b"k", &opts(), || req.clone())
+        .await
+        .unwrap();
+    assert_eq!(reply.resp.value.as_ref(), b"v");
+    assert!(reply.had_rpc_error);
 }
 
 /// Sends a RawBatchGet per shard; relocations hand the keys back.
@@ -715,7 +946,7 @@ async fn batch_get(
                         .await?
                     {
                         RegionOutcome::Done(reply) => Ok(ShardOutcome::Done(reply.resp.pairs)),
-                        RegionOutcome::Relocate(error) => {
+                        RegionOutcome::Relocate { error, .. } => {
                             Ok(ShardOutcome::Relocate { items: keys, error })
                         }
                     }

@@ -8,9 +8,12 @@ use bytes::Bytes;
 use tikv_proto::metapb;
 
 use super::fake::{Calls, FakePd, store_addr};
-use super::{config_ttl, quiet_cache, quiet_cache_with};
+use super::{
+    Request, Target, config_ttl, first_target, quiet_cache, quiet_cache_with, report_leader,
+};
+use crate::locate::health::LivenessState;
 use crate::locate::region::{CachedRegion, InvalidReason, RegionVerId, flags};
-use crate::locate::region_cache::{BatchLocateOptions, RegionCache, RpcTarget};
+use crate::locate::region_cache::{BatchLocateOptions, RegionCache};
 use crate::pd::RegionInfo;
 use crate::{Error, Key};
 
@@ -18,20 +21,15 @@ fn get_region_calls(pd: &FakePd) -> usize {
     Calls::get(&pd.calls.get_region)
 }
 
-async fn leader(cache: &RegionCache, key: &[u8]) -> RpcTarget {
+/// The first attempt of a new leader read of the region holding `key`.
+async fn leader(cache: &RegionCache, key: &[u8]) -> Target {
     let loc = cache.locate_key(key).await.unwrap();
-    cache
-        .leader_target(loc.region())
+    first_target(cache, loc.region())
         .await
-        .unwrap()
         .expect("leader target")
 }
 
-async fn leader_peer(cache: &RegionCache, ver: RegionVerId) -> Option<u64> {
-    cache.leader_target(ver).await.unwrap().map(|t| t.peer.id)
-}
-
-// client-go TestSimple (leader part; follower reads come with replica selection).
+// client-go TestSimple (leader part; follower reads are the sender's tests).
 #[tokio::test]
 async fn simple_locate_and_expire() {
     let pd = FakePd::bootstrap(2);
@@ -40,7 +38,7 @@ async fn simple_locate_and_expire() {
     assert_eq!(loc.region_id(), 1);
     assert_eq!(loc.region(), RegionVerId::new(1, 1, 1));
     assert!(loc.start_key().is_empty() && loc.end_key().is_empty());
-    let t = cache.leader_target(loc.region()).await.unwrap().unwrap();
+    let t = first_target(&cache, loc.region()).await.unwrap();
     assert_eq!(&*t.addr, store_addr(1));
     assert_eq!(t.peer.id, 101);
     assert_eq!(cache.valid_region_count(), 1);
@@ -56,6 +54,10 @@ async fn simple_locate_and_expire() {
         .unwrap()
         .set_ttl_deadline(0);
     assert!(cache.try_locate_key(b"a").is_none());
+    assert!(
+        Request::new(&cache, loc.region()).is_none(),
+        "no request to an expired view"
+    );
     cache.locate_key(b"a").await.unwrap();
     assert_eq!(get_region_calls(&pd), 2);
 }
@@ -77,18 +79,22 @@ async fn invalidate_then_reload() {
     cache.check_consistency();
 }
 
-// client-go TestUpdateLeader.
+// client-go TestUpdateLeader: NotLeader naming another peer moves the region's leader, for
+// every later request.
 #[tokio::test]
 async fn update_leader_switches_to_reported_store() {
     let pd = FakePd::bootstrap(2);
     let cache = quiet_cache(&pd);
     let loc = cache.locate_key(b"a").await.unwrap();
-    cache.update_leader(loc.region(), Some(2), 0);
+    report_leader(&cache, loc.region(), Some(2)).await;
     let t = leader(&cache, b"a").await;
     assert_eq!((t.peer.id, &*t.addr), (102, store_addr(2).as_str()));
     let end = cache.locate_end_key(b"z").await.unwrap();
     assert_eq!(end.region_id(), 1);
-    assert_eq!(leader_peer(&cache, end.region()).await, Some(102));
+    assert_eq!(
+        first_target(&cache, end.region()).await.map(|t| t.peer.id),
+        Some(102)
+    );
     assert_eq!(get_region_calls(&pd), 1);
 }
 
@@ -101,7 +107,7 @@ async fn update_leader_to_a_store_without_cached_peer_reloads() {
     pd.add_store(3, &store_addr(3), &[]);
     let peer3 = pd.add_peer(1, 3);
     // TiKV names store 3, which the cached view has no peer on: the view is stale.
-    cache.update_leader(loc.region(), Some(3), 0);
+    report_leader(&cache, loc.region(), Some(3)).await;
     assert_eq!(
         cache.cached_region(loc.region()).unwrap().invalid_reason(),
         InvalidReason::StoreNotFound
@@ -111,7 +117,7 @@ async fn update_leader_to_a_store_without_cached_peer_reloads() {
     assert_eq!(t.region.ver_id().conf_ver(), 2);
     assert_eq!(t.peer.store_id, 1, "PD still says store 1 leads");
     pd.change_leader(1, Some(3));
-    cache.update_leader(t.region.ver_id(), Some(3), 0);
+    report_leader(&cache, t.region.ver_id(), Some(3)).await;
     let t = leader(&cache, b"a").await;
     assert_eq!((t.peer.id, &*t.addr), (peer3, store_addr(3).as_str()));
 }
@@ -128,70 +134,95 @@ async fn leader_on_a_removed_store_is_reloaded() {
     let peer3 = pd.add_peer(1, 3);
     pd.change_leader(1, Some(3));
     // TiKV reports store 2 as leader; the cached view has a peer there and its address.
-    cache.update_leader(loc.region(), Some(2), 0);
-    let t = cache.leader_target(loc.region()).await.unwrap().unwrap();
+    report_leader(&cache, loc.region(), Some(2)).await;
+    let mut req = Request::new(&cache, loc.region()).unwrap();
+    let t = req.next(&cache).await.unwrap();
     assert_eq!(&*t.addr, store_addr(2));
-    // Sending fails; the store check finds store 2 gone.
-    cache.on_send_fail(&t, false, true);
+    // Sending fails and the store is unreachable; the store check finds store 2 gone.
+    req.send_failed(&cache, &t, LivenessState::Unreachable);
     cache.store_cache().check_marked().await;
-    cache.update_leader(loc.region(), Some(2), 0);
-    assert!(cache.leader_target(loc.region()).await.unwrap().is_none());
+    // The retry avoids store 2; store 1 names store 3, which the view does not know.
+    let t = req.next(&cache).await.unwrap();
+    assert_eq!(t.peer.store_id, 1);
+    req.not_leader(&t, Some(3));
+    assert!(Request::new(&cache, loc.region()).is_none());
     let t = leader(&cache, b"a").await;
     assert_eq!((t.peer.id, &*t.addr), (peer3, store_addr(3).as_str()));
     assert!(t.region.peers().iter().all(|p| p.store_id != 2));
 }
 
-// client-go TestSendFailedButLeaderNotChange (leader part).
+// client-go TestSendFailedButLeaderNotChange (leader part): a failed leader store sends the
+// retry to a follower; a NotLeader naming the other follower is followed at once.
 #[tokio::test]
-async fn send_fail_moves_to_next_peer_and_not_leader_points_back() {
+async fn send_fail_moves_to_a_follower_and_not_leader_points_on() {
     let pd = FakePd::bootstrap(3);
     let cache = quiet_cache(&pd);
-    let t = leader(&cache, b"a").await;
+    let loc = cache.locate_key(b"a").await.unwrap();
+    let mut req = Request::new(&cache, loc.region()).unwrap();
+    let t = req.next(&cache).await.unwrap();
     assert_eq!(t.peer.id, 101);
-    cache.on_send_fail(&t, false, false);
-    let t = leader(&cache, b"a").await;
-    assert_eq!(t.peer.id, 102);
-    cache.update_leader(t.region.ver_id(), Some(2), t.access_idx);
-    assert_eq!(leader(&cache, b"a").await.peer.id, 102);
+    req.send_failed(&cache, &t, LivenessState::Unreachable);
+    let t = req.next(&cache).await.unwrap();
+    assert_ne!(t.peer.id, 101);
+    let named = if t.peer.store_id == 2 { 3 } else { 2 };
+    req.not_leader(&t, Some(named));
+    let t = req.next(&cache).await.unwrap();
+    assert_eq!(t.peer.store_id, named);
+    req.answered(&t);
+    assert_eq!(leader(&cache, b"a").await.peer.store_id, named);
     assert_eq!(get_region_calls(&pd), 1);
 }
 
-// client-go TestSendFailedInHibernateRegion.
+// client-go TestSendFailedInHibernateRegion: NotLeader without a leader moves each retry to a
+// peer not tried yet; when every peer said so, the region is invalidated.
 #[tokio::test]
-async fn not_leader_without_a_leader_moves_to_next_peer() {
+async fn not_leader_without_a_leader_moves_to_the_next_peer() {
     let pd = FakePd::bootstrap(3);
     let cache = quiet_cache(&pd);
-    let t = leader(&cache, b"a").await;
-    cache.on_send_fail(&t, false, false);
-    let t = leader(&cache, b"a").await;
-    assert_eq!(t.peer.id, 102);
-    cache.update_leader(t.region.ver_id(), None, t.access_idx);
-    let t = leader(&cache, b"a").await;
-    assert_eq!(t.peer.id, 103);
-    cache.update_leader(t.region.ver_id(), None, t.access_idx);
-    assert_eq!(leader(&cache, b"a").await.peer.id, 101);
-    // A report about a peer that is no longer the presumed leader changes nothing.
-    cache.update_leader(t.region.ver_id(), None, 1);
-    assert_eq!(leader(&cache, b"a").await.peer.id, 101);
+    let loc = cache.locate_key(b"a").await.unwrap();
+    let mut req = Request::new(&cache, loc.region()).unwrap();
+    let mut tried = Vec::new();
+    while let Some(t) = req.next(&cache).await {
+        assert!(!tried.contains(&t.peer.id), "{} tried twice", t.peer.id);
+        tried.push(t.peer.id);
+        req.not_leader(&t, None);
+    }
+    tried.sort_unstable();
+    assert_eq!(tried, [101, 102, 103]);
+    assert_ne!(
+        cache.cached_region(loc.region()).unwrap().invalid_reason(),
+        InvalidReason::Ok
+    );
 }
 
-// client-go TestSendFailedInMultipleNode.
+// client-go TestSendFailedInMultipleNode: send failures walk the peers; the follower that
+// answers a leader read is the leader from then on.
 #[tokio::test]
 async fn send_fails_cycle_through_peers() {
     let pd = FakePd::bootstrap(3);
     let cache = quiet_cache(&pd);
-    let t = leader(&cache, b"a").await;
-    cache.on_send_fail(&t, false, false);
-    let t = leader(&cache, b"a").await;
-    assert_eq!(t.peer.id, 102);
-    cache.on_send_fail(&t, false, false);
-    let t = leader(&cache, b"a").await;
-    assert_eq!(t.peer.id, 103);
-    cache.update_leader(t.region.ver_id(), Some(1), t.access_idx);
-    assert_eq!(leader(&cache, b"a").await.peer.id, 101);
+    let loc = cache.locate_key(b"a").await.unwrap();
+    let mut req = Request::new(&cache, loc.region()).unwrap();
+    let first = req.next(&cache).await.unwrap();
+    assert_eq!(first.peer.id, 101);
+    req.send_failed(&cache, &first, LivenessState::Unreachable);
+    let second = req.next(&cache).await.unwrap();
+    req.send_failed(&cache, &second, LivenessState::Unreachable);
+    let third = req.next(&cache).await.unwrap();
+    let mut ids = [first.peer.id, second.peer.id, third.peer.id];
+    ids.sort_unstable();
+    assert_eq!(ids, [101, 102, 103]);
+    req.answered(&third);
+    let region = cache.cached_region(loc.region()).unwrap();
+    assert_eq!(region.leader_peer().unwrap().id, third.peer.id);
+    assert!(
+        region.has_flags(flags::NEED_DELAYED_RELOAD_PENDING),
+        "peers on failed stores: reload soon"
+    );
 }
 
-// client-go TestSendFailInvalidateRegionsInSameStore.
+// client-go TestSendFailInvalidateRegionsInSameStore: a store failure seen by one region's
+// request is seen by every region on the store.
 #[tokio::test]
 async fn store_failure_invalidates_other_regions_on_it() {
     let pd = FakePd::bootstrap(2);
@@ -200,24 +231,25 @@ async fn store_failure_invalidates_other_regions_on_it() {
     let loc1 = cache.locate_key(b"a").await.unwrap();
     let loc2 = cache.locate_key(b"x").await.unwrap();
     assert_eq!((loc1.region_id(), loc2.region_id()), (1, region2));
-    let t1 = cache.leader_target(loc1.region()).await.unwrap().unwrap();
+    let mut req = Request::new(&cache, loc1.region()).unwrap();
+    let t1 = req.next(&cache).await.unwrap();
+    assert_eq!(t1.peer.store_id, 1);
     assert_eq!(cache.valid_region_count(), 2);
-    cache.on_send_fail(&t1, false, true);
-    assert!(cache.leader_target(loc2.region()).await.unwrap().is_none());
-    // The region is reloaded on its next use.
-    let calls = get_region_calls(&pd);
-    let t2 = leader(&cache, b"x").await;
-    assert_eq!(t2.region.id(), region2);
-    assert_eq!(get_region_calls(&pd), calls + 1);
+    req.send_failed(&cache, &t1, LivenessState::Unreachable);
+    // Region 2 no longer trusts store 1: its next request goes elsewhere and it reloads soon.
+    let t2 = first_target(&cache, loc2.region()).await.unwrap();
+    assert_eq!(t2.peer.store_id, 2);
+    let cached2 = cache.cached_region(loc2.region()).unwrap();
+    assert!(cached2.has_flags(flags::NEED_DELAYED_RELOAD_PENDING));
 }
 
-// client-go TestPeersLenChange.
+// client-go TestPeersLenChange (region part): a region reloaded with a down peer leaves it out.
 #[tokio::test]
-async fn send_fail_after_the_peers_changed_is_ignored() {
+async fn a_reload_with_a_down_peer_leaves_it_out() {
     let pd = FakePd::bootstrap(2);
     let cache = quiet_cache(&pd);
     let loc = cache.locate_key(b"a").await.unwrap();
-    cache.update_leader(loc.region(), Some(2), 0);
+    report_leader(&cache, loc.region(), Some(2)).await;
     let t = leader(&cache, b"a").await;
     assert_eq!(t.peer.store_id, 2);
     // The region is reloaded meanwhile with peer 1 down.
@@ -225,10 +257,9 @@ async fn send_fail_after_the_peers_changed_is_ignored() {
     info.down_peers = vec![info.region.peers[0]];
     let region = cache.build_region_for_test(info).await.unwrap();
     assert_eq!(region.peers().len(), 1);
+    assert_eq!(region.down_peers().len(), 1);
+    assert_eq!(region.peers()[0].store_id, 2);
     assert!(cache.insert_for_test(region, true));
-    let epoch = t.store.epoch();
-    cache.on_send_fail(&t, false, true);
-    assert_eq!(t.store.epoch(), epoch, "ignored: the peers changed");
 }
 
 // client-go TestPeersLenChangedByWitness.
@@ -237,8 +268,8 @@ async fn witness_peers_are_left_out_unless_leading() {
     let pd = FakePd::bootstrap(2);
     let cache = quiet_cache(&pd);
     let loc = cache.locate_key(b"a").await.unwrap();
-    cache.update_leader(loc.region(), Some(2), 0);
-    let t = leader(&cache, b"a").await;
+    report_leader(&cache, loc.region(), Some(2)).await;
+    assert_eq!(leader(&cache, b"a").await.peer.store_id, 2);
     pd.change_leader(1, Some(2));
     pd.set_witness(1, 1);
     let region = cache.build_region_for_test(pd.info(1)).await.unwrap();
@@ -248,7 +279,6 @@ async fn witness_peers_are_left_out_unless_leading() {
         "the witness on store 1 does not lead"
     );
     assert!(cache.insert_for_test(region, true));
-    cache.on_send_fail(&t, false, true);
     // A witness that leads is kept.
     pd.change_leader(1, Some(1));
     let region = cache.build_region_for_test(pd.info(1)).await.unwrap();
@@ -261,11 +291,11 @@ async fn witness_peers_are_left_out_unless_leading() {
 async fn no_leader_invalidation_reloads_with_the_next_peer() {
     let pd = FakePd::bootstrap(3);
     let cache = quiet_cache(&pd);
-    let mut previous: Option<RpcTarget> = None;
+    let mut previous: Option<Target> = None;
     for _ in 0..=3 {
         let t = leader(&cache, b"a").await;
         if let Some(p) = &previous {
-            assert_ne!(t.access_idx, p.access_idx);
+            assert_ne!(t.attempt.target, p.attempt.target);
             assert_ne!(t.peer.id, p.peer.id);
         }
         cache.invalidate_region(t.region.ver_id(), InvalidReason::NoLeader);
@@ -332,7 +362,7 @@ async fn epoch_not_match_behind_the_cache_asks_to_back_off() {
     });
     let region = cache.build_region_for_test(info).await.unwrap();
     assert!(cache.insert_for_test(region.clone(), true));
-    let t = cache.leader_target(region.ver_id()).await.unwrap().unwrap();
+    let t = first_target(&cache, region.ver_id()).await.unwrap();
     let behind = |conf_ver, version| metapb::Region {
         id: 1,
         region_epoch: Some(metapb::RegionEpoch { conf_ver, version }),
@@ -368,8 +398,8 @@ async fn epoch_not_match_caches_the_current_regions() {
     let pd = FakePd::bootstrap(2);
     let cache = quiet_cache(&pd);
     let loc = cache.locate_key(b"a").await.unwrap();
-    cache.update_leader(loc.region(), Some(2), 0);
-    let t = cache.leader_target(loc.region()).await.unwrap().unwrap();
+    report_leader(&cache, loc.region(), Some(2)).await;
+    let t = first_target(&cache, loc.region()).await.unwrap();
     pd.set_buckets(1, 3, &[b"", b"c", b""]);
     let region2 = pd.split(1, b"m");
     let current = vec![pd.region(1).meta, pd.region(region2).meta];
@@ -406,18 +436,11 @@ async fn epoch_not_match_from_tiflash_keeps_the_leader_on_tikv() {
     let mut meta = pd.region(1).meta;
     meta.peers[0].role = metapb::PeerRole::Learner as i32;
     let flash_idx = t.region.tiflash_peer_indexes()[0];
-    let flash = RpcTarget {
-        region: t.region.clone(),
-        peer: t.region.peers()[flash_idx],
-        peer_idx: flash_idx,
-        access_idx: 0,
-        store: t.region.stores()[flash_idx].clone(),
-        addr: Arc::from(store_addr(1)),
-    };
+    let flash_store = t.region.stores()[flash_idx].clone();
     meta.region_epoch.as_mut().unwrap().conf_ver += 1;
     assert!(
         !cache
-            .on_region_epoch_not_match(&flash.region, &flash.store, &[meta])
+            .on_region_epoch_not_match(&t.region, &flash_store, &[meta])
             .await
             .unwrap()
     );

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use super::{first_target, report_leader};
 use crate::Config;
 use crate::Key;
 use crate::locate::region::InvalidReason;
@@ -59,7 +60,7 @@ async fn locate_split_and_leader_change_over_grpc() {
     );
     // The leader and its address are PD's.
     let loc = cache.locate_key(b"c").await.unwrap();
-    let t = cache.leader_target(loc.region()).await.unwrap().unwrap();
+    let t = first_target(&cache, loc.region()).await.unwrap();
     let (_, mock_leader) = mock.region_for_raw_key(b"c").unwrap();
     let mock_leader = mock_leader.unwrap();
     assert_eq!(t.peer.store_id, mock_leader.store_id);
@@ -74,8 +75,8 @@ async fn locate_split_and_leader_change_over_grpc() {
         .find(|&s| s != mock_leader.store_id)
         .unwrap();
     mock.transfer_leader(loc.region_id(), other).unwrap();
-    cache.update_leader(loc.region(), Some(other), t.access_idx);
-    let t = cache.leader_target(loc.region()).await.unwrap().unwrap();
+    report_leader(&cache, loc.region(), Some(other)).await;
+    let t = first_target(&cache, loc.region()).await.unwrap();
     assert_eq!(Some(t.addr.to_string()), mock.store_address(other));
     // A split: the stale view is invalidated (as on EpochNotMatch) and reloaded.
     mock.split_raw(["c"]).unwrap();

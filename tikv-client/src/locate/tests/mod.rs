@@ -18,11 +18,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use tikv_proto::metapb;
 
+use super::health::LivenessState;
 use super::region::{CachedRegion, RegionParts, RegionPeer, RegionVerId};
 use super::region_cache::RegionCache;
-use super::store::StoreCache;
+use super::store::{Store, StoreCache};
 use crate::Config;
 use crate::pd::RegionSource;
+use crate::request::selector::{AttemptContext, ReplicaSelector};
+use crate::request::sender::CallOptions;
+use crate::rpc::Access;
 use fake::FakePd;
 
 /// A config with the given TTL and jitter.
@@ -70,4 +74,83 @@ fn bare_region(id: u64, start: &[u8], end: &[u8], version: u64) -> Arc<CachedReg
         }],
         u64::MAX,
     ))
+}
+
+/// One leader read of a region as the sender makes it: the production replica selector picks
+/// each attempt and learns from each answer. The ported client-go cache tests drive it where
+/// client-go's drive `GetTiKVRPCContext`, `UpdateLeader` and `OnSendFail`.
+struct Request {
+    selector: ReplicaSelector,
+    opts: CallOptions,
+}
+
+/// Where one attempt of a [`Request`] goes.
+struct Target {
+    region: Arc<CachedRegion>,
+    peer: metapb::Peer,
+    addr: Arc<str>,
+    store: Arc<Store>,
+    attempt: AttemptContext,
+}
+
+impl Request {
+    /// `None` when the cache holds no valid region at that version (the sender relocates).
+    fn new(cache: &RegionCache, region: RegionVerId) -> Option<Request> {
+        let opts = CallOptions::new(Duration::from_secs(1));
+        let selector = ReplicaSelector::new(cache, region, false, &opts, Access::Read)?;
+        Some(Request { selector, opts })
+    }
+
+    /// The next attempt; `None` when no replica is left (the region was invalidated where
+    /// that is the reaction).
+    async fn next(&mut self, cache: &RegionCache) -> Option<Target> {
+        let attempt = self.selector.next(cache, &self.opts).await.unwrap()?;
+        Some(Target {
+            region: self.selector.region().clone(),
+            peer: attempt.peer,
+            addr: attempt.addr.clone(),
+            store: self.selector.store(attempt.target).clone(),
+            attempt,
+        })
+    }
+
+    /// TiKV answered NotLeader, naming the leader's store or no leader.
+    fn not_leader(&mut self, t: &Target, leader_store: Option<u64>) {
+        let leader = leader_store.map(|store_id| {
+            t.region
+                .peers()
+                .iter()
+                .find(|p| p.store_id == store_id)
+                .copied()
+                .unwrap_or(metapb::Peer {
+                    id: 9_999,
+                    store_id,
+                    ..Default::default()
+                })
+        });
+        self.selector.on_not_leader(leader.as_ref());
+    }
+
+    /// The send to `t` failed and a probe found the store `liveness`.
+    fn send_failed(&mut self, cache: &RegionCache, t: &Target, liveness: LivenessState) {
+        self.selector
+            .on_send_failure(cache.store_cache(), &t.attempt, liveness);
+    }
+
+    /// `t` answered.
+    fn answered(&mut self, t: &Target) {
+        self.selector.on_send_success(&t.attempt);
+    }
+}
+
+/// The first attempt of a new leader read of `region`: the presumed leader, unless something
+/// is wrong with it.
+async fn first_target(cache: &RegionCache, region: RegionVerId) -> Option<Target> {
+    Request::new(cache, region)?.next(cache).await
+}
+/// One request to `region` whose first attempt is answered NotLeader naming `leader_store`.
+async fn report_leader(cache: &RegionCache, region: RegionVerId, leader_store: Option<u64>) {
+    let mut req = Request::new(cache, region).expect("a valid region");
+    let t = req.next(cache).await.expect("a target");
+    req.not_leader(&t, leader_store);
 }

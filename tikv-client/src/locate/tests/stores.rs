@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use super::fake::{Calls, FakePd, store_addr};
-use super::quiet_cache;
-use crate::locate::region::InvalidReason;
+use super::{Request, first_target, quiet_cache};
+use crate::locate::region::{InvalidReason, flags};
 use crate::locate::store::{ResolveState, StoreCache, StoreState, StoreType};
 use crate::pd::RegionSource;
 
@@ -164,7 +164,7 @@ async fn down_peers_and_peers_on_gone_stores_are_left_out() {
     assert_eq!(region.peers().len(), 1);
     assert!(region.peers().iter().all(|p| p.store_id != 1));
     assert!(region.stores().iter().all(|s| s.id() != 1));
-    let t = cache.leader_target(region.ver_id()).await.unwrap().unwrap();
+    let t = first_target(&cache, region.ver_id()).await.unwrap();
     assert_eq!(t.peer.store_id, 2);
     pd.revive_store(1);
     // On a store PD no longer knows.
@@ -193,10 +193,10 @@ async fn down_peers_and_peers_on_gone_stores_are_left_out() {
 /// before their next use, and requests go to the new address.
 #[tokio::test]
 async fn store_address_change_reloads_its_regions() {
-    let pd = FakePd::bootstrap(2);
+    let pd = FakePd::bootstrap(1);
     let cache = quiet_cache(&pd);
     let loc = cache.locate_key(b"a").await.unwrap();
-    let t = cache.leader_target(loc.region()).await.unwrap().unwrap();
+    let t = first_target(&cache, loc.region()).await.unwrap();
     assert_eq!(&*t.addr, store_addr(1));
     pd.set_store_address(1, "10.0.0.1:20160");
     cache.store_cache().refresh_all().await.unwrap();
@@ -204,19 +204,20 @@ async fn store_address_change_reloads_its_regions() {
         cache.stores().iter().find(|s| s.id == 1).unwrap().address,
         "10.0.0.1:20160"
     );
-    // The cached view of the region trusted the store at its old address: it is dropped.
-    assert!(cache.leader_target(loc.region()).await.unwrap().is_none());
+    // The cached view of the region trusted the store at its old address: with no other
+    // replica to try, the request's selector drops it.
+    assert!(first_target(&cache, loc.region()).await.is_none());
     let calls = Calls::get(&pd.calls.get_region);
     let loc = cache.locate_key(b"a").await.unwrap();
     assert_eq!(Calls::get(&pd.calls.get_region), calls + 1);
-    let t = cache.leader_target(loc.region()).await.unwrap().unwrap();
+    let t = first_target(&cache, loc.region()).await.unwrap();
     assert_eq!(&*t.addr, "10.0.0.1:20160");
 }
 
-/// A tombstone store: the refresh marks it, its regions are invalidated on use and reloaded
-/// without the peer on it.
+/// A tombstone store: the refresh marks it, requests to its regions go to the other peers
+/// (which name the new leader), and its regions are reloaded soon.
 #[tokio::test]
-async fn a_tombstone_store_invalidates_its_regions() {
+async fn a_tombstone_store_is_avoided_and_its_regions_reload() {
     let pd = FakePd::bootstrap(3);
     let cache = quiet_cache(&pd);
     let loc = cache.locate_key(b"a").await.unwrap();
@@ -225,27 +226,35 @@ async fn a_tombstone_store_invalidates_its_regions() {
     cache.store_cache().refresh_all().await.unwrap();
     let info = cache.stores();
     assert_eq!(info[0].state, StoreState::Tombstone);
-    assert!(cache.leader_target(loc.region()).await.unwrap().is_none());
-    assert_eq!(
-        cache.cached_region(loc.region()).unwrap().invalid_reason(),
-        InvalidReason::StoreNotFound
-    );
-    let region = cache.locate_region(b"a").await.unwrap();
-    assert!(region.peers().iter().all(|p| p.store_id != 1));
-    let t = cache.leader_target(region.ver_id()).await.unwrap().unwrap();
+    let mut req = Request::new(&cache, loc.region()).unwrap();
+    let mut t = req.next(&cache).await.unwrap();
+    assert_ne!(t.peer.store_id, 1, "the tombstone store is not tried");
+    if t.peer.store_id != 2 {
+        req.not_leader(&t, Some(2));
+        t = req.next(&cache).await.unwrap();
+    }
     assert_eq!(&*t.addr, store_addr(2));
+    req.answered(&t);
+    let region = cache.cached_region(loc.region()).unwrap();
+    assert_eq!(region.leader_peer().unwrap().store_id, 2);
+    assert!(region.has_flags(flags::NEED_DELAYED_RELOAD_PENDING));
 }
 
 /// A store PD stops listing is treated as removed.
 #[tokio::test]
 async fn a_store_pd_forgot_invalidates_its_regions() {
-    let pd = FakePd::bootstrap(2);
+    let pd = FakePd::bootstrap(1);
     let cache = quiet_cache(&pd);
     let loc = cache.locate_key(b"a").await.unwrap();
     pd.remove_store(1);
     cache.store_cache().refresh_all().await.unwrap();
     assert_eq!(cache.stores()[0].state, StoreState::Tombstone);
-    assert!(cache.leader_target(loc.region()).await.unwrap().is_none());
+    // Its only replica is gone: the request's selector drops the region.
+    assert!(first_target(&cache, loc.region()).await.is_none());
+    assert_ne!(
+        cache.cached_region(loc.region()).unwrap().invalid_reason(),
+        InvalidReason::Ok
+    );
 }
 
 /// The refresh adds stores the cache has not seen yet, resolved.
@@ -282,13 +291,7 @@ async fn new_labels_are_applied_to_the_same_store() {
     assert_eq!(store1.resolve_state(), ResolveState::Resolved);
     assert!(store1.matches_labels(&[("host".to_owned(), "0.0.0.0:20161".to_owned())]));
     // Labels alone do not invalidate the store's regions.
-    assert!(
-        cache
-            .leader_target(region.ver_id())
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(first_target(&cache, region.ver_id()).await.is_some());
 }
 
 /// client-go `reResolve`: a store marked for a check (something failed on it) is asked about
