@@ -24,9 +24,10 @@
 //!
 //! The request sender (`crate::request`) locates keys, takes the cached region for its
 //! replica selector and reports region errors back (`on_region_epoch_not_match`,
-//! `on_bucket_version_not_match`, `invalidate_region`); the raw and transactional clients group keys and ranges by region. The cache reaches PD only
-//! through `RegionSource` (`crate::pd`), implemented by the PD client (and by the
-//! keyspace codec wrapping it, so keys here are in whatever form that source speaks).
+//! `on_bucket_version_not_match`, `invalidate_region`); the raw and transactional clients group
+//! keys and ranges by region. The cache reaches PD only through `RegionSource` (`crate::pd`),
+//! implemented by the PD client; its keys are PD's region keys (stored form: API V2 prefixes
+//! and memcomparable encoding included), which each client derives with `crate::codec`.
 //!
 //! # What it ports
 //!

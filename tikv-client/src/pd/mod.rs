@@ -35,9 +35,9 @@
 //! # The contract with the caches
 //!
 //! The region and store caches (`crate::locate`) never talk to PD directly: they go through
-//! `RegionSource`, which the PD client implements. Keeping that seam narrow lets the API V2
-//! keyspace codec wrap PD (as client-go's `CodecPDClient` does) and lets cache tests use an
-//! in-memory source. The trait's methods and `RegionInfo` are a shared contract: change them
+//! `RegionSource`, which the PD client implements. The caches speak PD's own region keys (the
+//! clients encode their keys before routing, `crate::codec`), so nothing wraps PD; the narrow
+//! seam lets cache tests use an in-memory source. The trait's methods and `RegionInfo` are a shared contract: change them
 //! only together with their users.
 
 // The module is crate-private, but its items that `crate::unstable` re-exports for the
@@ -98,8 +98,6 @@ pub use {
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A region as PD reports it: its metadata plus the routing facts PD knows.
-// The region cache (`crate::locate`) is its user; until it lands only tests read it.
-#[cfg_attr(not(test), allow(dead_code))]
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct RegionInfo {
     /// The region: id, key range (raw bytes as TiKV stores them), epoch, peers.
@@ -119,7 +117,6 @@ pub(crate) struct RegionInfo {
 /// "Not found" is `Ok(None)` (or an empty list), not an error: PD answers a region query for a
 /// key in a gap, or a store id it never knew, with an empty response. Errors are transport
 /// failures, PD errors and timeouts, already retried within the PD client's own budget.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) trait RegionSource: Send + Sync + std::fmt::Debug + 'static {
     /// The region containing `key` (`GetRegion`).
     fn get_region<'a>(

@@ -5,7 +5,7 @@
 //! command, region, keys, start ts, transport, service); PD rules; removing rules under traffic;
 //! and clearing rules releasing held requests.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //! and PD answer to an empty key, an inverted range, an unknown region, a context without peer
 //! or epoch, and a wrong cluster id.
 
-mod common;
+use crate::common;
 
 use std::sync::{Mutex, Once};
 

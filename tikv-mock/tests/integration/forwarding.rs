@@ -5,7 +5,7 @@
 //! own requests to T; health probes see `set_store_serving`; gzip requests are accepted by the
 //! stores and PD.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::*;

@@ -10,7 +10,7 @@
 //! reads that allow it are answered by followers, "region not found" when a follower lacks the
 //! region or has not synced; store reads never are.
 
-mod common;
+use crate::common;
 
 use common::*;
 use tikv_mock::MockCluster;

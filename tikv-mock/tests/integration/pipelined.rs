@@ -3,7 +3,7 @@
 //! status check, heartbeat, region-wide resolve lock), and BroadcastTxnStatus feeding the
 //! stores' transaction status cache, over plain tonic clients under API V1.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::{b, bounded, ctx_for, store_client};

@@ -3,7 +3,7 @@
 //! waits for every holder, the SharedLock prewrite, status checks and lock resolution of a
 //! holder, lock scans, and reads, which ignore shared locks as TiKV's do.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::{b, bounded};

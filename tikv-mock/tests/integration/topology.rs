@@ -3,7 +3,7 @@
 //! restart, keyspace creation under API V2, RPC counts, the manual clock, and the ports a
 //! dropped cluster frees.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::Duration;
