@@ -31,11 +31,11 @@ mod codec;
 pub mod config;
 pub mod error;
 pub mod kv;
-pub mod locate;
+pub(crate) mod locate;
 pub(crate) mod oracle;
 pub(crate) mod pd;
 pub mod raw;
-pub mod request;
+pub(crate) mod request;
 mod rpc;
 // Doctests that keep the internals out of the public API.
 #[cfg(doctest)]
@@ -48,6 +48,7 @@ pub use cluster::Cluster;
 pub use config::{Config, Security};
 pub use error::{Error, Result};
 pub use kv::{BoundRange, Key, KvPair, Value};
+pub use locate::{StoreHealthDetail, StoreInfo, StoreState, StoreType};
 pub use oracle::Timestamp;
 pub use raw::{ApiVersion, RawClient};
 pub use safe_ts::GLOBAL_TXN_SCOPE;
@@ -63,7 +64,9 @@ pub use safe_ts::GLOBAL_TXN_SCOPE;
 #[cfg(feature = "unstable-internals")]
 #[doc(hidden)]
 pub mod unstable {
-    pub use crate::locate::RegionCache;
+    pub use crate::locate::{
+        BatchLocateOptions, Bucket, Buckets, KeyLocation, RegionCache, RegionVerId,
+    };
     pub use crate::pd::{
         CircuitBreakerState, GcBarrier, GcSafePointAdvance, GcState, KeyspaceMeta, KeyspaceState,
         Operator, OperatorStatus, PdClient, PdClientBuilder, ScatterResult, TsoStats,

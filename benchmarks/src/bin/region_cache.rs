@@ -159,7 +159,10 @@ fn poll_ready<F: Future>(fut: F) -> F::Output {
         Poll::Ready(out) => out,
         // The benchmark's own check: every key was preloaded, so a pending lookup means the
         // measurement is invalid and must stop (a benchmark binary, not library code).
-        #[expect(clippy::panic, reason = "an invalid measurement must stop the benchmark")]
+        #[expect(
+            clippy::panic,
+            reason = "an invalid measurement must stop the benchmark"
+        )]
         Poll::Pending => panic!("a cached lookup went to PD"),
     }
 }

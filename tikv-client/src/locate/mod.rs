@@ -54,6 +54,11 @@
 //!   short backoff inside the cache (about 300 ms in all), then reported as a retryable
 //!   [`Error::Region`](crate::Error::Region); PD transport errors are the PD client's to retry.
 
+// Crate-private, like `pd`: its `pub` items are what `crate::unstable` re-exports for the
+// region-cache benchmark, and the store types the crate root re-exports. Without the
+// `unstable-internals` feature the rest is unreachable by design (see `pd/mod.rs`).
+#![cfg_attr(not(feature = "unstable-internals"), allow(unreachable_pub))]
+
 mod batch;
 mod health;
 mod index;
@@ -67,9 +72,13 @@ mod store;
 #[cfg(test)]
 mod tests;
 
-pub use location::{Bucket, Buckets, KeyLocation};
+pub use location::KeyLocation;
+#[cfg(feature = "unstable-internals")]
+pub use location::{Bucket, Buckets};
 pub use region::RegionVerId;
-pub use region_cache::{BatchLocateOptions, RegionCache};
+#[cfg(feature = "unstable-internals")]
+pub use region_cache::BatchLocateOptions;
+pub use region_cache::RegionCache;
 pub use store::{StoreInfo, StoreState, StoreType};
 
 pub(crate) use health::LivenessState;

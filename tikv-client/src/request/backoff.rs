@@ -34,15 +34,11 @@ use crate::{Error, Result};
 /// implements them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Jitter {
+pub(crate) enum Jitter {
     /// Strict exponential: `min(cap, base * 2^attempt)`.
     None,
-    /// Uniform in `[0, exponential)`.
-    Full,
     /// Half the exponential value plus a uniform half: never very short.
     Equal,
-    /// Grows from the previous sleep: uniform in `[base, 3 * previous)`, capped.
-    Decorrelated,
 }
 
 /// The kinds of failure a [`Backoffer`] knows, each with client-go's schedule.
@@ -51,7 +47,7 @@ pub enum Jitter {
 /// same in both clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum BackoffKind {
+pub(crate) enum BackoffKind {
     /// A TiKV RPC failed (connection, timeout): 100 ms .. 2 s, equal jitter.
     TikvRpc,
     /// A TiFlash RPC failed: 100 ms .. 2 s, equal jitter.
@@ -92,7 +88,7 @@ impl BackoffKind {
     const COUNT: usize = 17;
 
     /// Every kind, in declaration order.
-    pub const ALL: [BackoffKind; Self::COUNT] = [
+    pub(crate) const ALL: [BackoffKind; Self::COUNT] = [
         BackoffKind::TikvRpc,
         BackoffKind::TiflashRpc,
         BackoffKind::TxnLock,
@@ -117,12 +113,12 @@ impl BackoffKind {
     }
 
     /// client-go's name of the kind (`tikvRPC`, `regionMiss`, ...).
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         self.schedule().name
     }
 
     /// The schedule of this kind.
-    pub fn schedule(self) -> Schedule {
+    pub(crate) fn schedule(self) -> Schedule {
         use BackoffKind as K;
         use Jitter as J;
         let (name, base_ms, cap_ms, jitter) = match self {
@@ -173,7 +169,7 @@ impl fmt::Display for BackoffKind {
 /// `cap_ms`, and are spread by `jitter`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct Schedule {
+pub(crate) struct Schedule {
     /// The kind's name.
     pub name: &'static str,
     /// The first sleep, in milliseconds.
@@ -185,9 +181,8 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    /// The sleep for the given attempt (0-based) after a previous sleep of `last_ms`, before any
-    /// per-call maximum. Randomness comes from `rng`.
-    fn sleep_ms(&self, base_ms: u64, attempt: u32, last_ms: u64, rng: &mut fastrand::Rng) -> u64 {
+    /// The sleep for the given attempt (0-based), before any per-call maximum. Randomness comes from `rng`.
+    fn sleep_ms(&self, base_ms: u64, attempt: u32, rng: &mut fastrand::Rng) -> u64 {
         // client-go raises tiny bases to 2 so that the random ranges below are never empty.
         let base = base_ms.max(2);
         let cap = self.cap_ms;
@@ -197,10 +192,6 @@ impl Schedule {
         };
         match self.jitter {
             Jitter::None => expo(),
-            Jitter::Full => {
-                let v = expo();
-                if v == 0 { 0 } else { rng.u64(0..v) }
-            }
             Jitter::Equal => {
                 let v = expo();
                 let half = v / 2;
@@ -210,16 +201,6 @@ impl Schedule {
                     half + rng.u64(0..half)
                 }
             }
-            Jitter::Decorrelated => {
-                let upper = last_ms.saturating_mul(3);
-                let spread = upper.saturating_sub(base);
-                let v = if spread == 0 {
-                    base
-                } else {
-                    base + rng.u64(0..spread)
-                };
-                v.min(cap)
-            }
         }
     }
 }
@@ -227,7 +208,7 @@ impl Schedule {
 /// Knobs shared by the backoffers of one client (client-go `kv.Variables`).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
-pub struct BackoffVars {
+pub(crate) struct BackoffVars {
     /// Multiplies every backoffer's budget (`BackOffWeight`, default 2).
     pub weight: u32,
     /// Base sleep of [`BackoffKind::TxnLockFast`] in milliseconds (`BackoffLockFast`, default 10).
@@ -248,20 +229,16 @@ impl Default for BackoffVars {
 }
 
 impl BackoffVars {
+    #[cfg(test)]
     /// Sets the budget weight.
-    pub fn with_weight(mut self, weight: u32) -> Self {
+    pub(crate) fn with_weight(mut self, weight: u32) -> Self {
         self.weight = weight;
         self
     }
 
-    /// Sets the base sleep of [`BackoffKind::TxnLockFast`].
-    pub fn with_lock_fast_base(mut self, base: Duration) -> Self {
-        self.lock_fast_base_ms = u64::try_from(base.as_millis()).unwrap_or(u64::MAX);
-        self
-    }
-
+    #[cfg(test)]
     /// Installs a kill flag: a non-zero value stops every backoff that sees it.
-    pub fn with_kill_flag(mut self, flag: Arc<AtomicU32>) -> Self {
+    pub(crate) fn with_kill_flag(mut self, flag: Arc<AtomicU32>) -> Self {
         self.killed = Some(flag);
         self
     }
@@ -271,7 +248,6 @@ impl BackoffVars {
 #[derive(Debug, Clone, Copy, Default)]
 struct KindState {
     attempts: u32,
-    last_sleep_ms: u64,
     slept_ms: u64,
     times: u32,
     /// Whether the schedule has been started (client-go creates the closure lazily; a `Reset`
@@ -306,7 +282,7 @@ type Kinds = [KindState; BackoffKind::COUNT];
 
 /// Sleeps between retries within a budget; see the module documentation.
 #[derive(Debug, Clone)]
-pub struct Backoffer {
+pub(crate) struct Backoffer {
     id: u64,
     ancestors: Vec<u64>,
     max_sleep_ms: u64,
@@ -328,12 +304,12 @@ pub struct Backoffer {
 
 impl Backoffer {
     /// A backoffer whose sleeps may total `max_sleep` (multiplied by the default weight of 2).
-    pub fn new(max_sleep: Duration) -> Self {
+    pub(crate) fn new(max_sleep: Duration) -> Self {
         Backoffer::with_vars(max_sleep, BackoffVars::default())
     }
 
     /// A backoffer with explicit [`BackoffVars`].
-    pub fn with_vars(max_sleep: Duration, vars: BackoffVars) -> Self {
+    pub(crate) fn with_vars(max_sleep: Duration, vars: BackoffVars) -> Self {
         let base = u64::try_from(max_sleep.as_millis()).unwrap_or(u64::MAX);
         // client-go applies the weight only while the product stays within an i32; beyond that
         // the budget is already effectively unbounded.
@@ -368,52 +344,59 @@ impl Backoffer {
         self
     }
 
+    #[cfg(test)]
     /// A backoffer that never sleeps: every report returns the error at once.
-    pub fn no_retry() -> Self {
+    pub(crate) fn no_retry() -> Self {
         let mut bo = Backoffer::new(Duration::ZERO);
         bo.noop = true;
         bo
     }
 
+    #[cfg(test)]
     /// Bounds every sleep and report by an absolute deadline.
-    pub fn with_deadline(mut self, deadline: Instant) -> Self {
+    pub(crate) fn with_deadline(mut self, deadline: Instant) -> Self {
         self.deadline = Some(deadline);
         self
     }
 
+    #[cfg(test)]
     /// Seeds the jitter, for reproducible schedules in tests.
-    pub fn with_seed(mut self, seed: u64) -> Self {
+    pub(crate) fn with_seed(mut self, seed: u64) -> Self {
         self.rng = fastrand::Rng::with_seed(seed);
         self
     }
 
     /// The deadline, if any.
-    pub fn deadline(&self) -> Option<Instant> {
+    pub(crate) fn deadline(&self) -> Option<Instant> {
         self.deadline
     }
 
+    #[cfg(test)]
     /// The budget in effect (after weighting).
-    pub fn max_sleep(&self) -> Duration {
+    pub(crate) fn max_sleep(&self) -> Duration {
         Duration::from_millis(self.max_sleep_ms)
     }
 
     /// Time slept so far, all kinds together.
-    pub fn total_sleep(&self) -> Duration {
+    pub(crate) fn total_sleep(&self) -> Duration {
         Duration::from_millis(self.total_sleep_ms)
     }
 
+    #[cfg(test)]
     /// Time slept so far on a kind.
-    pub fn sleep_of(&self, kind: BackoffKind) -> Duration {
+    pub(crate) fn sleep_of(&self, kind: BackoffKind) -> Duration {
         Duration::from_millis(self.kind_state(kind).slept_ms)
     }
 
+    #[cfg(test)]
     /// How many times a kind has slept.
-    pub fn times_of(&self, kind: BackoffKind) -> u32 {
+    pub(crate) fn times_of(&self, kind: BackoffKind) -> u32 {
         self.kind_state(kind).times
     }
 
+    #[cfg(test)]
     /// How many backoffs happened, all kinds together.
-    pub fn total_times(&self) -> u32 {
+    pub(crate) fn total_times(&self) -> u32 {
         self.kinds
             .as_deref()
             .map_or(0, |kinds| kinds.iter().map(|k| k.times).sum())
@@ -425,13 +408,15 @@ impl Backoffer {
             .map_or_else(KindState::default, |kinds| kinds[kind.index()])
     }
 
+    #[cfg(test)]
     fn kinds_mut(&mut self) -> &mut Kinds {
         self.kinds
             .get_or_insert_with(|| Box::new([KindState::default(); BackoffKind::COUNT]))
     }
 
+    #[cfg(test)]
     /// The kinds reported so far, oldest first (with repeats).
-    pub fn kinds_used(&self) -> &[BackoffKind] {
+    pub(crate) fn kinds_used(&self) -> &[BackoffKind] {
         &self.history
     }
 
@@ -441,14 +426,14 @@ impl Backoffer {
     /// budget is spent ([`Error::BackoffExhausted`] with the longest-sleeping kind), the deadline
     /// passed (`err` itself), the backoffer is a no-retry one (`err` itself), or the kill flag
     /// is set ([`Error::Cancelled`]). A [`Error::ClusterIdMismatch`] is never retried.
-    pub async fn backoff(&mut self, kind: BackoffKind, err: Error) -> Result<()> {
+    pub(crate) async fn backoff(&mut self, kind: BackoffKind, err: Error) -> Result<()> {
         self.backoff_with_max_sleep(kind, None, err).await
     }
 
     /// [`Backoffer::backoff`] with a ceiling on this one sleep (client-go
     /// `BackoffWithCfgAndMaxSleep`): the schedule advances as usual but the sleep taken is at
     /// most `max_sleep`.
-    pub async fn backoff_with_max_sleep(
+    pub(crate) async fn backoff_with_max_sleep(
         &mut self,
         kind: BackoffKind,
         max_sleep: Option<Duration>,
@@ -508,14 +493,11 @@ impl Backoffer {
         if !state.started {
             state.started = true;
             state.attempts = 0;
-            state.last_sleep_ms = base_ms.max(2);
         }
-        let planned =
-            schedule.sleep_ms(base_ms, state.attempts, state.last_sleep_ms, &mut self.rng);
+        let planned = schedule.sleep_ms(base_ms, state.attempts, &mut self.rng);
         let ceiling = max_sleep.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let real = ceiling.map_or(planned, |c| planned.min(c));
         state.attempts = state.attempts.saturating_add(1);
-        state.last_sleep_ms = planned;
         state.slept_ms = state.slept_ms.saturating_add(real);
         state.times = state.times.saturating_add(1);
         self.total_sleep_ms = self.total_sleep_ms.saturating_add(real);
@@ -578,17 +560,18 @@ impl Backoffer {
     /// A child backoffer for a sub-task: it starts from this one's sleeps and counters, and can
     /// be merged back with [`Backoffer::merge_forked`]. Unlike [`Clone`], the child has its own
     /// identity.
-    pub fn fork(&self) -> Backoffer {
+    pub(crate) fn fork(&self) -> Backoffer {
         let mut child = self.clone();
         child.id = next_backoffer_id();
         child.ancestors.push(self.id);
         child
     }
 
+    #[cfg(test)]
     /// Takes over the sleeps and counters of a backoffer forked (directly or not) from this one,
     /// so the parent's budget reflects what the sub-task spent. A backoffer from elsewhere is
     /// ignored. Returns whether the merge happened.
-    pub fn merge_forked(&mut self, forked: &Backoffer) -> bool {
+    pub(crate) fn merge_forked(&mut self, forked: &Backoffer) -> bool {
         if !forked.ancestors.contains(&self.id) {
             return false;
         }
@@ -608,9 +591,10 @@ impl Backoffer {
         true
     }
 
+    #[cfg(test)]
     /// Forgets the sleeps taken so far (and restarts every schedule), keeping the counters of
     /// times per kind: the next stage of a multi-stage operation gets a fresh budget.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.total_sleep_ms = 0;
         self.excluded_sleep_ms = 0;
         for k in self.kinds.iter_mut().flat_map(|kinds| kinds.iter_mut()) {
@@ -618,8 +602,9 @@ impl Backoffer {
         }
     }
 
+    #[cfg(test)]
     /// [`Backoffer::reset`] with a new budget (weighted like the original).
-    pub fn reset_max_sleep(&mut self, max_sleep: Duration) {
+    pub(crate) fn reset_max_sleep(&mut self, max_sleep: Duration) {
         self.reset();
         let fresh = Backoffer::with_vars(max_sleep, self.vars.clone());
         self.max_sleep_ms = fresh.max_sleep_ms;
@@ -697,12 +682,8 @@ mod tests {
         };
         for attempt in 0..8 {
             let expo = (100u64 << attempt).min(1000);
-            let full = mk(Jitter::Full).sleep_ms(100, attempt, 100, &mut rng);
-            assert!(full < expo);
-            let equal = mk(Jitter::Equal).sleep_ms(100, attempt, 100, &mut rng);
+            let equal = mk(Jitter::Equal).sleep_ms(100, attempt, &mut rng);
             assert!(equal >= expo / 2 && equal < expo);
-            let decorr = mk(Jitter::Decorrelated).sleep_ms(100, attempt, 300, &mut rng);
-            assert!((100..=1000).contains(&decorr));
         }
         // Tiny bases are raised to 2 so that the random ranges are never empty.
         let tiny = Schedule {
@@ -711,7 +692,7 @@ mod tests {
             cap_ms: 10,
             jitter: Jitter::Equal,
         };
-        assert_eq!(tiny.sleep_ms(0, 0, 0, &mut rng), 1);
+        assert_eq!(tiny.sleep_ms(0, 0, &mut rng), 1);
     }
 
     // client-go TestBackoffWithMax.
