@@ -20,6 +20,7 @@
 //! | `codec` | API V1/V2 key codecs (keyspaces) | `internal/apicodec/` |
 //! | `tls` | the TLS settings of every connection, `cluster-verify-cn` | `config/security.go` |
 //! | [`Cluster`] | what the clients of one cluster share: PD client, caches, transport, sender | `tikv/kv.go` |
+//! | [`gc`] | PD's GC states (safe points, GC barriers) and keyspaces, through [`Cluster`] | tikv/pd `client/clients/gc/`, `tikv/gc.go` |
 //! | [`raw`] | [`RawClient`] | `rawkv/` |
 //! | `safe_ts` | per-store and per-scope safe timestamps for stale reads | `tikv/kv.go` (`updateSafeTS`) |
 //!
@@ -27,6 +28,7 @@
 
 // The API V1/V2 key codec; the raw and transactional clients are its users.
 mod cluster;
+mod cluster_gc;
 #[cfg_attr(not(test), allow(dead_code))]
 mod codec;
 pub mod config;
@@ -46,6 +48,7 @@ mod tls;
 pub(crate) mod transport;
 
 pub use cluster::Cluster;
+pub use cluster_gc::{KeyspaceMeta, KeyspaceState, gc};
 pub use config::{Config, Security};
 pub use error::{Error, Result};
 pub use kv::{BoundRange, Key, KvPair, Value};
@@ -66,9 +69,8 @@ pub use safe_ts::GLOBAL_TXN_SCOPE;
 pub mod unstable {
     pub use crate::locate::RegionCache;
     pub use crate::pd::{
-        CircuitBreakerState, GcBarrier, GcSafePointAdvance, GcState, KeyspaceMeta, KeyspaceState,
-        Operator, OperatorStatus, PdClient, PdClientBuilder, ScatterResult, TsoStats,
-        TxnSafePointAdvance,
+        CircuitBreakerState, GcBarrier, GcSafePointAdvance, GcState, Operator, OperatorStatus,
+        PdClient, PdClientBuilder, ScatterResult, TsoStats, TxnSafePointAdvance,
     };
     pub use crate::transport::{
         HealthFeedback, Liveness, SendOptions, StoreClient, Transport, TransportStats,
