@@ -20,12 +20,14 @@
 //! | `codec` | API V1/V2 key codecs (keyspaces) | `internal/apicodec/` |
 //! | `tls` | the TLS settings of every connection, `cluster-verify-cn` | `config/security.go` |
 //! | [`Cluster`] | what the clients of one cluster share: PD client, caches, transport, sender | `tikv/kv.go` |
+//! | [`gc`] | PD's GC states (safe points, GC barriers) and keyspaces, through [`Cluster`] | tikv/pd `client/clients/gc/`, `tikv/gc.go` |
 //! | [`raw`] | [`RawClient`] | `rawkv/` |
 //! | `safe_ts` | per-store and per-scope safe timestamps for stale reads | `tikv/kv.go` (`updateSafeTS`) |
 //!
 //! Proto types from `tikv-proto` stay inside the crate; the public API speaks the types above.
 
 mod cluster;
+mod cluster_gc;
 // The API V1/V2 key codec; the raw and transactional clients are its users.
 mod codec;
 pub mod config;
@@ -45,6 +47,7 @@ mod tls;
 pub(crate) mod transport;
 
 pub use cluster::Cluster;
+pub use cluster_gc::{KeyspaceMeta, KeyspaceState, gc};
 pub use config::{Config, Security};
 pub use error::{Error, Result};
 pub use kv::{BoundRange, Key, KvPair, Value};
@@ -68,9 +71,8 @@ pub mod unstable {
         BatchLocateOptions, Bucket, Buckets, KeyLocation, RegionCache, RegionVerId,
     };
     pub use crate::pd::{
-        CircuitBreakerState, GcBarrier, GcSafePointAdvance, GcState, KeyspaceMeta, KeyspaceState,
-        Operator, OperatorStatus, PdClient, PdClientBuilder, ScatterResult, TsoStats,
-        TxnSafePointAdvance,
+        CircuitBreakerState, GcBarrier, GcSafePointAdvance, GcState, Operator, OperatorStatus,
+        PdClient, PdClientBuilder, ScatterResult, TsoStats, TxnSafePointAdvance,
     };
     pub use crate::transport::{
         HealthFeedback, Liveness, SendOptions, StoreClient, Transport, TransportStats,

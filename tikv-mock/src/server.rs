@@ -665,6 +665,27 @@ impl MockCluster {
         self.shared.lock().create_keyspace(name)
     }
 
+    /// Sets one entry of a keyspace's config, as PD's `UpdateKeyspaceConfig` does (for example
+    /// `gc_management_type = keyspace_level`, which gives the keyspace a GC state of its own).
+    pub fn set_keyspace_config(
+        &self,
+        keyspace_id: u32,
+        key: &str,
+        value: &str,
+    ) -> Result<(), MockError> {
+        let mut state = self.shared.lock();
+        let keyspace = state
+            .keyspaces
+            .get_mut(&keyspace_id)
+            .ok_or_else(|| MockError::Config(format!("no keyspace with id {keyspace_id}")))?;
+        keyspace
+            .meta
+            .config
+            .insert(key.to_owned(), value.to_owned());
+        state.pd.notify_keyspace_changed();
+        Ok(())
+    }
+
     /// Stops a store: its listener closes (connections are refused) and every open connection
     /// to it is shut down. PD keeps reporting the store, as it would for a crashed TiKV.
     pub async fn stop_store(&self, store_id: u64) -> Result<(), MockError> {

@@ -114,14 +114,26 @@ fn ttl_to_seconds(ttl: Option<Duration>) -> i64 {
 
 impl PdClient {
     /// The GC scope of this client: its keyspace, or the whole cluster.
-    fn gc_scope(&self) -> Option<pdpb::KeyspaceScope> {
-        keyspace_scope(self.keyspace().map_or(NULL_KEYSPACE_ID, |k| k.id))
+    fn gc_keyspace_id(&self) -> u32 {
+        self.keyspace().map_or(NULL_KEYSPACE_ID, |k| k.id)
     }
 
     /// Moves the txn safe point towards `target` as far as the GC barriers allow (never
     /// backwards). The first step of a GC run.
     pub async fn advance_txn_safe_point(&self, target: u64) -> Result<TxnSafePointAdvance> {
-        let (header, scope) = (self.core().header(), self.gc_scope());
+        self.advance_txn_safe_point_in(self.gc_keyspace_id(), target)
+            .await
+    }
+
+    /// [`advance_txn_safe_point`](Self::advance_txn_safe_point) on the GC state of keyspace `keyspace_id`
+    /// ([`NULL_KEYSPACE_ID`] for the unified state), whatever the client's keyspace: what
+    /// `Cluster`, which serves clients of every keyspace, calls.
+    pub(crate) async fn advance_txn_safe_point_in(
+        &self,
+        keyspace_id: u32,
+        target: u64,
+    ) -> Result<TxnSafePointAdvance> {
+        let (header, scope) = (self.core().header(), keyspace_scope(keyspace_id));
         let resp = self
             .core()
             .call("AdvanceTxnSafePoint", |ch| {
@@ -144,7 +156,19 @@ impl PdClient {
     /// Moves the GC safe point to `target`, which must not pass the txn safe point. The last
     /// step of a GC run, once every lock below the txn safe point is resolved.
     pub async fn advance_gc_safe_point(&self, target: u64) -> Result<GcSafePointAdvance> {
-        let (header, scope) = (self.core().header(), self.gc_scope());
+        self.advance_gc_safe_point_in(self.gc_keyspace_id(), target)
+            .await
+    }
+
+    /// [`advance_gc_safe_point`](Self::advance_gc_safe_point) on the GC state of keyspace `keyspace_id`
+    /// ([`NULL_KEYSPACE_ID`] for the unified state), whatever the client's keyspace: what
+    /// `Cluster`, which serves clients of every keyspace, calls.
+    pub(crate) async fn advance_gc_safe_point_in(
+        &self,
+        keyspace_id: u32,
+        target: u64,
+    ) -> Result<GcSafePointAdvance> {
+        let (header, scope) = (self.core().header(), keyspace_scope(keyspace_id));
         let resp = self
             .core()
             .call("AdvanceGCSafePoint", |ch| {
@@ -188,7 +212,19 @@ impl PdClient {
         ts: u64,
         ttl: Option<Duration>,
     ) -> Result<GcBarrier> {
-        let (header, scope) = (self.core().header(), self.gc_scope());
+        self.set_gc_barrier_in(self.gc_keyspace_id(), id, ts, ttl)
+            .await
+    }
+
+    /// [`set_gc_barrier`](Self::set_gc_barrier) on the GC state of keyspace `keyspace_id`.
+    pub(crate) async fn set_gc_barrier_in(
+        &self,
+        keyspace_id: u32,
+        id: &str,
+        ts: u64,
+        ttl: Option<Duration>,
+    ) -> Result<GcBarrier> {
+        let (header, scope) = (self.core().header(), keyspace_scope(keyspace_id));
         let resp = self
             .core()
             .call("SetGCBarrier", |ch| {
@@ -214,7 +250,18 @@ impl PdClient {
 
     /// Deletes a GC barrier; returns it, or `None` if there was none with this id.
     pub async fn delete_gc_barrier(&self, id: &str) -> Result<Option<GcBarrier>> {
-        let (header, scope) = (self.core().header(), self.gc_scope());
+        self.delete_gc_barrier_in(self.gc_keyspace_id(), id).await
+    }
+
+    /// [`delete_gc_barrier`](Self::delete_gc_barrier) on the GC state of keyspace `keyspace_id`
+    /// ([`NULL_KEYSPACE_ID`] for the unified state), whatever the client's keyspace: what
+    /// `Cluster`, which serves clients of every keyspace, calls.
+    pub(crate) async fn delete_gc_barrier_in(
+        &self,
+        keyspace_id: u32,
+        id: &str,
+    ) -> Result<Option<GcBarrier>> {
+        let (header, scope) = (self.core().header(), keyspace_scope(keyspace_id));
         let resp = self
             .core()
             .call("DeleteGCBarrier", |ch| {
@@ -281,7 +328,12 @@ impl PdClient {
 
     /// The GC state of the client's scope, with its barriers and the global barriers.
     pub async fn get_gc_state(&self) -> Result<GcState> {
-        let (header, scope) = (self.core().header(), self.gc_scope());
+        self.get_gc_state_in(self.gc_keyspace_id()).await
+    }
+
+    /// [`get_gc_state`](Self::get_gc_state) of keyspace `keyspace_id`.
+    pub(crate) async fn get_gc_state_in(&self, keyspace_id: u32) -> Result<GcState> {
+        let (header, scope) = (self.core().header(), keyspace_scope(keyspace_id));
         let resp = self
             .core()
             .call("GetGCState", |ch| {

@@ -21,7 +21,19 @@ use crate::{Error, Result};
 /// The name PD gives the keyspace of API V1-style data (`constants.DefaultKeyspaceName`).
 pub(crate) const DEFAULT_KEYSPACE_NAME: &str = "DEFAULT";
 
-/// A keyspace as PD describes it.
+/// A keyspace as PD describes it ([`Cluster::load_keyspace`](crate::Cluster::load_keyspace)).
+///
+/// ```no_run
+/// # async fn example(cluster: tikv_client::Cluster) -> tikv_client::Result<()> {
+/// use tikv_client::KeyspaceState;
+///
+/// let keyspace = cluster.load_keyspace("tenant-1").await?;
+/// assert_eq!(keyspace.name, "tenant-1");
+/// let level_gc = keyspace.config.get("gc_management_type").map(String::as_str);
+/// println!("id {}, {}, GC: {level_gc:?}", keyspace.id, keyspace.state);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct KeyspaceMeta {
@@ -56,8 +68,9 @@ impl KeyspaceMeta {
         })
     }
 
-    /// [`Error::KeyspaceNotEnabled`] unless the keyspace is ENABLED.
-    pub fn ensure_enabled(&self) -> Result<()> {
+    /// [`Error::KeyspaceNotEnabled`] unless the keyspace is ENABLED (what opening an API V2
+    /// client on it checks).
+    pub(crate) fn ensure_enabled(&self) -> Result<()> {
         if self.state == KeyspaceState::Enabled {
             return Ok(());
         }
@@ -68,7 +81,14 @@ impl KeyspaceMeta {
     }
 }
 
-/// The lifecycle state of a keyspace (`keyspacepb.KeyspaceState`).
+/// The lifecycle state of a keyspace (`keyspacepb.KeyspaceState`); displays as PD names it.
+///
+/// ```
+/// use tikv_client::KeyspaceState;
+///
+/// assert_eq!(KeyspaceState::Enabled.to_string(), "ENABLED");
+/// assert_ne!(KeyspaceState::Disabled, KeyspaceState::Archived);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum KeyspaceState {

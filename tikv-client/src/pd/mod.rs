@@ -24,7 +24,7 @@
 //! | `circuit_breaker` | the region-meta breaker, [`CircuitBreakerState`] | `pkg/circuitbreaker/circuit_breaker.go` |
 //! | `conn` | endpoint URLs, TLS from [`Security`](crate::Security), the channel cache, routing metadata | `pkg/utils/tlsutil`, `pkg/utils/grpcutil` |
 //! | `retry` | the bounded backoff, leader-change and failure classification | `pkg/retry/backoff.go`, `errs/errs.go` |
-//! | `gc` | the GC states API: safe points and barriers | `gc_client.go` |
+//! | `gc` | the GC states API: safe points and barriers (public through `Cluster`, see `crate::cluster_gc`) | `gc_client.go` |
 //! | `keyspace` | [`KeyspaceMeta`], `LoadKeyspace` | `keyspace_client.go` (+ client-go `internal/locate/pd_codec.go`) |
 //!
 //! Not ported: the legacy etcd discovery of TSO servers (`discoverWithLegacyPath`; without
@@ -81,15 +81,19 @@ use tikv_proto::metapb;
 use crate::Result;
 
 pub use client::PdClient;
-pub use keyspace::KeyspaceMeta;
+// The GC results `crate::cluster_gc` converts into the public `tikv_client::gc` types (`u64`
+// timestamps become `Timestamp`); not public themselves outside `crate::unstable`.
+pub(crate) use gc::NULL_KEYSPACE_ID;
+pub use gc::{GcBarrier, GcSafePointAdvance, GcState, TxnSafePointAdvance};
+// Public: `crate::cluster_gc` re-exports them at the crate root (`Cluster::load_keyspace`).
+pub use keyspace::{KeyspaceMeta, KeyspaceState};
 // The rest of `PdClient`'s signatures, for the tests and for `crate::unstable`: with the
 // feature on, every type a `pub` method of `PdClient` names must be reachable too.
 #[cfg(any(test, feature = "unstable-internals"))]
-pub use {circuit_breaker::CircuitBreakerState, client::OperatorStatus, keyspace::KeyspaceState};
+pub use {circuit_breaker::CircuitBreakerState, client::OperatorStatus};
 #[cfg(feature = "unstable-internals")]
 pub use {
     client::{Operator, PdClientBuilder, ScatterResult},
-    gc::{GcBarrier, GcSafePointAdvance, GcState, TxnSafePointAdvance},
     tso::TsoStats,
 };
 
