@@ -133,7 +133,8 @@ pub fn decode_bytes(input: &[u8]) -> Result<(Vec<u8>, &[u8])> {
 /// ```
 /// use tikv_client::kv::codec::{decode_bytes_into, encode_bytes};
 /// let mut out = Vec::new();
-/// let rest = decode_bytes_into(&mut out, &encode_bytes(b"key"))?;
+/// let encoded = encode_bytes(b"key");
+/// let rest = decode_bytes_into(&mut out, &encoded)?;
 /// assert_eq!((out.as_slice(), rest.len()), (&b"key"[..], 0));
 /// # Ok::<(), tikv_client::Error>(())
 /// ```

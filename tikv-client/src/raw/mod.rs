@@ -436,7 +436,7 @@ fn check_cf(api_version: ApiVersion, cf: ColumnFamily) -> Result<()> {
 /// A raw key-value client. Cheap to clone; clones share everything.
 ///
 /// Every call returns a request builder: set the call's options on it, then `.await` it
-/// (each builder implements [`IntoFuture`](std::future::IntoFuture)). Dropping the future
+/// (each builder implements [`IntoFuture`]). Dropping the future
 /// before it finishes cancels the call: nothing more is sent for it and the client stays
 /// usable; a write already sent may or may not have been applied.
 ///
