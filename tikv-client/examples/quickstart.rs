@@ -160,16 +160,11 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         cas.swapped, cas.previous
     );
 
-    // Errors are typed: a deadline too short for any answer is a timeout.
-    match client
-        .get("quickstart/hello")
-        .timeout(Duration::from_nanos(1))
-        .await
-    {
-        Err(Error::Timeout { after, .. }) => {
-            println!("get with a 1 ns deadline: timed out after {after:?}")
-        }
-        other => println!("get with a 1 ns deadline: {other:?}"),
+    // Errors are typed: bad input is refused before anything is sent, a missed deadline is
+    // `Error::Timeout`, and `is_retryable` says whether trying again may help.
+    match client.scan("quickstart/z".."quickstart/a").await {
+        Err(Error::InvalidArgument { message }) => println!("reversed range refused: {message}"),
+        other => println!("reversed range: {other:?}"),
     }
 
     client.delete("quickstart/hello").await?;
