@@ -2,8 +2,8 @@
 //!
 //! This module owns [`Config`] and its sections ([`TikvClientConfig`], [`PdClientConfig`] with
 //! [`CircuitBreakerSettings`], [`PessimisticTxnConfig`], [`TxnLocalLatchesConfig`], [`AsyncCommitConfig`], [`RuV2Config`],
-//! [`BatchPolicy`]), the TLS settings in [`Security`], and the `tikv://` URI parser
-//! ([`TikvPath`]). It holds data and checks it; it does no I/O beyond reading the files it is
+//! [`BatchPolicy`]), the TLS settings in [`Security`], the `tikv://` URI parser
+//! ([`TikvPath`]), and [`ApiVersion`], the key format both clients share. It holds data and checks it; it does no I/O beyond reading the files it is
 //! pointed at.
 //!
 //! Who calls it: applications build a [`Config`] (defaults, `with_*` builders, or a TOML file)
@@ -13,7 +13,11 @@
 //!
 //! Ports client-go `config/config.go`, `config/client.go` and `config/security.go`. Defaults
 //! equal client-go's `DefaultConfig()`, and TOML keys are client-go's `toml` tags (kebab-case),
-//! so a `[tikv-client]` or `[security]` section written for client-go loads unchanged. Knobs
+//! so a `[tikv-client]` or `[security]` section written for client-go loads unchanged.
+//! `raw-fan-out-concurrency` is this crate's own key. Every setting is either read by the
+//! client or documented as "not used yet" (mostly the transactional client's, not written
+//! yet); a cluster logs a warning for each such setting that differs from its default when
+//! it connects ([`Config::unused_settings`]). Knobs
 //! client-go keeps only for old clusters (`TxnScope`, `EnableReplicaSelectorV2`) and its
 //! TiDB-only coprocessor settings are not ported; a file that sets them gets an error that says
 //! so, rather than a silent no-op.
