@@ -11,9 +11,10 @@
 //! transactional client lands.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use futures_util::StreamExt;
-use tikv_client::{KvPair, RawClient};
+use tikv_client::{Error, KvPair, RawClient};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -67,14 +68,25 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
 
-    let client = RawClient::new(&endpoints).await?;
+    // Every call of this client gives up after 10 s unless it sets its own deadline.
+    let client = RawClient::builder(&endpoints)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .await?;
     println!("connected to cluster {}", client.cluster().cluster_id());
 
-    client.put("quickstart/hello", "world").await?;
-    let value = client.get("quickstart/hello").await?;
+    // Calls are builders: options are methods, `.await` sends.
+    let greeting = String::from("world");
+    client.put("quickstart/hello", greeting.as_str()).await?;
+    let value = client
+        .get("quickstart/hello")
+        .timeout(Duration::from_secs(1))
+        .await?;
     println!(
         "put quickstart/hello = world; get -> {:?}",
-        value.as_deref().map(String::from_utf8_lossy)
+        value
+            .as_ref()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()))
     );
 
     let fruits = ["apple", "banana", "cherry", "mango", "peach", "tomato"];
@@ -94,11 +106,14 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         println!(
             "batch_get {} = {}",
             String::from_utf8_lossy(pair.key().as_bytes()),
-            String::from_utf8_lossy(pair.value())
+            String::from_utf8_lossy(pair.value().as_bytes())
         );
     }
 
-    let scanned = client.scan("quickstart/a".."quickstart/n", 10).await?;
+    let scanned = client
+        .scan("quickstart/a".."quickstart/n")
+        .limit(10)
+        .await?;
     println!(
         "scan [quickstart/a, quickstart/n): {:?}",
         scanned
@@ -107,17 +122,22 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             .collect::<Vec<_>>()
     );
     let reversed = client
-        .reverse_scan_keys("quickstart/".."quickstart0", 3)
+        .scan("quickstart/".."quickstart0")
+        .reverse()
+        .limit(3)
+        .keys_only()
         .await?;
     println!(
-        "reverse_scan_keys, last 3: {:?}",
+        "scan reverse keys_only, last 3: {:?}",
         reversed
             .iter()
             .map(|k| String::from_utf8_lossy(k.as_bytes()).into_owned())
             .collect::<Vec<_>>()
     );
 
-    let mut stream = client.scan_stream("quickstart/".."quickstart0");
+    let mut stream = client
+        .scan_stream("quickstart/".."quickstart0")
+        .into_stream();
     let mut streamed = 0;
     while let Some(pair) = stream.next().await {
         pair?;
@@ -132,14 +152,24 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let atomic = client.with_atomic_for_cas(true);
-    let (previous, swapped) = atomic
-        .compare_and_swap("quickstart/counter", None, "1")
+    let cas = atomic
+        .compare_and_swap("quickstart/counter", None::<&str>, "1")
         .await?;
-    println!("compare_and_swap counter (absent -> 1): swapped={swapped}, previous={previous:?}");
+    println!(
+        "compare_and_swap counter (absent -> 1): swapped={}, previous={:?}",
+        cas.swapped, cas.previous
+    );
+
+    // Errors are typed: bad input is refused before anything is sent, a missed deadline is
+    // `Error::Timeout`, and `is_retryable` says whether trying again may help.
+    match client.scan("quickstart/z".."quickstart/a").await {
+        Err(Error::InvalidArgument { message }) => println!("reversed range refused: {message}"),
+        other => println!("reversed range: {other:?}"),
+    }
 
     client.delete("quickstart/hello").await?;
     client.delete_range("quickstart/".."quickstart0").await?;
-    let left = client.scan("quickstart/".."quickstart0", 100).await?;
+    let left = client.scan("quickstart/".."quickstart0").await?;
     println!("delete_range done; {} pairs left", left.len());
     println!("quickstart finished");
     Ok(())

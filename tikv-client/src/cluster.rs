@@ -139,6 +139,7 @@ impl Cluster {
             return Err(Error::invalid_argument("no PD endpoint given"));
         }
         config.validate()?;
+        config.warn_unused_settings();
         let pd = Arc::new(PdClient::connect(&endpoints, &config).await?);
         let cache = Arc::new(RegionCache::new(
             pd.clone() as Arc<dyn RegionSource>,
@@ -158,7 +159,7 @@ impl Cluster {
             },
             &config,
         );
-        let fan_out = FanOutLimit::new(config.committer_concurrency);
+        let fan_out = FanOutLimit::new(config.raw_fan_out_concurrency);
         // Connecting needs tokio (the transport has already checked): its tasks run here.
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             Error::invalid_argument("a cluster must be connected inside a tokio runtime")

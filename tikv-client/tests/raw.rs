@@ -6,11 +6,19 @@
 //! docs/test-port.md), and checks that client-rust's raw bugs #455, #457, #500 and #527 do not
 //! exist here.
 
+// Test code: an unwrap that fails is a failed test (the workspace lints deny them elsewhere).
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tikv_client::{ApiVersion, BoundRange, Cluster, Config, Error, Key, KvPair, RawClient};
-use tikv_mock::{Action, FaultRule, ManualClock, Matcher, MockCluster, RegionErrorSpec, Times};
+use std::future::IntoFuture;
+use tikv_client::options::ColumnFamily;
+use tikv_client::{ApiVersion, BoundRange, Cluster, Config, Error, Key, KvPair, RawClient, Value};
+
+use tikv_mock::{
+    Action, FaultRule, HangHandle, ManualClock, Matcher, MockCluster, RegionErrorSpec, Times,
+};
 
 async fn mock(split: &[&str]) -> MockCluster {
     MockCluster::builder()
@@ -101,29 +109,41 @@ async fn scans_forward_reverse_key_only_and_batched() {
     let c = client(&mock).await;
     let all = pairs(200, "k");
     c.batch_put(all.clone()).await.unwrap();
-    let got = c.scan("k00040".."k00160", 1000).await.unwrap();
+    let got = c.scan("k00040".."k00160").limit(1000).await.unwrap();
     assert_eq!(keys_of(&got), keys_of(&all[40..160]));
-    let got = c.scan("k00040".., 30).await.unwrap();
+    let got = c.scan("k00040"..).limit(30).await.unwrap();
     assert_eq!(keys_of(&got), keys_of(&all[40..70]));
-    let keys = c.scan_keys(.."k00010", 100).await.unwrap();
+    let keys = c.scan(.."k00010").keys_only().limit(100).await.unwrap();
     assert_eq!(keys.len(), 10);
     // Reverse across every region (client-rust #527).
-    let got = c.reverse_scan("k00020".."k00180", 1000).await.unwrap();
+    let got = c
+        .scan("k00020".."k00180")
+        .reverse()
+        .limit(1000)
+        .await
+        .unwrap();
     let mut want = keys_of(&all[20..180]);
     want.reverse();
     assert_eq!(keys_of(&got), want);
-    let got = c.reverse_scan_keys("k00000"..="k00199", 5).await.unwrap();
+    let got = c
+        .scan("k00000"..="k00199")
+        .keys_only()
+        .reverse()
+        .limit(5)
+        .await
+        .unwrap();
     assert_eq!(got[0].as_bytes(), b"k00199");
     assert_eq!(got.len(), 5);
     let got = c
-        .batch_scan(["k00000".."k00003", "k00120".."k00122"], 10)
+        .batch_scan(["k00000".."k00003", "k00120".."k00122"])
+        .each_limit(10)
         .await
         .unwrap();
     assert_eq!(
         keys_of(&got),
         [keys_of(&all[0..3]), keys_of(&all[120..122])].concat()
     );
-    let got = c.scan("a".."b", 10).await.unwrap();
+    let got = c.scan("a".."b").limit(10).await.unwrap();
     assert!(got.is_empty());
 }
 
@@ -135,7 +155,7 @@ async fn the_stream_has_no_limit() {
     for chunk in all.chunks(2000) {
         c.batch_put(chunk.to_vec()).await.unwrap();
     }
-    let mut stream = c.scan_stream("k".."l");
+    let mut stream = c.scan_stream("k".."l").into_stream();
     let mut n = 0;
     let mut last: Option<Key> = None;
     while let Some(pair) = stream.next().await {
@@ -156,14 +176,17 @@ async fn scans_and_batches_survive_splits_in_the_middle() {
     let all = pairs(300, "k");
     c.batch_put(all.clone()).await.unwrap();
     // Warm the cache, then split under it (client-rust #455: no empty results).
-    assert_eq!(c.scan("k".., 1000).await.unwrap().len(), 300);
+    assert_eq!(c.scan("k"..).limit(1000).await.unwrap().len(), 300);
     mock.split_raw(["k00100", "k00200"]).unwrap();
-    assert_eq!(keys_of(&c.scan("k".., 1000).await.unwrap()), keys_of(&all));
+    assert_eq!(
+        keys_of(&c.scan("k"..).limit(1000).await.unwrap()),
+        keys_of(&all)
+    );
     mock.split_raw(["k00050", "k00250"]).unwrap();
     let mut want = keys_of(&all);
     want.reverse();
     assert_eq!(
-        keys_of(&c.reverse_scan("k".."l", 1000).await.unwrap()),
+        keys_of(&c.scan("k".."l").reverse().limit(1000).await.unwrap()),
         want
     );
     mock.split_raw(["k00025", "k00150"]).unwrap();
@@ -176,12 +199,12 @@ async fn scans_and_batches_survive_splits_in_the_middle() {
     );
     mock.split_raw(["k00010", "k00280"]).unwrap();
     c.delete_range("k00000".."k00290").await.unwrap();
-    let left = c.scan("k".., 1000).await.unwrap();
+    let left = c.scan("k"..).limit(1000).await.unwrap();
     assert_eq!(keys_of(&left), keys_of(&all[290..]));
 
     // A stream consumed while its regions split.
     c.batch_put(all.clone()).await.unwrap();
-    let mut stream = c.scan_stream("k".."l");
+    let mut stream = c.scan_stream("k".."l").into_stream();
     let mut n = 0;
     while let Some(pair) = stream.next().await {
         pair.unwrap();
@@ -221,7 +244,7 @@ async fn big_batches_are_split_by_size_and_by_raft_entry_limit() {
     let small = pairs(50, "s");
     c.batch_put(small.clone()).await.unwrap();
     assert_eq!(count(&mock, "RawBatchPut"), 3, "one refused, two halves");
-    assert_eq!(c.scan("s".."t", 100).await.unwrap().len(), 50);
+    assert_eq!(c.scan("s".."t").limit(100).await.unwrap().len(), 50);
 }
 
 #[tokio::test]
@@ -247,15 +270,19 @@ async fn compare_and_swap_needs_atomic_mode_and_is_atomic_under_races() {
     let mock = mock(&[]).await;
     let c = client(&mock).await;
     assert!(matches!(
-        c.compare_and_swap("cas", None, "1").await,
+        c.compare_and_swap("cas", None::<&str>, "1").await,
         Err(Error::InvalidArgument { .. })
     ));
     let c = c.with_atomic_for_cas(true);
-    let (prev, ok) = c.compare_and_swap("cas", None, "0").await.unwrap();
-    assert!(ok && prev.is_none());
-    let (prev, ok) = c.compare_and_swap("cas", None, "x").await.unwrap();
-    assert!(!ok);
-    assert_eq!(prev.unwrap().as_ref(), b"0");
+    let cas = c.compare_and_swap("cas", None::<&str>, "0").await.unwrap();
+    assert_eq!(
+        (cas.swapped, cas.previous),
+        (true, None),
+        "the key did not exist"
+    );
+    let cas = c.compare_and_swap("cas", None::<&str>, "x").await.unwrap();
+    assert!(!cas.swapped);
+    assert_eq!(cas.previous.unwrap(), "0");
 
     // 16 tasks increment one counter 10 times each with CAS: no lost update.
     let mut tasks = Vec::new();
@@ -266,11 +293,11 @@ async fn compare_and_swap_needs_atomic_mode_and_is_atomic_under_races() {
             while done < 10 {
                 let cur = c.get("cas").await.unwrap().unwrap();
                 let n: u64 = std::str::from_utf8(&cur).unwrap().parse().unwrap();
-                let (_, ok) = c
+                let cas = c
                     .compare_and_swap("cas", Some(cur), (n + 1).to_string())
                     .await
                     .unwrap();
-                if ok {
+                if cas.swapped {
                     done += 1;
                 }
             }
@@ -311,20 +338,22 @@ async fn bad_input_is_refused_before_anything_is_sent() {
         Err(Error::InvalidArgument { .. })
     ));
     assert!(matches!(
-        c.batch_put_with_ttl(pairs(3, "t"), [1, 2]).await,
+        c.batch_put(pairs(3, "t"))
+            .ttls([Duration::from_secs(1), Duration::from_secs(2)])
+            .await,
         Err(Error::InvalidArgument { .. })
     ));
     assert!(matches!(
-        c.scan("a".."b", 0).await,
+        c.put("t", "v").ttl(Duration::ZERO).await,
         Err(Error::InvalidArgument { .. })
     ));
     assert!(matches!(
-        c.scan("a".."b", 10241).await,
+        c.scan("a".."b").limit(0).await,
         Err(Error::InvalidArgument { .. })
     ));
     let reversed: BoundRange = ("b".."a").into();
     assert!(matches!(
-        c.scan(reversed.clone(), 10).await,
+        c.scan(reversed.clone()).limit(10).await,
         Err(Error::InvalidArgument { .. })
     ));
     assert!(matches!(
@@ -332,7 +361,7 @@ async fn bad_input_is_refused_before_anything_is_sent() {
         Err(Error::InvalidArgument { .. })
     ));
     assert!(matches!(
-        c.reverse_scan("a".., 10).await,
+        c.scan("a"..).reverse().limit(10).await,
         Err(Error::InvalidArgument { .. })
     ));
     let sent: u64 = mock.rpc_counts().values().sum();
@@ -385,15 +414,15 @@ async fn keyspaces_are_isolated() {
     );
     assert_eq!(cb.get("k00002").await.unwrap(), None);
     // Unbounded scans stay inside the keyspace.
-    assert_eq!(ca.scan(.., 1000).await.unwrap().len(), 30);
+    assert_eq!(ca.scan(..).limit(1000).await.unwrap().len(), 30);
     assert_eq!(
-        keys_of(&cb.scan(.., 1000).await.unwrap()),
+        keys_of(&cb.scan(..).limit(1000).await.unwrap()),
         vec![b"k00001".to_vec()]
     );
-    assert_eq!(ca.reverse_scan(.., 1000).await.unwrap().len(), 30);
+    assert_eq!(ca.scan(..).reverse().limit(1000).await.unwrap().len(), 30);
     cb.delete_range(..).await.unwrap();
-    assert_eq!(ca.scan(.., 1000).await.unwrap().len(), 30);
-    assert!(cb.scan(.., 10).await.unwrap().is_empty());
+    assert_eq!(ca.scan(..).limit(1000).await.unwrap().len(), 30);
+    assert!(cb.scan(..).limit(10).await.unwrap().is_empty());
     assert_eq!(ca.checksum(..).await.unwrap().total_kvs, 30);
 
     // Unknown and disabled keyspaces are typed errors; a keyspace needs API V2.
@@ -421,26 +450,49 @@ async fn ttls_expire_on_the_mock_clock_and_stay_aligned_across_regions() {
         .build()
         .await
         .unwrap();
-    c.put_with_ttl("short", "v", 10).await.unwrap();
+    c.put("short", "v")
+        .ttl(Duration::from_secs(10))
+        .await
+        .unwrap();
+    // A TTL under a second is rounded up, not down to 0 ("forever").
+    c.put("blink", "v")
+        .ttl(Duration::from_millis(300))
+        .await
+        .unwrap();
     c.put("forever", "v").await.unwrap();
     let ttl = c.get_key_ttl("short").await.unwrap().unwrap();
-    assert!(ttl > 0 && ttl <= 10);
-    assert_eq!(c.get_key_ttl("forever").await.unwrap(), Some(0));
+    assert!(ttl > Duration::ZERO && ttl <= Duration::from_secs(10));
+    assert_eq!(
+        c.get_key_ttl("blink").await.unwrap(),
+        Some(Duration::from_secs(1))
+    );
+    assert_eq!(
+        c.get_key_ttl("forever").await.unwrap(),
+        Some(Duration::ZERO)
+    );
     assert_eq!(c.get_key_ttl("missing").await.unwrap(), None);
     // Per-key TTLs across two regions land on their own keys (client-rust #457).
     let batch = pairs(10, "k");
-    let ttls: Vec<u64> = (0..10).map(|i| 100 + i).collect();
-    c.batch_put_with_ttl(batch.clone(), ttls.clone())
-        .await
-        .unwrap();
+    let ttls: Vec<Duration> = (0..10).map(|i| Duration::from_secs(100 + i)).collect();
+    c.batch_put(batch.clone()).ttls(ttls.clone()).await.unwrap();
     for (pair, ttl) in batch.iter().zip(&ttls) {
         let got = c.get_key_ttl(pair.key().clone()).await.unwrap().unwrap();
         assert!(
-            got <= *ttl && got + 2 >= *ttl,
-            "{:?}: {got} vs {ttl}",
+            got <= *ttl && got + Duration::from_secs(2) >= *ttl,
+            "{:?}: {got:?} vs {ttl:?}",
             pair.key()
         );
     }
+    // One TTL for a whole batch.
+    c.batch_put(pairs(3, "all"))
+        .ttl(Duration::from_secs(50))
+        .await
+        .unwrap();
+    let got = c.get_key_ttl("all00002").await.unwrap().unwrap();
+    assert!(
+        got <= Duration::from_secs(50) && got >= Duration::from_secs(48),
+        "{got:?}"
+    );
     clock.advance(Duration::from_secs(11));
     assert_eq!(c.get("short").await.unwrap(), None);
     assert!(c.get("forever").await.unwrap().is_some());
@@ -463,12 +515,52 @@ async fn ttls_expire_on_the_mock_clock_and_stay_aligned_across_regions() {
 async fn column_families_are_separate() {
     let mock = mock(&[]).await;
     let c = client(&mock).await;
-    let write = c.with_cf("write");
+    let write = c.with_cf(ColumnFamily::Write);
     write.put("k", "in write").await.unwrap();
     assert_eq!(c.get("k").await.unwrap(), None);
-    assert_eq!(write.get("k").await.unwrap().unwrap().as_ref(), b"in write");
-    let bad = c.with_cf("no-such-cf");
-    assert!(bad.put("k", "v").await.is_err());
+    assert_eq!(write.get("k").await.unwrap().unwrap(), "in write");
+    // Per call, overriding the client's.
+    assert_eq!(
+        c.get("k").cf(ColumnFamily::Write).await.unwrap().unwrap(),
+        "in write"
+    );
+    assert_eq!(
+        write.get("k").cf(ColumnFamily::Default).await.unwrap(),
+        None
+    );
+    c.put("l", "in lock").cf(ColumnFamily::Lock).await.unwrap();
+    assert_eq!(
+        c.scan(..).cf(ColumnFamily::Lock).keys_only().await.unwrap(),
+        vec![Key::from("l")]
+    );
+    // An unknown name never becomes a column family.
+    assert!("no-such-cf".parse::<ColumnFamily>().is_err());
+    // API V2 has `default` only: refused before anything is sent.
+    let (v2, _, _) = v2_mock(None).await;
+    let c2 = RawClient::builder(v2.pd_endpoints())
+        .api_version(ApiVersion::V2)
+        .keyspace("alpha")
+        .build()
+        .await
+        .unwrap();
+    v2.reset_rpc_counts();
+    assert!(matches!(
+        c2.get("k").cf(ColumnFamily::Write).await,
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        c2.with_cf(ColumnFamily::Lock).put("k", "v").await,
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert_eq!(count(&v2, "RawGet") + count(&v2, "RawPut"), 0);
+    assert!(matches!(
+        RawClient::builder(v2.pd_endpoints())
+            .api_version(ApiVersion::V2)
+            .column_family(ColumnFamily::Write)
+            .build()
+            .await,
+        Err(Error::InvalidArgument { .. })
+    ));
 }
 
 /// The keys of a batch_get in the order the raw benchmark asks for them: a stride over the
@@ -535,4 +627,161 @@ async fn batch_get_keeps_the_callers_order_across_regions_and_splits() {
     c.batch_put(pairs(400, "k")).await.unwrap();
     let got = c.batch_get(want.clone()).await.unwrap();
     check(&want, &got);
+}
+
+/// Values take what keys take: borrowed `&str` and `&[u8]` of any lifetime, `String`,
+/// `Vec<u8>` and `Bytes`.
+#[tokio::test]
+async fn values_accept_every_byte_type() {
+    let mock = mock(&[]).await;
+    let c = client(&mock).await;
+    let owned = String::from("borrowed str");
+    let bytes = vec![1u8, 2, 3];
+    c.put("a", owned.as_str()).await.unwrap();
+    c.put("b", bytes.as_slice()).await.unwrap();
+    c.put("c", owned.clone()).await.unwrap();
+    c.put("d", bytes.clone()).await.unwrap();
+    c.put("e", bytes::Bytes::from_static(b"bytes"))
+        .await
+        .unwrap();
+    c.put("f", Value::from("value")).await.unwrap();
+    assert_eq!(c.get("a").await.unwrap().unwrap(), "borrowed str");
+    assert_eq!(c.get("b").await.unwrap().unwrap(), [1u8, 2, 3]);
+    assert_eq!(c.get("c").await.unwrap().unwrap(), owned.as_str());
+    assert_eq!(c.get("d").await.unwrap().unwrap(), bytes);
+    assert_eq!(c.get("e").await.unwrap().unwrap(), "bytes");
+    assert_eq!(c.get("f").await.unwrap().unwrap(), "value");
+    c.batch_put([("g", owned.as_str())]).await.unwrap();
+    let c = c.with_atomic_for_cas(true);
+    let cas = c
+        .compare_and_swap("g", Some(owned.as_str()), bytes.as_slice())
+        .await
+        .unwrap();
+    assert!(cas.swapped);
+    assert_eq!(cas.previous.unwrap(), owned.as_str());
+}
+
+/// Without a limit a scan returns the whole range, in pages of MAX_RAW_SCAN_LIMIT; a limit
+/// above one page is served by several.
+#[tokio::test]
+async fn unlimited_and_large_scans_are_paged() {
+    let mock = mock(&["k04000"]).await;
+    let c = client(&mock).await;
+    let all = pairs(12_000, "k");
+    for chunk in all.chunks(2000) {
+        c.batch_put(chunk.to_vec()).await.unwrap();
+    }
+    let got = c.scan("k".."l").await.unwrap();
+    assert_eq!(keys_of(&got), keys_of(&all));
+    let got = c.scan("k".."l").limit(11_000).await.unwrap();
+    assert_eq!(keys_of(&got), keys_of(&all[..11_000]));
+    let got = c.scan("k".."l").reverse().keys_only().await.unwrap();
+    assert_eq!(got.len(), 12_000);
+    assert_eq!(got[0], Key::from("k11999"));
+    assert_eq!(got[11_999], Key::from("k00000"));
+    let got = c.scan("k".."l").reverse().limit(10_300).await.unwrap();
+    assert_eq!(got.len(), 10_300);
+    assert_eq!(got[10_299].key(), &Key::from("k01700"));
+    let got = c.batch_scan(["k".."k00005", "k11998".."l"]).await.unwrap();
+    assert_eq!(got.len(), 7);
+}
+
+/// A call's deadline: a call held by the server fails with a typed timeout, the client's own
+/// deadline applies to calls that set none, and the client is usable afterwards.
+#[tokio::test]
+async fn a_call_past_its_deadline_fails_with_a_timeout() {
+    let mock = mock(&[]).await;
+    let c = client(&mock).await;
+    c.put("k", "v").await.unwrap();
+    let hang = HangHandle::new();
+    mock.add_fault(
+        FaultRule::new(Matcher::tikv().command("RawGet"), Action::hang(&hang)).times(Times::Always),
+    );
+    let err = c
+        .get("k")
+        .timeout(Duration::from_millis(50))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Timeout { after, .. } if *after == Duration::from_millis(50)),
+        "{err:?}"
+    );
+    let quick = c.with_timeout(Duration::from_millis(50));
+    assert!(matches!(quick.get("k").await, Err(Error::Timeout { .. })));
+    // The call's own deadline wins over the client's.
+    let patient = c.with_timeout(Duration::from_secs(3600));
+    let call = patient.get("k").timeout(Duration::from_millis(20));
+    assert!(matches!(call.await, Err(Error::Timeout { .. })));
+    hang.release();
+    mock.clear_faults();
+    assert_eq!(quick.get("k").await.unwrap().unwrap(), "v");
+    assert_eq!(
+        c.batch_get(["k"])
+            .timeout(Duration::from_secs(10))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+/// Dropping a call's future cancels it: it yields nothing, and the client keeps working.
+#[tokio::test]
+async fn dropping_a_pending_call_cancels_it() {
+    let mock = mock(&[]).await;
+    let c = client(&mock).await;
+    c.put("k", "v").await.unwrap();
+    let hang = HangHandle::new();
+    mock.add_fault(FaultRule::new(
+        Matcher::tikv().command("RawGet"),
+        Action::hang(&hang),
+    ));
+    mock.reset_rpc_counts();
+    // The call's future is boxed (and so `Unpin`): polled in place, then really dropped.
+    let mut pending = c.get("k").into_future();
+    // Drive the call until the server holds its request.
+    while count(&mock, "RawGet") == 0 {
+        tokio::select! {
+            biased;
+            answer = &mut pending => panic!("a held call answered: {answer:?}"),
+            _ = tokio::task::yield_now() => {}
+        }
+    }
+    // Nothing came back, and nothing will: the future is gone.
+    drop(pending);
+    hang.release();
+    mock.clear_faults();
+    assert_eq!(c.get("k").await.unwrap().unwrap(), "v");
+    c.put("k", "w").await.unwrap();
+    assert_eq!(c.get("k").await.unwrap().unwrap(), "w");
+}
+
+/// A zero retry budget retries nothing: the first retryable error comes back as it is.
+#[tokio::test]
+async fn a_zero_retry_budget_does_not_retry() {
+    let mock = mock(&[]).await;
+    let c = client(&mock).await;
+    c.put("k", "v").await.unwrap();
+    mock.add_fault(
+        FaultRule::new(
+            Matcher::tikv().command("RawGet"),
+            Action::region_error(RegionErrorSpec::NotLeaderNoLeader),
+        )
+        .times(Times::Always),
+    );
+    mock.reset_rpc_counts();
+    let err = c.get("k").retry_budget(Duration::ZERO).await.unwrap_err();
+    assert!(
+        !matches!(err, Error::BackoffExhausted { .. } | Error::Timeout { .. }),
+        "{err:?}"
+    );
+    assert_eq!(count(&mock, "RawGet"), 1);
+    let err = c
+        .with_retry_budget(Duration::ZERO)
+        .get("k")
+        .await
+        .unwrap_err();
+    assert!(!matches!(err, Error::BackoffExhausted { .. }), "{err:?}");
+    mock.clear_faults();
+    assert_eq!(c.get("k").await.unwrap().unwrap(), "v");
 }

@@ -12,6 +12,7 @@
 use std::net::SocketAddr;
 
 use tikv_client::RawClient;
+use tikv_client::options::ColumnFamily;
 use tikv_mock::MockCluster;
 use tikv_mock::proto::metapb;
 
@@ -99,8 +100,8 @@ async fn a_removed_store_whose_address_another_store_took() {
     let mock = mock(&[]).await;
     let c = RawClient::new(mock.pd_endpoints()).await.unwrap();
     c.put("test_key", "test_value").await.unwrap();
-    let write_cf = c.with_cf("write");
-    let lock_cf = c.with_cf("lock");
+    let write_cf = c.with_cf(ColumnFamily::Write);
+    let lock_cf = c.with_cf(ColumnFamily::Lock);
     write_cf.put("cf_key", "in write").await.unwrap();
     lock_cf.put("cf_key", "in lock").await.unwrap();
     let (old, region) = leader_of(&mock, "test_key");

@@ -45,6 +45,12 @@ pub enum BatchPolicy {
 
 /// The tuning behind a [`BatchPolicy`] (client-go `turboBatchOptions`). The JSON key of each
 /// field in a `custom` policy string is given in its doc.
+///
+/// ```
+/// use tikv_client::config::BatchPolicy;
+/// let opts = BatchPolicy::Standard.options();
+/// assert!(opts.max_wait > std::time::Duration::ZERO);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Default)]
 #[non_exhaustive]
 pub struct BatchTriggerOptions {
@@ -67,6 +73,11 @@ pub struct BatchTriggerOptions {
 }
 
 /// The trigger strategy of a [`BatchTriggerOptions`].
+///
+/// ```
+/// use tikv_client::config::{BatchPolicy, BatchTrigger};
+/// assert_eq!(BatchPolicy::Basic.options().trigger, BatchTrigger::default());
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum BatchTrigger {
@@ -96,6 +107,11 @@ impl BatchPolicy {
     const CUSTOM: &'static str = "custom";
 
     /// The trigger options this policy stands for; presets resolve to client-go's values.
+    ///
+    /// ```
+    /// use tikv_client::config::BatchPolicy;
+    /// let opts = BatchPolicy::Standard.options();
+    /// ```
     pub fn options(&self) -> BatchTriggerOptions {
         const PRESET_WAIT: Duration = Duration::from_micros(100);
         match self {

@@ -15,6 +15,12 @@ use crate::{Error, Result};
 ///
 /// Defaults are client-go's `DefaultTiKVClient()`. Each field names the client-go field it
 /// mirrors and its TOML form.
+///
+/// ```
+/// use tikv_client::config::TikvClientConfig;
+/// let c = TikvClientConfig::default().with_grpc_connection_count(8);
+/// assert_eq!(c.grpc_connection_count, 8);
+/// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 #[non_exhaustive]
@@ -32,7 +38,8 @@ pub struct TikvClientConfig {
     /// Message compression on TiKV channels (`GrpcCompressionType`, `"none"` or `"gzip"`).
     pub grpc_compression_type: GrpcCompression,
     /// Share one buffer pool among the TiKV connections instead of allocating per message
-    /// (`GrpcSharedBufferPool`, default false). A transport hint.
+    /// (`GrpcSharedBufferPool`, default false). A transport hint. Not used yet (tonic manages
+    /// its own buffers): setting it logs a warning when a cluster connects.
     pub grpc_shared_buffer_pool: bool,
     /// HTTP/2 initial flow-control window of each stream, in bytes
     /// (`GrpcInitialWindowSize`, default 128 MiB). At most 2^31 - 1 (the HTTP/2 limit).
@@ -41,7 +48,7 @@ pub struct TikvClientConfig {
     /// (`GrpcInitialConnWindowSize`, default 128 MiB). At most 2^31 - 1.
     pub grpc_initial_conn_window_size: u32,
     /// The longest a commit may wait (`CommitTimeout`, Go duration string, default `"41s"`).
-    /// Must be > 0.
+    /// Must be > 0. Not used yet: setting it logs a warning when a cluster connects.
     #[serde(with = "duration::go_string")]
     pub commit_timeout: Duration,
     /// How BatchCommands decides to wait for more requests (`BatchPolicy`, default
@@ -83,16 +90,20 @@ pub struct TikvClientConfig {
     #[serde(with = "duration::go_string")]
     pub store_liveness_timeout: Duration,
     /// Transactions bigger than this many bytes keep their primary lock alive with TTL
-    /// heartbeats (`TTLRefreshedTxnSize`, default 32 MiB).
+    /// heartbeats (`TTLRefreshedTxnSize`, default 32 MiB). Not used yet: setting it logs a
+    /// warning when a cluster connects.
     pub ttl_refreshed_txn_size: u64,
     /// Locks of transactions that wrote fewer than this many keys are resolved key by key
     /// ("lite" resolve) rather than region by region (`ResolveLockLiteThreshold`, default 512).
+    /// Not used yet: setting it logs a warning when a cluster connects.
     pub resolve_lock_lite_threshold: u64,
     /// Limits under which a transaction may use async commit (`AsyncCommit`, TOML table
-    /// `[tikv-client.async-commit]`).
+    /// `[tikv-client.async-commit]`). Not used yet: setting them logs a warning when a
+    /// cluster connects.
     pub async_commit: AsyncCommitConfig,
     /// Weights that turn TiKV's RU v2 counters into request units (`RUV2`, TOML table
-    /// `[tikv-client.ru-v2]`).
+    /// `[tikv-client.ru-v2]`). Not used yet: setting them logs a warning when a cluster
+    /// connects.
     pub ru_v2: RuV2Config,
 }
 
@@ -128,12 +139,25 @@ impl Default for TikvClientConfig {
 
 impl TikvClientConfig {
     /// Sets how many gRPC connections are opened to each store.
+    ///
+    /// ```
+    /// use tikv_client::config::TikvClientConfig;
+    /// let c = TikvClientConfig::default().with_grpc_connection_count(2);
+    /// assert_eq!(c.grpc_connection_count, 2);
+    /// ```
     pub fn with_grpc_connection_count(mut self, count: usize) -> Self {
         self.grpc_connection_count = count;
         self
     }
 
     /// Sets the keepalive ping interval and how long a ping may go unanswered.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tikv_client::config::TikvClientConfig;
+    /// let c = TikvClientConfig::default().with_grpc_keepalive(Duration::from_secs(20), Duration::from_secs(5));
+    /// assert_eq!(c.grpc_keepalive_time, Duration::from_secs(20));
+    /// ```
     pub fn with_grpc_keepalive(mut self, time: Duration, timeout: Duration) -> Self {
         self.grpc_keepalive_time = time;
         self.grpc_keepalive_timeout = timeout;
@@ -141,12 +165,24 @@ impl TikvClientConfig {
     }
 
     /// Sets the message compression used on TiKV channels.
+    ///
+    /// ```
+    /// use tikv_client::config::{GrpcCompression, TikvClientConfig};
+    /// let c = TikvClientConfig::default().with_grpc_compression(GrpcCompression::Gzip);
+    /// assert_eq!(c.grpc_compression_type, GrpcCompression::Gzip);
+    /// ```
     pub fn with_grpc_compression(mut self, compression: GrpcCompression) -> Self {
         self.grpc_compression_type = compression;
         self
     }
 
     /// Sets the HTTP/2 initial flow-control windows of each stream and each connection.
+    ///
+    /// ```
+    /// use tikv_client::config::TikvClientConfig;
+    /// let c = TikvClientConfig::default().with_grpc_window_sizes(1 << 20, 1 << 24);
+    /// assert_eq!(c.grpc_initial_window_size, 1 << 20);
+    /// ```
     pub fn with_grpc_window_sizes(mut self, stream: u32, connection: u32) -> Self {
         self.grpc_initial_window_size = stream;
         self.grpc_initial_conn_window_size = connection;
@@ -154,24 +190,50 @@ impl TikvClientConfig {
     }
 
     /// Sets the longest a commit may wait.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tikv_client::config::TikvClientConfig;
+    /// let c = TikvClientConfig::default().with_commit_timeout(Duration::from_secs(30));
+    /// assert_eq!(c.commit_timeout, Duration::from_secs(30));
+    /// ```
     pub fn with_commit_timeout(mut self, timeout: Duration) -> Self {
         self.commit_timeout = timeout;
         self
     }
 
     /// Sets the BatchCommands batching policy.
+    ///
+    /// ```
+    /// use tikv_client::config::{BatchPolicy, TikvClientConfig};
+    /// let c = TikvClientConfig::default().with_batch_policy(BatchPolicy::Positive);
+    /// assert_eq!(c.batch_policy, BatchPolicy::Positive);
+    /// ```
     pub fn with_batch_policy(mut self, policy: BatchPolicy) -> Self {
         self.batch_policy = policy;
         self
     }
 
     /// Sets the most requests per BatchCommands message; 0 turns batching off.
+    ///
+    /// ```
+    /// use tikv_client::config::TikvClientConfig;
+    /// let unbatched = TikvClientConfig::default().with_max_batch_size(0);
+    /// assert_eq!(unbatched.max_batch_size, 0);
+    /// ```
     pub fn with_max_batch_size(mut self, size: usize) -> Self {
         self.max_batch_size = size;
         self
     }
 
     /// Sets how long and for how many requests the sender waits on an overloaded store.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tikv_client::config::TikvClientConfig;
+    /// let c = TikvClientConfig::default().with_batch_wait(Duration::from_micros(500), 16);
+    /// assert_eq!(c.batch_wait_size, 16);
+    /// ```
     pub fn with_batch_wait(mut self, max_wait: Duration, wait_size: usize) -> Self {
         self.max_batch_wait_time = max_wait;
         self.batch_wait_size = wait_size;
@@ -179,18 +241,37 @@ impl TikvClientConfig {
     }
 
     /// Sets the store load above which the sender waits to build bigger batches.
+    ///
+    /// ```
+    /// use tikv_client::config::TikvClientConfig;
+    /// let c = TikvClientConfig::default().with_overload_threshold(100);
+    /// assert_eq!(c.overload_threshold, 100);
+    /// ```
     pub fn with_overload_threshold(mut self, threshold: u64) -> Self {
         self.overload_threshold = threshold;
         self
     }
 
     /// Sets the most requests in flight on one batch stream.
+    ///
+    /// ```
+    /// use tikv_client::config::TikvClientConfig;
+    /// let c = TikvClientConfig::default().with_max_concurrency_request_limit(1024);
+    /// assert_eq!(c.max_concurrency_request_limit, 1024);
+    /// ```
     pub fn with_max_concurrency_request_limit(mut self, limit: u64) -> Self {
         self.max_concurrency_request_limit = limit;
         self
     }
 
     /// Sets the region cache TTL and the random jitter added to it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tikv_client::config::TikvClientConfig;
+    /// let c = TikvClientConfig::default().with_region_cache_ttl(Duration::from_secs(300), Duration::from_secs(30));
+    /// assert_eq!(c.region_cache_ttl, Duration::from_secs(300));
+    /// ```
     pub fn with_region_cache_ttl(mut self, ttl: Duration, jitter: Duration) -> Self {
         self.region_cache_ttl = ttl;
         self.region_cache_ttl_jitter = jitter;
@@ -198,18 +279,37 @@ impl TikvClientConfig {
     }
 
     /// Sets the most requests queued per store; 0 means unlimited.
+    ///
+    /// ```
+    /// use tikv_client::config::TikvClientConfig;
+    /// let c = TikvClientConfig::default().with_store_limit(5000);
+    /// assert_eq!(c.store_limit, 5000);
+    /// ```
     pub fn with_store_limit(mut self, limit: u64) -> Self {
         self.store_limit = limit;
         self
     }
 
     /// Sets the timeout of store liveness probes; zero disables them.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tikv_client::config::TikvClientConfig;
+    /// let c = TikvClientConfig::default().with_store_liveness_timeout(Duration::ZERO);
+    /// assert!(c.store_liveness_timeout.is_zero());
+    /// ```
     pub fn with_store_liveness_timeout(mut self, timeout: Duration) -> Self {
         self.store_liveness_timeout = timeout;
         self
     }
 
     /// Sets the async-commit limits.
+    ///
+    /// ```
+    /// use tikv_client::config::{AsyncCommitConfig, TikvClientConfig};
+    /// let c = TikvClientConfig::default().with_async_commit(AsyncCommitConfig::default().with_keys_limit(64));
+    /// assert_eq!(c.async_commit.keys_limit, 64);
+    /// ```
     pub fn with_async_commit(mut self, async_commit: AsyncCommitConfig) -> Self {
         self.async_commit = async_commit;
         self
@@ -294,6 +394,11 @@ impl TikvClientConfig {
 }
 
 /// Message compression on TiKV gRPC channels (client-go `TiKVClient.GrpcCompressionType`).
+///
+/// ```
+/// use tikv_client::config::GrpcCompression;
+/// assert_eq!(GrpcCompression::default(), GrpcCompression::None);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
@@ -308,6 +413,11 @@ pub enum GrpcCompression {
 /// When a transaction may commit asynchronously (client-go `config.AsyncCommit`, TOML table
 /// `[tikv-client.async-commit]`). Whether async commit is on at all is
 /// [`Config::enable_async_commit`](super::Config::enable_async_commit).
+///
+/// ```
+/// use tikv_client::config::AsyncCommitConfig;
+/// assert_eq!(AsyncCommitConfig::default().keys_limit, 256);
+/// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 #[non_exhaustive]
@@ -341,18 +451,36 @@ impl Default for AsyncCommitConfig {
 
 impl AsyncCommitConfig {
     /// Sets the most keys an async-commit transaction may write.
+    ///
+    /// ```
+    /// use tikv_client::config::AsyncCommitConfig;
+    /// assert_eq!(AsyncCommitConfig::default().with_keys_limit(10).keys_limit, 10);
+    /// ```
     pub fn with_keys_limit(mut self, limit: usize) -> Self {
         self.keys_limit = limit;
         self
     }
 
     /// Sets the most total key bytes an async-commit transaction may write.
+    ///
+    /// ```
+    /// use tikv_client::config::AsyncCommitConfig;
+    /// let c = AsyncCommitConfig::default().with_total_key_size_limit(1024);
+    /// assert_eq!(c.total_key_size_limit, 1024);
+    /// ```
     pub fn with_total_key_size_limit(mut self, limit: u64) -> Self {
         self.total_key_size_limit = limit;
         self
     }
 
     /// Sets the schema safe window and the clock drift allowed on top of it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tikv_client::config::AsyncCommitConfig;
+    /// let c = AsyncCommitConfig::default().with_safe_window(Duration::from_secs(3), Duration::from_secs(1));
+    /// assert_eq!(c.safe_window, Duration::from_secs(3));
+    /// ```
     pub fn with_safe_window(
         mut self,
         safe_window: Duration,
@@ -375,6 +503,11 @@ impl AsyncCommitConfig {
 /// Weights that convert TiKV's RU v2 execution counters into request units (client-go
 /// `config.RUV2TiKVConfig`, TOML table `[tikv-client.ru-v2]`). Defaults are client-go's
 /// `DefaultRUV2TiKVConfig()`, fitted so that RU v2 stays close to RU v1 accounting.
+///
+/// ```
+/// use tikv_client::config::RuV2Config;
+/// assert!(RuV2Config::default().ru_scale > 0.0);
+/// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 #[non_exhaustive]

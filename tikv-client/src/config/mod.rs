@@ -2,8 +2,8 @@
 //!
 //! This module owns [`Config`] and its sections ([`TikvClientConfig`], [`PdClientConfig`] with
 //! [`CircuitBreakerSettings`], [`PessimisticTxnConfig`], [`TxnLocalLatchesConfig`], [`AsyncCommitConfig`], [`RuV2Config`],
-//! [`BatchPolicy`]), the TLS settings in [`Security`], and the `tikv://` URI parser
-//! ([`TikvPath`]). It holds data and checks it; it does no I/O beyond reading the files it is
+//! [`BatchPolicy`]), the TLS settings in [`Security`], the `tikv://` URI parser
+//! ([`TikvPath`]), and [`ApiVersion`], the key format both clients share. It holds data and checks it; it does no I/O beyond reading the files it is
 //! pointed at.
 //!
 //! Who calls it: applications build a [`Config`] (defaults, `with_*` builders, or a TOML file)
@@ -13,7 +13,11 @@
 //!
 //! Ports client-go `config/config.go`, `config/client.go` and `config/security.go`. Defaults
 //! equal client-go's `DefaultConfig()`, and TOML keys are client-go's `toml` tags (kebab-case),
-//! so a `[tikv-client]` or `[security]` section written for client-go loads unchanged. Knobs
+//! so a `[tikv-client]` or `[security]` section written for client-go loads unchanged.
+//! `raw-fan-out-concurrency` is this crate's own key. Every setting is either read by the
+//! client or documented as "not used yet" (mostly the transactional client's, not written
+//! yet); a cluster logs a warning for each such setting that differs from its default when
+//! it connects ([`Config::unused_settings`]). Knobs
 //! client-go keeps only for old clusters (`TxnScope`, `EnableReplicaSelectorV2`) and its
 //! TiDB-only coprocessor settings are not ported; a file that sets them gets an error that says
 //! so, rather than a silent no-op.
@@ -83,15 +87,29 @@ use crate::{Error, Result};
 ///
 /// client-go's `Config` has no `toml` tags of its own; its top-level keys are the kebab-case
 /// form of the Go field names (as TiDB, client-go's main user, spells them).
+///
+/// ```
+/// use tikv_client::Config;
+/// let config = Config::default().with_forwarding(true);
+/// assert!(config.enable_forwarding);
+/// config.validate()?;
+/// # Ok::<(), tikv_client::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Config {
     /// Most prewrite/commit batches a transaction sends at once (`CommitterConcurrency`,
-    /// default 128). Must be > 0.
+    /// default 128). Must be > 0. Not used yet (the transactional client is not written):
+    /// setting it logs a warning when a cluster connects.
     pub committer_concurrency: usize,
+    /// Most region requests one raw batch or fan-out call has in flight at once (TOML
+    /// `raw-fan-out-concurrency`, default 128; not a client-go field: client-go sends a raw
+    /// batch's regions all at once). Must be > 0.
+    pub raw_fan_out_concurrency: usize,
     /// The longest a transaction's primary lock is kept alive (`MaxTxnTTL`, integer
-    /// milliseconds, default 1 hour).
+    /// milliseconds, default 1 hour). Not used yet: setting it logs a warning when a cluster
+    /// connects.
     #[serde(with = "duration::millis")]
     pub max_txn_ttl: Duration,
     /// How often store metadata is refreshed from PD (`StoresRefreshInterval`, integer seconds,
@@ -109,31 +127,38 @@ pub struct Config {
     /// passes it to PD's client as `WithForwardingOption`).
     pub enable_forwarding: bool,
     /// Commit transactions asynchronously when they fit the
-    /// [`AsyncCommitConfig`] limits (`EnableAsyncCommit`, default false).
+    /// [`AsyncCommitConfig`] limits (`EnableAsyncCommit`, default false). Not used yet:
+    /// setting it logs a warning when a cluster connects.
     pub enable_async_commit: bool,
     /// Commit single-region transactions in one phase (`Enable1PC`, TOML `enable-1pc`, default
-    /// false).
+    /// false). Not used yet: setting it logs a warning when a cluster connects.
     pub enable_1pc: bool,
     /// Use the asynchronous batch-get path (`EnableAsyncBatchGet`, default false). client-go
     /// switches to a callback-driven batch get; this client's reads are asynchronous either
-    /// way, and the snapshot layer decides what, if anything, the flag still changes.
+    /// way, and the snapshot layer decides what, if anything, the flag still changes. Not used
+    /// yet: setting it logs a warning when a cluster connects.
     pub enable_async_batch_get: bool,
     /// The `zone` label of the machine this client runs on, used to tell same-zone from
-    /// cross-zone traffic (`ZoneLabel`, default empty = unknown).
+    /// cross-zone traffic (`ZoneLabel`, default empty = unknown). Not used yet: setting it
+    /// logs a warning when a cluster connects.
     pub zone_label: String,
     /// Propagate tracing context on every RPC (`OpenTracingEnable`, default false; client-go
-    /// installs its OpenTracing gRPC interceptors).
+    /// installs its OpenTracing gRPC interceptors). Not used yet: setting it logs a warning
+    /// when a cluster connects.
     pub open_tracing_enable: bool,
     /// The `tikv://` URI this configuration was made for (`Path`, default empty); parse it with
-    /// [`Config::parse_path`].
+    /// [`Config::parse_path`]. Not read by the client (connections take their PD endpoints
+    /// from the builder): setting it logs a warning when a cluster connects.
     pub path: String,
     /// Connection and request settings for TiKV (`TiKVClient`, table `[tikv-client]`).
     pub tikv_client: TikvClientConfig,
     /// PD client settings (`PDClient`, table `[pd-client]`).
     pub pd_client: PdClientConfig,
-    /// Pessimistic transaction settings (`PessimisticTxn`, table `[pessimistic-txn]`).
+    /// Pessimistic transaction settings (`PessimisticTxn`, table `[pessimistic-txn]`). Not
+    /// used yet: setting them logs a warning when a cluster connects.
     pub pessimistic_txn: PessimisticTxnConfig,
-    /// In-process latches (`TxnLocalLatches`, table `[txn-local-latches]`).
+    /// In-process latches (`TxnLocalLatches`, table `[txn-local-latches]`). Not used yet:
+    /// setting them logs a warning when a cluster connects.
     pub txn_local_latches: TxnLocalLatchesConfig,
     /// TLS settings (`Security`, table `[security]`).
     pub security: Security,
@@ -143,6 +168,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             committer_concurrency: 128,
+            raw_fan_out_concurrency: 128,
             max_txn_ttl: Duration::from_secs(60 * 60),
             stores_refresh_interval: Duration::from_secs(60),
             regions_refresh_interval: Duration::ZERO,
@@ -166,6 +192,13 @@ impl Default for Config {
 impl Config {
     /// Parses a TOML document and validates the result. Keys left out keep their defaults;
     /// unknown keys are errors.
+    ///
+    /// ```
+    /// use tikv_client::Config;
+    /// let config = Config::from_toml_str("enable-forwarding = true")?;
+    /// assert!(config.enable_forwarding);
+    /// # Ok::<(), tikv_client::Error>(())
+    /// ```
     pub fn from_toml_str(toml: &str) -> Result<Config> {
         let config = parse_toml(toml).map_err(Error::config)?;
         config.validate()?;
@@ -173,6 +206,11 @@ impl Config {
     }
 
     /// Reads and parses a TOML file, then validates the result.
+    ///
+    /// ```no_run
+    /// let config = tikv_client::Config::from_toml_file("/etc/tikv-client.toml")?;
+    /// # Ok::<(), tikv_client::Error>(())
+    /// ```
     pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Config> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| {
@@ -188,12 +226,26 @@ impl Config {
     }
 
     /// Writes the configuration as TOML, in the form [`Config::from_toml_str`] reads back.
+    ///
+    /// ```
+    /// use tikv_client::Config;
+    /// let text = Config::default().to_toml_string()?;
+    /// assert_eq!(Config::from_toml_str(&text)?, Config::default());
+    /// # Ok::<(), tikv_client::Error>(())
+    /// ```
     pub fn to_toml_string(&self) -> Result<String> {
         toml::to_string(self).map_err(|e| Error::config(format!("cannot write TOML: {e}")))
     }
 
     /// Parses a `tikv://pd1:2379,pd2:2379?disableGC=true&keyspaceName=ks` URI (client-go
     /// `ParsePath`). See [`TikvPath::parse`].
+    ///
+    /// ```
+    /// use tikv_client::Config;
+    /// let path = Config::parse_path("tikv://pd1:2379,pd2:2379?keyspaceName=ks")?;
+    /// assert_eq!(path.pd_endpoints, ["pd1:2379", "pd2:2379"]);
+    /// # Ok::<(), tikv_client::Error>(())
+    /// ```
     pub fn parse_path(path: &str) -> Result<TikvPath> {
         TikvPath::parse(path)
     }
@@ -202,10 +254,22 @@ impl Config {
     /// `TxnLocalLatches`), plus the ranges this crate relies on: nonzero counts and intervals,
     /// durations that fit their TOML form, and TLS settings that fit together. The error names
     /// the TOML key, what is wrong, and what is accepted.
+    ///
+    /// ```
+    /// use tikv_client::Config;
+    /// let mut config = Config::default();
+    /// config.raw_fan_out_concurrency = 0;
+    /// assert!(config.validate().is_err());
+    /// ```
     pub fn validate(&self) -> Result<()> {
         if self.committer_concurrency == 0 {
             return Err(Error::config(
                 "committer-concurrency: must be greater than 0",
+            ));
+        }
+        if self.raw_fan_out_concurrency == 0 {
+            return Err(Error::config(
+                "raw-fan-out-concurrency: must be greater than 0",
             ));
         }
         check_whole_millis("max-txn-ttl", self.max_txn_ttl)?;
@@ -226,60 +290,203 @@ impl Config {
     }
 
     /// Sets the TLS settings.
+    ///
+    /// ```
+    /// use tikv_client::{Config, Security};
+    /// let config = Config::default().with_security(Security::default().with_ca("ca.pem"));
+    /// assert!(config.security.is_enabled());
+    /// ```
     pub fn with_security(mut self, security: Security) -> Self {
         self.security = security;
         self
     }
 
     /// Sets the TiKV connection and request settings.
+    ///
+    /// ```
+    /// use tikv_client::Config;
+    /// use tikv_client::config::TikvClientConfig;
+    /// let config = Config::default().with_tikv_client(TikvClientConfig::default().with_max_batch_size(0));
+    /// assert_eq!(config.tikv_client.max_batch_size, 0);
+    /// ```
     pub fn with_tikv_client(mut self, tikv_client: TikvClientConfig) -> Self {
         self.tikv_client = tikv_client;
         self
     }
 
     /// Sets how long the PD client waits for a PD server.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let config = tikv_client::Config::default().with_pd_server_timeout(Duration::from_secs(5));
+    /// assert_eq!(config.pd_client.pd_server_timeout, Duration::from_secs(5));
+    /// ```
     pub fn with_pd_server_timeout(mut self, timeout: Duration) -> Self {
         self.pd_client.pd_server_timeout = timeout;
         self
     }
 
     /// Sets how many prewrite/commit batches a transaction sends at once.
+    ///
+    /// ```
+    /// let config = tikv_client::Config::default().with_committer_concurrency(64);
+    /// assert_eq!(config.committer_concurrency, 64);
+    /// ```
     pub fn with_committer_concurrency(mut self, concurrency: usize) -> Self {
         self.committer_concurrency = concurrency;
         self
     }
 
+    /// Sets how many region requests one raw batch or fan-out call has in flight at once.
+    ///
+    /// ```
+    /// let config = tikv_client::Config::default().with_raw_fan_out_concurrency(16);
+    /// assert_eq!(config.raw_fan_out_concurrency, 16);
+    /// ```
+    pub fn with_raw_fan_out_concurrency(mut self, concurrency: usize) -> Self {
+        self.raw_fan_out_concurrency = concurrency;
+        self
+    }
+
+    /// The TOML keys of the settings this client does not use yet (they belong to parts not
+    /// written, mostly the transactional client) that differ from their defaults. A cluster
+    /// logs a warning for each when it connects; a setting that has no effect is never
+    /// silent.
+    ///
+    /// ```
+    /// use tikv_client::Config;
+    /// let config = Config::default().with_async_commit(true).with_raw_fan_out_concurrency(8);
+    /// assert_eq!(config.unused_settings(), ["enable-async-commit"]);
+    /// assert!(Config::default().unused_settings().is_empty());
+    /// ```
+    pub fn unused_settings(&self) -> Vec<&'static str> {
+        let default = Config::default();
+        let (tikv, tikv_default) = (&self.tikv_client, &default.tikv_client);
+        [
+            (
+                "committer-concurrency",
+                self.committer_concurrency != default.committer_concurrency,
+            ),
+            ("max-txn-ttl", self.max_txn_ttl != default.max_txn_ttl),
+            (
+                "enable-async-commit",
+                self.enable_async_commit != default.enable_async_commit,
+            ),
+            ("enable-1pc", self.enable_1pc != default.enable_1pc),
+            (
+                "enable-async-batch-get",
+                self.enable_async_batch_get != default.enable_async_batch_get,
+            ),
+            ("zone-label", self.zone_label != default.zone_label),
+            (
+                "open-tracing-enable",
+                self.open_tracing_enable != default.open_tracing_enable,
+            ),
+            ("path", self.path != default.path),
+            (
+                "pessimistic-txn",
+                self.pessimistic_txn != default.pessimistic_txn,
+            ),
+            (
+                "txn-local-latches",
+                self.txn_local_latches != default.txn_local_latches,
+            ),
+            (
+                "tikv-client.grpc-shared-buffer-pool",
+                tikv.grpc_shared_buffer_pool != tikv_default.grpc_shared_buffer_pool,
+            ),
+            (
+                "tikv-client.commit-timeout",
+                tikv.commit_timeout != tikv_default.commit_timeout,
+            ),
+            (
+                "tikv-client.ttl-refreshed-txn-size",
+                tikv.ttl_refreshed_txn_size != tikv_default.ttl_refreshed_txn_size,
+            ),
+            (
+                "tikv-client.resolve-lock-lite-threshold",
+                tikv.resolve_lock_lite_threshold != tikv_default.resolve_lock_lite_threshold,
+            ),
+            (
+                "tikv-client.async-commit",
+                tikv.async_commit != tikv_default.async_commit,
+            ),
+            ("tikv-client.ru-v2", tikv.ru_v2 != tikv_default.ru_v2),
+        ]
+        .into_iter()
+        .filter_map(|(key, set)| set.then_some(key))
+        .collect()
+    }
+
+    /// Logs a warning for each of [`Config::unused_settings`]; a cluster calls it once, when
+    /// it connects.
+    pub(crate) fn warn_unused_settings(&self) {
+        for key in self.unused_settings() {
+            tracing::warn!(
+                setting = key,
+                "configuration setting {key} is not used yet by this client and has no effect"
+            );
+        }
+    }
+
     /// Sets the longest a transaction's primary lock is kept alive.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let config = tikv_client::Config::default().with_max_txn_ttl(Duration::from_secs(600));
+    /// assert_eq!(config.max_txn_ttl, Duration::from_secs(600));
+    /// ```
     pub fn with_max_txn_ttl(mut self, ttl: Duration) -> Self {
         self.max_txn_ttl = ttl;
         self
     }
 
     /// Turns async commit on or off.
+    ///
+    /// ```
+    /// assert!(tikv_client::Config::default().with_async_commit(true).enable_async_commit);
+    /// ```
     pub fn with_async_commit(mut self, enabled: bool) -> Self {
         self.enable_async_commit = enabled;
         self
     }
 
     /// Turns one-phase commit on or off.
+    ///
+    /// ```
+    /// assert!(tikv_client::Config::default().with_one_pc(true).enable_1pc);
+    /// ```
     pub fn with_one_pc(mut self, enabled: bool) -> Self {
         self.enable_1pc = enabled;
         self
     }
 
     /// Turns forwarding through other stores on or off.
+    ///
+    /// ```
+    /// assert!(tikv_client::Config::default().with_forwarding(true).enable_forwarding);
+    /// ```
     pub fn with_forwarding(mut self, enabled: bool) -> Self {
         self.enable_forwarding = enabled;
         self
     }
 
     /// Turns loading all regions at start-up on or off.
+    ///
+    /// ```
+    /// assert!(tikv_client::Config::default().with_preload(true).enable_preload);
+    /// ```
     pub fn with_preload(mut self, enabled: bool) -> Self {
         self.enable_preload = enabled;
         self
     }
 
     /// Turns in-process latches on, with room for `capacity` slots.
+    ///
+    /// ```
+    /// let config = tikv_client::Config::default().with_txn_local_latches(2048);
+    /// assert!(config.txn_local_latches.enabled);
+    /// ```
     pub fn with_txn_local_latches(mut self, capacity: usize) -> Self {
         self.txn_local_latches = TxnLocalLatchesConfig {
             enabled: true,
@@ -289,6 +496,10 @@ impl Config {
     }
 
     /// Sets the `zone` label of the machine this client runs on.
+    ///
+    /// ```
+    /// assert_eq!(tikv_client::Config::default().with_zone_label("z1").zone_label, "z1");
+    /// ```
     pub fn with_zone_label(mut self, zone: impl Into<String>) -> Self {
         self.zone_label = zone.into();
         self
@@ -296,6 +507,13 @@ impl Config {
 
     /// Sets how often store and region metadata are refreshed from PD; a zero region interval
     /// turns the periodic region reload off.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let config = tikv_client::Config::default()
+    ///     .with_refresh_intervals(Duration::from_secs(30), Duration::ZERO);
+    /// assert_eq!(config.stores_refresh_interval, Duration::from_secs(30));
+    /// ```
     pub fn with_refresh_intervals(mut self, stores: Duration, regions: Duration) -> Self {
         self.stores_refresh_interval = stores;
         self.regions_refresh_interval = regions;
@@ -303,8 +521,36 @@ impl Config {
     }
 }
 
+/// The key format of a client (TiKV's `storage.api-version`), shared by the raw and
+/// transactional clients and re-exported at the crate root.
+///
+/// ```no_run
+/// # async fn f() -> tikv_client::Result<()> {
+/// use tikv_client::{ApiVersion, RawClient};
+/// let client = RawClient::builder(["pd:2379"])
+///     .api_version(ApiVersion::V2)
+///     .keyspace("tenant")
+///     .build()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum ApiVersion {
+    /// Keys are stored as given; no keyspaces.
+    #[default]
+    V1,
+    /// Keys are stored inside a keyspace (prefix `r` + 3-byte keyspace id for raw keys).
+    V2,
+}
+
 /// Pessimistic transaction settings (client-go `config.PessimisticTxn`, TOML table
 /// `[pessimistic-txn]`).
+///
+/// ```
+/// use tikv_client::config::PessimisticTxnConfig;
+/// assert_eq!(PessimisticTxnConfig::default().max_retry_count, 0);
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 #[non_exhaustive]
@@ -319,6 +565,13 @@ pub struct PessimisticTxnConfig {
 ///
 /// client-go hides these two fields from TOML (`toml:"-"`); the keys here are the ones TiDB uses
 /// for the same section.
+///
+/// ```
+/// use tikv_client::Config;
+/// let config = Config::from_toml_str("[txn-local-latches]\nenabled = true\ncapacity = 1024")?;
+/// assert_eq!(config.txn_local_latches.capacity, 1024);
+/// # Ok::<(), tikv_client::Error>(())
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 #[non_exhaustive]
@@ -425,6 +678,87 @@ mod tests {
         assert_eq!(c.tikv_client, TikvClientConfig::default());
         assert_eq!(c.security, Security::default());
         c.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn raw_fan_out_concurrency_loads_from_toml_and_is_checked() {
+        let c = Config::from_toml_str("raw-fan-out-concurrency = 32\n").unwrap();
+        assert_eq!(c.raw_fan_out_concurrency, 32);
+        assert_eq!(
+            c.committer_concurrency, 128,
+            "independent of the committer's"
+        );
+        assert_eq!(Config::default().raw_fan_out_concurrency, 128);
+        assert_eq!(Config::default().with_raw_fan_out_concurrency(32), c);
+        assert!(
+            load_err("raw-fan-out-concurrency = 0\n")
+                .contains("raw-fan-out-concurrency: must be greater than 0")
+        );
+        let text = c.to_toml_string().unwrap();
+        assert!(text.contains("raw-fan-out-concurrency = 32"), "{text}");
+        assert!(c.unused_settings().is_empty(), "it is read by the cluster");
+    }
+
+    #[test]
+    fn settings_not_used_yet_are_named_when_changed() {
+        assert!(Config::default().unused_settings().is_empty());
+        let c = Config::from_toml_str(
+            r#"
+            committer-concurrency = 64
+            max-txn-ttl = 1000
+            enable-async-commit = true
+            enable-1pc = true
+            enable-async-batch-get = true
+            zone-label = "z1"
+            open-tracing-enable = true
+            path = "tikv://pd:2379"
+            [pessimistic-txn]
+            max-retry-count = 3
+            [txn-local-latches]
+            enabled = true
+            capacity = 16
+            [tikv-client]
+            grpc-shared-buffer-pool = true
+            commit-timeout = "10s"
+            ttl-refreshed-txn-size = 1
+            resolve-lock-lite-threshold = 1
+            [tikv-client.async-commit]
+            keys-limit = 1
+            [tikv-client.ru-v2]
+            ru-scale = 1.0
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.unused_settings(),
+            [
+                "committer-concurrency",
+                "max-txn-ttl",
+                "enable-async-commit",
+                "enable-1pc",
+                "enable-async-batch-get",
+                "zone-label",
+                "open-tracing-enable",
+                "path",
+                "pessimistic-txn",
+                "txn-local-latches",
+                "tikv-client.grpc-shared-buffer-pool",
+                "tikv-client.commit-timeout",
+                "tikv-client.ttl-refreshed-txn-size",
+                "tikv-client.resolve-lock-lite-threshold",
+                "tikv-client.async-commit",
+                "tikv-client.ru-v2",
+            ]
+        );
+        // Settings the client reads are never listed.
+        let read = Config::default()
+            .with_preload(true)
+            .with_forwarding(true)
+            .with_pd_server_timeout(Duration::from_secs(9))
+            .with_tikv_client(TikvClientConfig::default().with_grpc_connection_count(2));
+        assert!(read.unused_settings().is_empty());
+        // Logging them does not fail without a subscriber.
+        c.warn_unused_settings();
     }
 
     #[test]

@@ -32,6 +32,13 @@ impl TikvPath {
     /// query values are percent-decoded, the first occurrence of an option wins, and options
     /// other than `disableGC` and `keyspaceName` are ignored. Unlike client-go, an empty host
     /// list or an empty endpoint (`tikv://a:1,,b:2`) is an error.
+    ///
+    /// ```
+    /// use tikv_client::config::TikvPath;
+    /// let path = TikvPath::parse("tikv://pd:2379?disableGC=true")?;
+    /// assert!(path.disable_gc);
+    /// # Ok::<(), tikv_client::Error>(())
+    /// ```
     pub fn parse(uri: &str) -> Result<TikvPath> {
         let problem = |why: &str| Error::invalid_argument(format!("tikv path {uri:?}: {why}"));
         let (scheme, rest) = uri

@@ -20,6 +20,12 @@ use super::duration::{self, check_go_range, check_whole_secs};
 use crate::{Error, Result};
 
 /// PD client settings (client-go `config.PDClient`, TOML table `[pd-client]`).
+///
+/// ```
+/// use tikv_client::config::PdClientConfig;
+/// let pd = PdClientConfig::default().with_follower_handle(true);
+/// assert!(pd.enable_follower_handle);
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 #[non_exhaustive]
@@ -67,18 +73,34 @@ impl PdClientConfig {
     }
 
     /// Lets PD followers answer region reads, or stops it.
+    ///
+    /// ```
+    /// use tikv_client::config::PdClientConfig;
+    /// assert!(PdClientConfig::default().with_follower_handle(true).enable_follower_handle);
+    /// ```
     pub fn with_follower_handle(mut self, enabled: bool) -> Self {
         self.enable_follower_handle = enabled;
         self
     }
 
     /// Turns the batching router client on or off.
+    ///
+    /// ```
+    /// use tikv_client::config::PdClientConfig;
+    /// assert!(PdClientConfig::default().with_router_client(true).enable_router_client);
+    /// ```
     pub fn with_router_client(mut self, enabled: bool) -> Self {
         self.enable_router_client = enabled;
         self
     }
 
     /// Sets the region-meta circuit breaker.
+    ///
+    /// ```
+    /// use tikv_client::config::{CircuitBreakerSettings, PdClientConfig};
+    /// let pd = PdClientConfig::default().with_region_meta_circuit_breaker(CircuitBreakerSettings::always_closed());
+    /// assert!(!pd.region_meta_circuit_breaker.is_enabled());
+    /// ```
     pub fn with_region_meta_circuit_breaker(mut self, settings: CircuitBreakerSettings) -> Self {
         self.region_meta_circuit_breaker = settings;
         self
@@ -145,6 +167,11 @@ impl Default for CircuitBreakerSettings {
 
 impl CircuitBreakerSettings {
     /// PD's `AlwaysClosedSettings`: a breaker that never opens.
+    ///
+    /// ```
+    /// use tikv_client::config::CircuitBreakerSettings;
+    /// assert!(!CircuitBreakerSettings::always_closed().is_enabled());
+    /// ```
     pub fn always_closed() -> Self {
         CircuitBreakerSettings {
             error_rate_threshold_pct: 0,
@@ -156,35 +183,73 @@ impl CircuitBreakerSettings {
     }
 
     /// Whether the breaker can open at all (a threshold is set).
+    ///
+    /// ```
+    /// use tikv_client::config::CircuitBreakerSettings;
+    /// let on = CircuitBreakerSettings::always_closed().with_error_rate_threshold_pct(50);
+    /// assert!(on.is_enabled());
+    /// ```
     pub fn is_enabled(&self) -> bool {
         self.error_rate_threshold_pct > 0
     }
 
     /// Sets the error-rate threshold (percent; 0 turns the breaker off).
+    ///
+    /// ```
+    /// use tikv_client::config::CircuitBreakerSettings;
+    /// let s = CircuitBreakerSettings::always_closed().with_error_rate_threshold_pct(30);
+    /// assert_eq!(s.error_rate_threshold_pct, 30);
+    /// ```
     pub fn with_error_rate_threshold_pct(mut self, pct: u32) -> Self {
         self.error_rate_threshold_pct = pct;
         self
     }
 
     /// Sets the minimum average request rate for the error rate to be judged.
+    ///
+    /// ```
+    /// use tikv_client::config::CircuitBreakerSettings;
+    /// let s = CircuitBreakerSettings::always_closed().with_min_qps_for_open(20);
+    /// assert_eq!(s.min_qps_for_open, 20);
+    /// ```
     pub fn with_min_qps_for_open(mut self, qps: u32) -> Self {
         self.min_qps_for_open = qps;
         self
     }
 
     /// Sets the counting window.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tikv_client::config::CircuitBreakerSettings;
+    /// let s = CircuitBreakerSettings::always_closed().with_error_rate_window(Duration::from_secs(10));
+    /// assert_eq!(s.error_rate_window, Duration::from_secs(10));
+    /// ```
     pub fn with_error_rate_window(mut self, window: Duration) -> Self {
         self.error_rate_window = window;
         self
     }
 
     /// Sets how long an open breaker waits before letting probes through.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tikv_client::config::CircuitBreakerSettings;
+    /// let s = CircuitBreakerSettings::always_closed().with_cool_down_interval(Duration::from_secs(5));
+    /// assert_eq!(s.cool_down_interval, Duration::from_secs(5));
+    /// ```
     pub fn with_cool_down_interval(mut self, interval: Duration) -> Self {
         self.cool_down_interval = interval;
         self
     }
 
     /// Sets how many probes must succeed to close a half-open breaker.
+    ///
+    /// ```
+    /// use tikv_client::config::CircuitBreakerSettings;
+    /// let s = CircuitBreakerSettings::always_closed().with_half_open_success_count(3);
+    /// assert_eq!(s.half_open_success_count, 3);
+    /// ```
     pub fn with_half_open_success_count(mut self, count: u32) -> Self {
         self.half_open_success_count = count;
         self

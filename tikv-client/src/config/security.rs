@@ -68,6 +68,12 @@ pub struct Security {
 impl Security {
     /// TLS settings from file paths, as client-go's `NewSecurity`. An empty path means "not
     /// set", so `Security::new("", "", "", None::<String>)` is TLS off.
+    ///
+    /// ```
+    /// use tikv_client::Security;
+    /// let tls = Security::new("ca.pem", "client.pem", "client-key.pem", ["tikv-server"]);
+    /// assert!(tls.is_enabled());
+    /// ```
     pub fn new(
         ca: impl Into<PathBuf>,
         cert: impl Into<PathBuf>,
@@ -84,12 +90,22 @@ impl Security {
     }
 
     /// Sets the CA file; enough on its own for TLS that verifies the servers.
+    ///
+    /// ```
+    /// use tikv_client::Security;
+    /// assert!(Security::default().with_ca("ca.pem").is_enabled());
+    /// ```
     pub fn with_ca(mut self, ca: impl Into<PathBuf>) -> Self {
         self.cluster_ssl_ca = Some(ca.into());
         self
     }
 
     /// Sets this client's certificate and private key files, for mutual TLS.
+    ///
+    /// ```
+    /// use tikv_client::Security;
+    /// let tls = Security::default().with_ca("ca.pem").with_client_identity("client.pem", "client-key.pem");
+    /// ```
     pub fn with_client_identity(
         mut self,
         cert: impl Into<PathBuf>,
@@ -101,12 +117,23 @@ impl Security {
     }
 
     /// Sets the Common Names a server certificate may carry.
+    ///
+    /// ```
+    /// use tikv_client::Security;
+    /// let tls = Security::default().with_ca("ca.pem").with_verify_cn(["tikv-server"]);
+    /// assert_eq!(tls.cluster_verify_cn, ["tikv-server"]);
+    /// ```
     pub fn with_verify_cn(mut self, names: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.cluster_verify_cn = names.into_iter().map(Into::into).collect();
         self
     }
 
     /// Whether the connections use TLS, that is whether a CA is set (as in client-go).
+    ///
+    /// ```
+    /// use tikv_client::Security;
+    /// assert!(!Security::default().is_enabled());
+    /// ```
     pub fn is_enabled(&self) -> bool {
         self.cluster_ssl_ca.is_some()
     }
@@ -147,6 +174,13 @@ impl Security {
     /// or the traditional RSA or EC forms). Errors name the setting, the path and the problem.
     ///
     /// Call it when [`is_enabled`](Self::is_enabled) is true; without a CA it is an error.
+    ///
+    /// ```no_run
+    /// use tikv_client::Security;
+    /// let material = Security::default().with_ca("ca.pem").load()?;
+    /// assert!(!material.ca_pem().is_empty());
+    /// # Ok::<(), tikv_client::Error>(())
+    /// ```
     pub fn load(&self) -> Result<TlsMaterial> {
         self.validate()?;
         let Some(ca_path) = &self.cluster_ssl_ca else {
@@ -175,6 +209,12 @@ impl Security {
 /// configure TLS without touching the file system again. Cloning is cheap.
 ///
 /// Its `Debug` output never shows the private key.
+///
+/// ```no_run
+/// let material = tikv_client::Security::default().with_ca("ca.pem").load()?;
+/// println!("{} CA bytes", material.ca_pem().len());
+/// # Ok::<(), tikv_client::Error>(())
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct TlsMaterial {
     ca: Bytes,
@@ -184,11 +224,23 @@ pub struct TlsMaterial {
 
 impl TlsMaterial {
     /// The CA certificates (PEM) used to verify servers.
+    ///
+    /// ```no_run
+    /// let material = tikv_client::Security::default().with_ca("ca.pem").load()?;
+    /// let pem: &[u8] = material.ca_pem();
+    /// # Ok::<(), tikv_client::Error>(())
+    /// ```
     pub fn ca_pem(&self) -> &[u8] {
         &self.ca
     }
 
     /// This client's certificate chain and private key (both PEM), for mutual TLS.
+    ///
+    /// ```no_run
+    /// let material = tikv_client::Security::default().with_ca("ca.pem").load()?;
+    /// assert!(material.client_identity().is_none());
+    /// # Ok::<(), tikv_client::Error>(())
+    /// ```
     pub fn client_identity(&self) -> Option<(&[u8], &[u8])> {
         self.identity
             .as_ref()
@@ -196,6 +248,12 @@ impl TlsMaterial {
     }
 
     /// Common Names a server certificate may carry; empty accepts any.
+    ///
+    /// ```no_run
+    /// let material = tikv_client::Security::default().with_ca("ca.pem").load()?;
+    /// assert!(material.verify_cn().is_empty());
+    /// # Ok::<(), tikv_client::Error>(())
+    /// ```
     pub fn verify_cn(&self) -> &[String] {
         &self.verify_cn
     }

@@ -46,6 +46,13 @@ pub struct BoundRange {
 impl BoundRange {
     /// A range from explicit bounds. An excluded empty end and an included empty start become
     /// [`Bound::Unbounded`] (see the type docs).
+    ///
+    /// ```
+    /// use std::ops::Bound;
+    /// use tikv_client::{BoundRange, Key};
+    /// let r = BoundRange::new(Bound::Included(Key::from("a")), Bound::Excluded(Key::from("m")));
+    /// assert!(r.contains(b"a") && !r.contains(b"m"));
+    /// ```
     pub fn new(start: Bound<Key>, end: Bound<Key>) -> BoundRange {
         let start = match start {
             Bound::Included(key) if key.is_empty() => Bound::Unbounded,
@@ -59,16 +66,35 @@ impl BoundRange {
     }
 
     /// The lower bound.
+    ///
+    /// ```
+    /// use std::ops::Bound;
+    /// use tikv_client::{BoundRange, Key};
+    /// assert_eq!(BoundRange::from("a"..).start(), Bound::Included(&Key::from("a")));
+    /// ```
     pub fn start(&self) -> Bound<&Key> {
         self.start.as_ref()
     }
 
     /// The upper bound.
+    ///
+    /// ```
+    /// use std::ops::Bound;
+    /// use tikv_client::BoundRange;
+    /// assert_eq!(BoundRange::from("a"..).end(), Bound::Unbounded);
+    /// ```
     pub fn end(&self) -> Bound<&Key> {
         self.end.as_ref()
     }
 
     /// The two bounds, by value.
+    ///
+    /// ```
+    /// use std::ops::Bound;
+    /// use tikv_client::{BoundRange, Key};
+    /// let (start, _end) = BoundRange::from("a"..="b").into_bounds();
+    /// assert_eq!(start, Bound::Included(Key::from("a")));
+    /// ```
     pub fn into_bounds(self) -> (Bound<Key>, Bound<Key>) {
         (self.start, self.end)
     }
@@ -78,6 +104,11 @@ impl BoundRange {
     ///
     /// An excluded start and an included end are shifted with [`Key::next_key`], the immediate
     /// successor, so the set of keys is unchanged: `..=[0xFF]` ends before `[0xFF, 0x00]`.
+    ///
+    /// ```
+    /// use tikv_client::{BoundRange, Key};
+    /// assert_eq!(BoundRange::from("a".."b").into_keys(), (Key::from("a"), Some(Key::from("b"))));
+    /// ```
     pub fn into_keys(self) -> (Key, Option<Key>) {
         let start = match self.start {
             Bound::Included(key) => key,
@@ -93,6 +124,11 @@ impl BoundRange {
     }
 
     /// Whether `key` lies in the range.
+    ///
+    /// ```
+    /// use tikv_client::BoundRange;
+    /// assert!(BoundRange::from("a".."b").contains(b"a\xff"));
+    /// ```
     pub fn contains(&self, key: &[u8]) -> bool {
         let above_start = match &self.start {
             Bound::Included(start) => key >= start.as_bytes(),
@@ -109,6 +145,12 @@ impl BoundRange {
 
     /// Whether no key at all lies in the range, e.g. `"b".."a"`, `"a".."a"` or
     /// `(Excluded("a"), Excluded("a\0"))`.
+    ///
+    /// ```
+    /// use tikv_client::BoundRange;
+    /// assert!(BoundRange::from("b".."b").is_empty_range());
+    /// assert!(!BoundRange::from("a".."b").is_empty_range());
+    /// ```
     pub fn is_empty_range(&self) -> bool {
         match (&self.start, &self.end) {
             (Bound::Unbounded, _) | (_, Bound::Unbounded) => false,
@@ -127,6 +169,12 @@ impl BoundRange {
     ///
     /// An empty but well-ordered range such as `"a".."a"` passes: it simply holds no keys (see
     /// [`is_empty_range`](BoundRange::is_empty_range)).
+    ///
+    /// ```
+    /// use tikv_client::BoundRange;
+    /// assert!(BoundRange::from("a".."b").validate().is_ok());
+    /// assert!(BoundRange::from("b".."a").validate().is_err());
+    /// ```
     pub fn validate(&self) -> Result<()> {
         let start = match &self.start {
             Bound::Included(key) | Bound::Excluded(key) => key,

@@ -57,6 +57,11 @@ const MAX_SINGLE_BYTE: u64 = (POSITIVE_TAG_START - NEGATIVE_TAG_END) as u64;
 
 /// The length of the memcomparable encoding of `raw_len` bytes: whole groups of 9, one more than
 /// `raw_len / 8` (saturating at `usize::MAX` for lengths no slice can have).
+///
+/// ```
+/// use tikv_client::kv::codec::{encode_bytes, encoded_len};
+/// assert_eq!(encode_bytes(b"abc").len(), encoded_len(3));
+/// ```
 pub const fn encoded_len(raw_len: usize) -> usize {
     (raw_len / GROUP_SIZE + 1).saturating_mul(ENCODED_GROUP_SIZE)
 }
@@ -77,6 +82,13 @@ pub fn encode_bytes(data: &[u8]) -> Vec<u8> {
 }
 
 /// Appends the memcomparable encoding of `data` to `buf`, growing it at most once.
+///
+/// ```
+/// use tikv_client::kv::codec::{encode_bytes, encode_bytes_into};
+/// let mut buf = b"prefix".to_vec();
+/// encode_bytes_into(&mut buf, b"k");
+/// assert_eq!(&buf[6..], encode_bytes(b"k").as_slice());
+/// ```
 pub fn encode_bytes_into(buf: &mut Vec<u8>, data: &[u8]) {
     buf.reserve(encoded_len(data.len()));
     let mut groups = data.chunks_exact(GROUP_SIZE);
@@ -117,6 +129,15 @@ pub fn decode_bytes(input: &[u8]) -> Result<(Vec<u8>, &[u8])> {
 
 /// Like [`decode_bytes`], but appends the decoded bytes to `buf` (reusing its allocation) and
 /// returns the rest of `input`. On error `buf` is left as it was.
+///
+/// ```
+/// use tikv_client::kv::codec::{decode_bytes_into, encode_bytes};
+/// let mut out = Vec::new();
+/// let encoded = encode_bytes(b"key");
+/// let rest = decode_bytes_into(&mut out, &encoded)?;
+/// assert_eq!((out.as_slice(), rest.len()), (&b"key"[..], 0));
+/// # Ok::<(), tikv_client::Error>(())
+/// ```
 pub fn decode_bytes_into<'a>(buf: &mut Vec<u8>, input: &'a [u8]) -> Result<&'a [u8]> {
     // Peek at the markers first so the output grows once; the decode below still validates all.
     let groups = input
@@ -176,53 +197,135 @@ fn decode_groups<'a>(buf: &mut Vec<u8>, input: &'a [u8]) -> Result<&'a [u8]> {
 // ---------------------------------------------------------------------------------------------
 
 /// Maps an `i64` onto a `u64` with the same order (flips the sign bit).
+///
+/// ```
+/// use tikv_client::kv::codec::int_to_cmp_uint;
+/// assert!(int_to_cmp_uint(-1) < int_to_cmp_uint(0));
+/// ```
 pub const fn int_to_cmp_uint(v: i64) -> u64 {
     v.cast_unsigned() ^ SIGN_MASK
 }
 
 /// Inverse of [`int_to_cmp_uint`].
+///
+/// ```
+/// use tikv_client::kv::codec::{cmp_uint_to_int, int_to_cmp_uint};
+/// assert_eq!(cmp_uint_to_int(int_to_cmp_uint(-7)), -7);
+/// ```
 pub const fn cmp_uint_to_int(u: u64) -> i64 {
     (u ^ SIGN_MASK).cast_signed()
 }
 
 /// Appends `v` as 8 bytes that sort in ascending numeric order.
+///
+/// ```
+/// use tikv_client::kv::codec::{encode_int, decode_int};
+/// let mut buf = Vec::new();
+/// encode_int(&mut buf, -42);
+/// let (v, rest) = decode_int(&buf)?;
+/// assert_eq!((v, rest.len()), (-42, 0));
+/// # Ok::<(), tikv_client::Error>(())
+/// ```
 pub fn encode_int(buf: &mut Vec<u8>, v: i64) {
     encode_uint(buf, int_to_cmp_uint(v));
 }
 
 /// Decodes an `i64` written by [`encode_int`], returning it and the rest of `input`.
+///
+/// ```
+/// use tikv_client::kv::codec::{encode_int, decode_int};
+/// let mut buf = Vec::new();
+/// encode_int(&mut buf, 7);
+/// let (v, rest) = decode_int(&buf)?;
+/// assert_eq!((v, rest.len()), (7, 0));
+/// # Ok::<(), tikv_client::Error>(())
+/// ```
 pub fn decode_int(input: &[u8]) -> Result<(i64, &[u8])> {
     let (u, rest) = read_u64(input, "i64")?;
     Ok((cmp_uint_to_int(u), rest))
 }
 
 /// Appends `v` as 8 bytes that sort in descending numeric order.
+///
+/// ```
+/// use tikv_client::kv::codec::{encode_int_desc, decode_int_desc};
+/// let mut buf = Vec::new();
+/// encode_int_desc(&mut buf, -42);
+/// let (v, rest) = decode_int_desc(&buf)?;
+/// assert_eq!((v, rest.len()), (-42, 0));
+/// # Ok::<(), tikv_client::Error>(())
+/// ```
 pub fn encode_int_desc(buf: &mut Vec<u8>, v: i64) {
     encode_uint(buf, !int_to_cmp_uint(v));
 }
 
 /// Decodes an `i64` written by [`encode_int_desc`], returning it and the rest of `input`.
+///
+/// ```
+/// use tikv_client::kv::codec::{encode_int_desc, decode_int_desc};
+/// let mut buf = Vec::new();
+/// encode_int_desc(&mut buf, 7);
+/// let (v, rest) = decode_int_desc(&buf)?;
+/// assert_eq!((v, rest.len()), (7, 0));
+/// # Ok::<(), tikv_client::Error>(())
+/// ```
 pub fn decode_int_desc(input: &[u8]) -> Result<(i64, &[u8])> {
     let (u, rest) = read_u64(input, "descending i64")?;
     Ok((cmp_uint_to_int(!u), rest))
 }
 
 /// Appends `v` as 8 big-endian bytes, which sort in ascending numeric order.
+///
+/// ```
+/// use tikv_client::kv::codec::{encode_uint, decode_uint};
+/// let mut buf = Vec::new();
+/// encode_uint(&mut buf, 42u64);
+/// let (v, rest) = decode_uint(&buf)?;
+/// assert_eq!((v, rest.len()), (42u64, 0));
+/// # Ok::<(), tikv_client::Error>(())
+/// ```
 pub fn encode_uint(buf: &mut Vec<u8>, v: u64) {
     buf.extend_from_slice(&v.to_be_bytes());
 }
 
 /// Decodes a `u64` written by [`encode_uint`], returning it and the rest of `input`.
+///
+/// ```
+/// use tikv_client::kv::codec::{encode_uint, decode_uint};
+/// let mut buf = Vec::new();
+/// encode_uint(&mut buf, 7u64);
+/// let (v, rest) = decode_uint(&buf)?;
+/// assert_eq!((v, rest.len()), (7u64, 0));
+/// # Ok::<(), tikv_client::Error>(())
+/// ```
 pub fn decode_uint(input: &[u8]) -> Result<(u64, &[u8])> {
     read_u64(input, "u64")
 }
 
 /// Appends `v` as 8 bytes that sort in descending numeric order.
+///
+/// ```
+/// use tikv_client::kv::codec::{encode_uint_desc, decode_uint_desc};
+/// let mut buf = Vec::new();
+/// encode_uint_desc(&mut buf, 42u64);
+/// let (v, rest) = decode_uint_desc(&buf)?;
+/// assert_eq!((v, rest.len()), (42u64, 0));
+/// # Ok::<(), tikv_client::Error>(())
+/// ```
 pub fn encode_uint_desc(buf: &mut Vec<u8>, v: u64) {
     encode_uint(buf, !v);
 }
 
 /// Decodes a `u64` written by [`encode_uint_desc`], returning it and the rest of `input`.
+///
+/// ```
+/// use tikv_client::kv::codec::{encode_uint_desc, decode_uint_desc};
+/// let mut buf = Vec::new();
+/// encode_uint_desc(&mut buf, 7u64);
+/// let (v, rest) = decode_uint_desc(&buf)?;
+/// assert_eq!((v, rest.len()), (7u64, 0));
+/// # Ok::<(), tikv_client::Error>(())
+/// ```
 pub fn decode_uint_desc(input: &[u8]) -> Result<(u64, &[u8])> {
     let (u, rest) = read_u64(input, "descending u64")?;
     Ok((!u, rest))
@@ -245,6 +348,15 @@ fn read_u64<'a>(input: &'a [u8], what: &str) -> Result<(u64, &'a [u8])> {
 /// Appends `v` in Go's `binary.PutVarint` format (zig-zag, then LEB128; 1 to 10 bytes).
 ///
 /// Compact but not order-preserving; use [`encode_comparable_varint`] inside keys.
+///
+/// ```
+/// use tikv_client::kv::codec::{encode_varint, decode_varint};
+/// let mut buf = Vec::new();
+/// encode_varint(&mut buf, -300);
+/// let (v, rest) = decode_varint(&buf)?;
+/// assert_eq!((v, rest.len()), (-300, 0));
+/// # Ok::<(), tikv_client::Error>(())
+/// ```
 pub fn encode_varint(buf: &mut Vec<u8>, v: i64) {
     // Zig-zag interleaves signs (0, -1, 1, -2, ...) so small magnitudes stay short.
     let zigzag = (v.cast_unsigned() << 1) ^ (v >> 63).cast_unsigned();
@@ -253,6 +365,15 @@ pub fn encode_varint(buf: &mut Vec<u8>, v: i64) {
 
 /// Decodes a varint written by [`encode_varint`] (or Go's `binary.PutVarint`), returning it and
 /// the rest of `input`.
+///
+/// ```
+/// use tikv_client::kv::codec::{encode_varint, decode_varint};
+/// let mut buf = Vec::new();
+/// encode_varint(&mut buf, 300);
+/// let (v, rest) = decode_varint(&buf)?;
+/// assert_eq!((v, rest.len()), (300, 0));
+/// # Ok::<(), tikv_client::Error>(())
+/// ```
 pub fn decode_varint(input: &[u8]) -> Result<(i64, &[u8])> {
     let (zigzag, rest) = decode_uvarint(input)?;
     let magnitude = (zigzag >> 1).cast_signed();
@@ -268,6 +389,15 @@ pub fn decode_varint(input: &[u8]) -> Result<(i64, &[u8])> {
 /// first, high bit set on all but the last byte; 1 to 10 bytes).
 ///
 /// Compact but not order-preserving; use [`encode_comparable_uvarint`] inside keys.
+///
+/// ```
+/// use tikv_client::kv::codec::{encode_uvarint, decode_uvarint};
+/// let mut buf = Vec::new();
+/// encode_uvarint(&mut buf, 300u64);
+/// let (v, rest) = decode_uvarint(&buf)?;
+/// assert_eq!((v, rest.len()), (300u64, 0));
+/// # Ok::<(), tikv_client::Error>(())
+/// ```
 pub fn encode_uvarint(buf: &mut Vec<u8>, mut v: u64) {
     let mut out = [0u8; MAX_VARINT_LEN];
     let mut len = 0;
@@ -285,6 +415,15 @@ pub fn encode_uvarint(buf: &mut Vec<u8>, mut v: u64) {
 ///
 /// Like Go, accepts non-minimal encodings (`[0x80, 0x00]` is 0) and rejects any encoding whose
 /// value does not fit in 64 bits.
+///
+/// ```
+/// use tikv_client::kv::codec::{encode_uvarint, decode_uvarint};
+/// let mut buf = Vec::new();
+/// encode_uvarint(&mut buf, 1u64);
+/// let (v, rest) = decode_uvarint(&buf)?;
+/// assert_eq!((v, rest.len()), (1u64, 0));
+/// # Ok::<(), tikv_client::Error>(())
+/// ```
 pub fn decode_uvarint(input: &[u8]) -> Result<(u64, &[u8])> {
     let mut value = 0u64;
     for (i, &byte) in input.iter().take(MAX_VARINT_LEN).enumerate() {
@@ -313,6 +452,15 @@ pub fn decode_uvarint(input: &[u8]) -> Result<(u64, &[u8])> {
 
 /// Appends `v` as a comparable varint: order-preserving like [`encode_int`], but 1 byte for
 /// `0..=239` and at most 9 bytes (see the [module docs](self) for the tag layout).
+///
+/// ```
+/// use tikv_client::kv::codec::{encode_comparable_varint, decode_comparable_varint};
+/// let mut buf = Vec::new();
+/// encode_comparable_varint(&mut buf, -300);
+/// let (v, rest) = decode_comparable_varint(&buf)?;
+/// assert_eq!((v, rest.len()), (-300, 0));
+/// # Ok::<(), tikv_client::Error>(())
+/// ```
 pub fn encode_comparable_varint(buf: &mut Vec<u8>, v: i64) {
     if v >= 0 {
         encode_comparable_uvarint(buf, v.cast_unsigned());
@@ -328,6 +476,15 @@ pub fn encode_comparable_varint(buf: &mut Vec<u8>, v: i64) {
 
 /// Appends `v` as a comparable uvarint: order-preserving like [`encode_uint`], but 1 byte for
 /// `0..=239` and at most 9 bytes.
+///
+/// ```
+/// use tikv_client::kv::codec::{encode_comparable_uvarint, decode_comparable_uvarint};
+/// let mut buf = Vec::new();
+/// encode_comparable_uvarint(&mut buf, 300u64);
+/// let (v, rest) = decode_comparable_uvarint(&buf)?;
+/// assert_eq!((v, rest.len()), (300u64, 0));
+/// # Ok::<(), tikv_client::Error>(())
+/// ```
 pub fn encode_comparable_uvarint(buf: &mut Vec<u8>, v: u64) {
     if v <= MAX_SINGLE_BYTE {
         buf.push(v as u8 + NEGATIVE_TAG_END);
@@ -349,6 +506,15 @@ fn minimal_len(magnitude: u64) -> usize {
 ///
 /// Unlike client-go's `DecodeComparableVarint`, which hands back the input unconsumed when the
 /// value fits in the tag byte, the rest returned here always starts after the value.
+///
+/// ```
+/// use tikv_client::kv::codec::{encode_comparable_varint, decode_comparable_varint};
+/// let mut buf = Vec::new();
+/// encode_comparable_varint(&mut buf, 5);
+/// let (v, rest) = decode_comparable_varint(&buf)?;
+/// assert_eq!((v, rest.len()), (5, 0));
+/// # Ok::<(), tikv_client::Error>(())
+/// ```
 pub fn decode_comparable_varint(input: &[u8]) -> Result<(i64, &[u8])> {
     let Some((&tag, rest)) = input.split_first() else {
         return Err(Error::codec(
@@ -381,6 +547,15 @@ pub fn decode_comparable_varint(input: &[u8]) -> Result<(i64, &[u8])> {
 
 /// Decodes a comparable uvarint written by [`encode_comparable_uvarint`], returning it and the
 /// rest of `input`.
+///
+/// ```
+/// use tikv_client::kv::codec::{encode_comparable_uvarint, decode_comparable_uvarint};
+/// let mut buf = Vec::new();
+/// encode_comparable_uvarint(&mut buf, 5u64);
+/// let (v, rest) = decode_comparable_uvarint(&buf)?;
+/// assert_eq!((v, rest.len()), (5u64, 0));
+/// # Ok::<(), tikv_client::Error>(())
+/// ```
 pub fn decode_comparable_uvarint(input: &[u8]) -> Result<(u64, &[u8])> {
     let Some((&tag, rest)) = input.split_first() else {
         return Err(Error::codec(

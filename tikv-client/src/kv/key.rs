@@ -32,14 +32,29 @@ pub struct Key(Bytes);
 
 impl Key {
     /// The empty key: the smallest key, and "unbounded" as an exclusive range end.
+    ///
+    /// ```
+    /// use tikv_client::Key;
+    /// assert!(Key::EMPTY.is_empty() && Key::EMPTY < Key::from("a"));
+    /// ```
     pub const EMPTY: Key = Key(Bytes::new());
 
     /// A key pointing at static bytes, without copying them.
+    ///
+    /// ```
+    /// use tikv_client::Key;
+    /// assert_eq!(Key::from_static(b"k").as_bytes(), b"k");
+    /// ```
     pub const fn from_static(bytes: &'static [u8]) -> Key {
         Key(Bytes::from_static(bytes))
     }
 
     /// A key holding a copy of `bytes`.
+    ///
+    /// ```
+    /// use tikv_client::Key;
+    /// assert_eq!(Key::copy_from_slice(&[1, 2]).as_bytes(), [1, 2]);
+    /// ```
     pub fn copy_from_slice(bytes: &[u8]) -> Key {
         Key(Bytes::copy_from_slice(bytes))
     }
@@ -50,26 +65,51 @@ impl Key {
     }
 
     /// The key's bytes.
+    ///
+    /// ```
+    /// use tikv_client::Key;
+    /// assert_eq!(Key::from("k").as_bytes(), b"k");
+    /// ```
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
 
     /// The number of bytes in the key.
+    ///
+    /// ```
+    /// use tikv_client::Key;
+    /// assert_eq!(Key::from("abc").len(), 3);
+    /// ```
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
     /// Whether this is the empty key.
+    ///
+    /// ```
+    /// use tikv_client::Key;
+    /// assert!(Key::from("").is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
     /// A copy of the key's bytes in a new `Vec`.
+    ///
+    /// ```
+    /// use tikv_client::Key;
+    /// assert_eq!(Key::from("k").to_vec(), b"k".to_vec());
+    /// ```
     pub fn to_vec(&self) -> Vec<u8> {
         self.0.to_vec()
     }
 
     /// The underlying shared buffer, without copying.
+    ///
+    /// ```
+    /// use tikv_client::Key;
+    /// assert_eq!(Key::from("k").into_bytes(), "k");
+    /// ```
     pub fn into_bytes(self) -> Bytes {
         self.0
     }
@@ -78,6 +118,11 @@ impl Key {
     ///
     /// Use it to turn an inclusive bound into an exclusive one (`..=k` is `..k.next_key()`), or to
     /// resume a scan just after the last key returned. Ports client-go `kv.NextKey`.
+    ///
+    /// ```
+    /// use tikv_client::Key;
+    /// assert_eq!(Key::from("a").next_key(), Key::from("a\0"));
+    /// ```
     pub fn next_key(&self) -> Key {
         let mut next = Vec::with_capacity(self.len() + 1);
         next.extend_from_slice(self.as_bytes());
@@ -95,6 +140,11 @@ impl Key {
     /// Ports client-go `kv.PrefixNextKey`, with one deliberate difference: client-go keeps the
     /// overflowed bytes as `0x00` (`[0x01, 0xFF]` gives `[0x02, 0x00]`), a bound one key too loose,
     /// since `[0x02]` itself would fall inside the range. Dropping them gives the tight bound.
+    ///
+    /// ```
+    /// use tikv_client::Key;
+    /// assert_eq!(Key::from("ab").prefix_next(), Key::from("ac"));
+    /// ```
     pub fn prefix_next(&self) -> Key {
         let bytes = self.as_bytes();
         match bytes.iter().rposition(|&b| b != 0xFF) {
@@ -246,17 +296,258 @@ impl fmt::Display for BytesDisplay<'_> {
 
 /// A value: the bytes stored under a key.
 ///
-/// An alias of [`Bytes`] rather than a newtype. Values are opaque payloads with no ordering rules
-/// or helpers of their own, so a wrapper would add nothing but conversions; the alias lets a
-/// value travel between the caller and the wire with no copy and offers all of `Bytes` (slicing,
-/// comparison with `&[u8]` and `&str`). It converts from `Vec<u8>`, `String`, `&'static [u8]` and
-/// `&'static str` without copying; borrowed data that is not `'static` needs
-/// [`Bytes::copy_from_slice`].
-pub type Value = Bytes;
+/// Like [`Key`], a `Value` wraps [`Bytes`], and it converts from the same types: `Vec<u8>`,
+/// `String` and [`Bytes`] without copying; `&[u8]`, `&[u8; N]` and `&str` (borrowed, any
+/// lifetime) by copying once. [`Value::from_static`] takes a `'static` literal without a copy.
+/// An empty value is a value: it exists, unlike a missing key.
+///
+/// ```
+/// use tikv_client::Value;
+///
+/// let name = String::from("Ada");
+/// let v = Value::from(name.as_str()); // borrowed: copied once
+/// assert_eq!(v, "Ada");
+/// assert_eq!(v.len(), 3);
+/// assert_eq!(Value::from(vec![1, 2]).as_bytes(), [1, 2]);
+/// assert!(Value::from("").is_empty());
+/// ```
+#[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Value(Bytes);
+
+impl Value {
+    /// The empty value.
+    ///
+    /// ```
+    /// assert!(tikv_client::Value::EMPTY.is_empty());
+    /// ```
+    pub const EMPTY: Value = Value(Bytes::new());
+
+    /// A value pointing at static bytes, without copying them.
+    ///
+    /// ```
+    /// # use tikv_client::Value;
+    /// assert_eq!(Value::from_static(b"v"), "v");
+    /// ```
+    pub const fn from_static(bytes: &'static [u8]) -> Value {
+        Value(Bytes::from_static(bytes))
+    }
+
+    /// A value holding a copy of `bytes`.
+    ///
+    /// ```
+    /// # use tikv_client::Value;
+    /// assert_eq!(Value::copy_from_slice(&[7]).as_bytes(), [7]);
+    /// ```
+    pub fn copy_from_slice(bytes: &[u8]) -> Value {
+        Value(Bytes::copy_from_slice(bytes))
+    }
+
+    /// The value's buffer, for callers that keep a cheap clone of it.
+    pub(crate) fn as_bytes_ref(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// The value's bytes.
+    ///
+    /// ```
+    /// # use tikv_client::Value;
+    /// assert_eq!(Value::from("ab").as_bytes(), b"ab");
+    /// ```
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The number of bytes in the value.
+    ///
+    /// ```
+    /// # use tikv_client::Value;
+    /// assert_eq!(Value::from("abc").len(), 3);
+    /// ```
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the value has no bytes (it still exists: an empty value is not a missing key).
+    ///
+    /// ```
+    /// # use tikv_client::Value;
+    /// assert!(Value::EMPTY.is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// A copy of the value's bytes in a new `Vec`.
+    ///
+    /// ```
+    /// # use tikv_client::Value;
+    /// assert_eq!(Value::from("v").to_vec(), b"v".to_vec());
+    /// ```
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.0.to_vec()
+    }
+
+    /// The underlying shared buffer, without copying.
+    ///
+    /// ```
+    /// # use tikv_client::Value;
+    /// let bytes: bytes::Bytes = Value::from("v").into_bytes();
+    /// assert_eq!(bytes, "v");
+    /// ```
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+}
+
+/// A value reads as its bytes (as [`Bytes`] does), so `&value` works where `&[u8]` is
+/// expected.
+///
+/// ```
+/// let v = tikv_client::Value::from("42");
+/// let n: u32 = std::str::from_utf8(&v).unwrap().parse().unwrap();
+/// assert_eq!(n, 42);
+/// ```
+impl std::ops::Deref for Value {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl AsRef<[u8]> for Value {
+    fn as_ref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl Borrow<[u8]> for Value {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl From<Vec<u8>> for Value {
+    fn from(bytes: Vec<u8>) -> Value {
+        Value(Bytes::from(bytes))
+    }
+}
+
+impl From<String> for Value {
+    fn from(s: String) -> Value {
+        Value(Bytes::from(s))
+    }
+}
+
+impl From<Bytes> for Value {
+    fn from(bytes: Bytes) -> Value {
+        Value(bytes)
+    }
+}
+
+impl From<&Value> for Value {
+    fn from(value: &Value) -> Value {
+        value.clone()
+    }
+}
+
+impl From<&[u8]> for Value {
+    fn from(bytes: &[u8]) -> Value {
+        Value::copy_from_slice(bytes)
+    }
+}
+
+impl<const N: usize> From<&[u8; N]> for Value {
+    fn from(bytes: &[u8; N]) -> Value {
+        Value::copy_from_slice(bytes)
+    }
+}
+
+// Copies, as `Key`'s does: a zero-copy `From<&'static str>` would refuse every borrowed `&str`.
+impl From<&str> for Value {
+    fn from(s: &str) -> Value {
+        Value::copy_from_slice(s.as_bytes())
+    }
+}
+
+impl From<Value> for Bytes {
+    fn from(value: Value) -> Bytes {
+        value.0
+    }
+}
+
+impl From<Value> for Vec<u8> {
+    fn from(value: Value) -> Vec<u8> {
+        Vec::from(value.0)
+    }
+}
+
+// Comparisons with plain byte and string data, so that tests and callers can write
+// `assert_eq!(value, "v")`.
+impl PartialEq<[u8]> for Value {
+    fn eq(&self, other: &[u8]) -> bool {
+        self.as_bytes() == other
+    }
+}
+
+impl PartialEq<&[u8]> for Value {
+    fn eq(&self, other: &&[u8]) -> bool {
+        self.as_bytes() == *other
+    }
+}
+
+impl<const N: usize> PartialEq<[u8; N]> for Value {
+    fn eq(&self, other: &[u8; N]) -> bool {
+        self.as_bytes() == other
+    }
+}
+
+impl<const N: usize> PartialEq<&[u8; N]> for Value {
+    fn eq(&self, other: &&[u8; N]) -> bool {
+        self.as_bytes() == *other
+    }
+}
+
+impl PartialEq<str> for Value {
+    fn eq(&self, other: &str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl PartialEq<&str> for Value {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl PartialEq<Vec<u8>> for Value {
+    fn eq(&self, other: &Vec<u8>) -> bool {
+        self.as_bytes() == other.as_slice()
+    }
+}
+
+impl PartialEq<Bytes> for Value {
+    fn eq(&self, other: &Bytes) -> bool {
+        self.0 == *other
+    }
+}
+
+impl fmt::Debug for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Value({})", BytesDisplay(self.as_bytes()))
+    }
+}
 
 /// A key and its value, as returned by gets and scans.
 ///
 /// Ordered by key, then by value.
+///
+/// ```
+/// use tikv_client::{Key, KvPair};
+/// let pair = KvPair::new("k", "v");
+/// assert_eq!(pair.key(), &Key::from("k"));
+/// assert_eq!(pair.value(), "v");
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KvPair {
     key: Key,
@@ -265,6 +556,11 @@ pub struct KvPair {
 
 impl KvPair {
     /// A pair from anything convertible into a key and a value.
+    ///
+    /// ```
+    /// use tikv_client::KvPair;
+    /// let pair = KvPair::new(String::from("k"), vec![1u8]);
+    /// ```
     pub fn new(key: impl Into<Key>, value: impl Into<Value>) -> KvPair {
         KvPair {
             key: key.into(),
@@ -273,26 +569,51 @@ impl KvPair {
     }
 
     /// The key.
+    ///
+    /// ```
+    /// use tikv_client::{Key, KvPair};
+    /// assert_eq!(KvPair::new("k", "v").key(), &Key::from("k"));
+    /// ```
     pub fn key(&self) -> &Key {
         &self.key
     }
 
     /// The value.
+    ///
+    /// ```
+    /// use tikv_client::KvPair;
+    /// assert_eq!(KvPair::new("k", "v").value(), "v");
+    /// ```
     pub fn value(&self) -> &Value {
         &self.value
     }
 
     /// The key, dropping the value.
+    ///
+    /// ```
+    /// use tikv_client::{Key, KvPair};
+    /// assert_eq!(KvPair::new("k", "v").into_key(), Key::from("k"));
+    /// ```
     pub fn into_key(self) -> Key {
         self.key
     }
 
     /// The value, dropping the key.
+    ///
+    /// ```
+    /// use tikv_client::KvPair;
+    /// assert_eq!(KvPair::new("k", "v").into_value(), "v");
+    /// ```
     pub fn into_value(self) -> Value {
         self.value
     }
 
     /// The key and the value.
+    ///
+    /// ```
+    /// use tikv_client::KvPair;
+    /// let (key, value) = KvPair::new("k", "v").into_parts();
+    /// ```
     pub fn into_parts(self) -> (Key, Value) {
         (self.key, self.value)
     }

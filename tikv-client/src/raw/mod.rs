@@ -12,11 +12,16 @@
 //! range deletes stay correct while regions change under them. A put batch TiKV finds too
 //! large for one Raft entry is halved until it fits.
 //!
+//! Every call is a request builder ([`call`]): its options (column family, TTL, limit,
+//! deadline, retry budget) are methods, and awaiting it sends it. The deadline and retry
+//! budget come from [`crate::options`], shared with the transactional client.
+//!
 //! Ports client-go `rawkv/rawkv.go`. Bad input (empty or oversized keys, oversized entries,
-//! scan limits of 0 or over [`MAX_RAW_SCAN_LIMIT`], reversed ranges, batches of mismatched
-//! lengths) is refused with [`Error::InvalidArgument`], [`Error::KeyTooLarge`] or
+//! scan limits of 0, reversed ranges, batches of mismatched lengths, column families API V2
+//! does not have) is refused with [`Error::InvalidArgument`], [`Error::KeyTooLarge`] or
 //! [`Error::EntryTooLarge`] before anything is sent.
 
+pub mod call;
 mod scan;
 
 use std::sync::Arc;
@@ -27,46 +32,61 @@ use tikv_proto::kvrpcpb;
 
 use crate::cluster::Cluster;
 use crate::codec::{ApiCodec, KeyMode};
-use crate::config::Config;
+use crate::config::{ApiVersion, Config};
 use crate::error::RegionErrorKind;
 use crate::locate::KeyLocation;
-use crate::request::Backoffer;
+use crate::options::{CallOptions, ColumnFamily};
 use crate::request::dispatch::{BatchLimit, LocateBy, ShardOutcome};
-use crate::request::sender::{CallOptions, RegionOutcome, SendError};
+use crate::request::sender::{CallOptions as SenderCallOptions, RegionOutcome, SendError};
+use crate::request::{BackoffVars, Backoffer};
 use crate::rpc::{ContextTemplate, KvRequest};
 use crate::{BoundRange, Error, Key, KvPair, Result, Value};
 
 pub use scan::RawScanStream;
 
-/// The largest `limit` a raw scan takes in one call (client-go `MaxRawKVScanLimit`);
-/// [`RawClient::scan_stream`] has no limit.
+/// The most pairs one RawScan request asks for (client-go `MaxRawKVScanLimit`). A scan with a
+/// larger limit, or none, is sent as several requests.
+///
+/// ```
+/// assert_eq!(tikv_client::raw::MAX_RAW_SCAN_LIMIT, 10240);
+/// ```
 pub const MAX_RAW_SCAN_LIMIT: u32 = 10240;
 /// TiKV's default `storage.max-key-size`: longer keys are refused.
+///
+/// ```
+/// assert_eq!(tikv_client::raw::MAX_KEY_SIZE, 8192);
+/// ```
 pub const MAX_KEY_SIZE: usize = 8 * 1024;
 /// TiKV's default `raftstore.raft-entry-max-size`: a single key and value larger than this can
 /// never be written.
+///
+/// ```
+/// assert_eq!(tikv_client::raw::MAX_ENTRY_SIZE, 8 << 20);
+/// ```
 pub const MAX_ENTRY_SIZE: u64 = 8 * 1024 * 1024;
 /// Keys per RawBatchGet / RawBatchDelete request (client-go `rawBatchPairCount`).
 const RAW_BATCH_PAIR_COUNT: usize = 512;
 /// Bytes per RawBatchPut request (client-go `rawBatchPutSize`).
 const RAW_BATCH_PUT_SIZE: usize = 16 * 1024;
-/// The backoff budget of one raw call (client-go `rawkvMaxBackoff`).
-const RAW_MAX_BACKOFF: Duration = Duration::from_secs(20);
+/// The default retry budget of one raw call: client-go's `rawkvMaxBackoff` (20 s) times its
+/// default backoff weight (2), the sleep client-go's raw calls may actually take.
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(tikv_client::raw::RAW_RETRY_BUDGET, Duration::from_secs(40));
+/// ```
+pub const RAW_RETRY_BUDGET: Duration = Duration::from_secs(40);
 /// How long one attempt waits for its answer (client-go `ReadTimeoutShort`).
-const RAW_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The key format of a client (TiKV's `storage.api-version`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-#[non_exhaustive]
-pub enum ApiVersion {
-    /// Keys are stored as given; no keyspaces.
-    #[default]
-    V1,
-    /// Keys are stored inside a keyspace (prefix `r` + 3-byte keyspace id for raw keys).
-    V2,
-}
+const RAW_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What [`RawClient::checksum`] computes over a range (TiKV's CRC64-XOR checksum).
+///
+/// ```no_run
+/// # async fn f(client: tikv_client::RawClient) -> tikv_client::Result<()> {
+/// let sum = client.checksum("a".."z").await?;
+/// println!("{} pairs, {} bytes, crc {:x}", sum.total_kvs, sum.total_bytes, sum.crc64_xor);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct RawChecksum {
@@ -78,78 +98,295 @@ pub struct RawChecksum {
     pub total_bytes: u64,
 }
 
-/// Builds a [`RawClient`].
+/// What [`RawClient::compare_and_swap`] found and did.
+///
+/// ```no_run
+/// # async fn f(client: tikv_client::RawClient) -> tikv_client::Result<()> {
+/// let cas = client.compare_and_swap("k", None::<&str>, "first").await?;
+/// if !cas.swapped {
+///     println!("someone else wrote {:?} first", cas.previous);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CasResult {
+    /// Whether the new value was written (the key held the expected value).
+    pub swapped: bool,
+    /// The value the key held before the call (`None`: it did not exist). When `swapped` is
+    /// true it is the expected value.
+    pub previous: Option<Value>,
+}
+
+/// Builds a [`RawClient`]: [`RawClient::builder`] connects to a cluster of its own,
+/// [`RawClient::builder_on`] shares a [`Cluster`].
+///
+/// The connection settings ([`config`](RawClientBuilder::config),
+/// [`security`](RawClientBuilder::security)) exist only on the builder that connects
+/// (`RawClientBuilder<Connect>`): a shared cluster was connected with its own configuration,
+/// and a setting that could not take effect is not offered rather than silently dropped.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tikv_client::{ApiVersion, Config, RawClient};
+/// use tikv_client::options::ColumnFamily;
+///
+/// # async fn f() -> tikv_client::Result<()> {
+/// let client = RawClient::builder(["127.0.0.1:2379"])
+///     .config(Config::default())
+///     .api_version(ApiVersion::V1)
+///     .column_family(ColumnFamily::Default)
+///     .timeout(Duration::from_secs(5))
+///     .build()
+///     .await?;
+/// # Ok(()) }
+/// ```
+///
+/// A builder on a shared cluster has no `config`:
+///
+/// ```compile_fail
+/// # async fn f(cluster: tikv_client::Cluster) {
+/// let client = tikv_client::RawClient::builder_on(&cluster)
+///     .config(tikv_client::Config::default()) // error: no method `config`
+///     .build()
+///     .await;
+/// # }
+/// ```
 #[derive(Debug)]
-pub struct RawClientBuilder {
-    target: Target,
-    config: Config,
+pub struct RawClientBuilder<T = Connect> {
+    target: T,
     api_version: ApiVersion,
     keyspace: Option<String>,
-    column_family: String,
+    column_family: ColumnFamily,
     atomic: bool,
+    options: CallOptions,
 }
 
+/// The target of a [`RawClientBuilder`] that connects to the cluster itself, with its own
+/// [`Config`] (made by [`RawClient::builder`]).
+///
+/// ```
+/// use tikv_client::raw::{Connect, RawClientBuilder};
+/// let builder: RawClientBuilder<Connect> = tikv_client::RawClient::builder(["pd:2379"]);
+/// ```
 #[derive(Debug)]
-enum Target {
-    Endpoints(Vec<String>),
-    Cluster(Cluster),
+pub struct Connect {
+    endpoints: Vec<String>,
+    config: Config,
 }
 
-impl RawClientBuilder {
-    /// The configuration (ignored when building on an existing [`Cluster`], which has its own).
+/// The target of a [`RawClientBuilder`] that shares an existing [`Cluster`] (made by
+/// [`RawClient::builder_on`]).
+///
+/// ```no_run
+/// # fn f(cluster: &tikv_client::Cluster) {
+/// use tikv_client::raw::{OnCluster, RawClientBuilder};
+/// let builder: RawClientBuilder<OnCluster> = tikv_client::RawClient::builder_on(cluster);
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct OnCluster {
+    cluster: Cluster,
+}
+
+impl RawClientBuilder<Connect> {
+    /// The configuration of the connection this builder makes.
+    ///
+    /// ```no_run
+    /// # async fn f() -> tikv_client::Result<()> {
+    /// let config = tikv_client::Config::from_toml_file("tikv-client.toml")?;
+    /// let client = tikv_client::RawClient::builder(["pd:2379"]).config(config).build().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn config(mut self, config: Config) -> Self {
-        self.config = config;
+        self.target.config = config;
         self
     }
 
-    /// TLS settings (shorthand for setting `config.security`).
+    /// TLS settings (shorthand for setting `config.security`; applies to the configuration in
+    /// place when it is called, so call it after [`config`](RawClientBuilder::config)).
+    ///
+    /// ```no_run
+    /// # async fn f() -> tikv_client::Result<()> {
+    /// use tikv_client::{RawClient, Security};
+    /// let tls = Security::default().with_ca("ca.pem").with_client_identity("client.pem", "client-key.pem");
+    /// let client = RawClient::builder(["pd:2379"]).security(tls).build().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn security(mut self, security: crate::Security) -> Self {
-        self.config.security = security;
+        self.target.config.security = security;
         self
     }
 
+    /// Connects, resolves the keyspace and returns the client.
+    ///
+    /// Errors: [`Error::KeyspaceNotFound`] / [`Error::KeyspaceNotEnabled`] for an unknown or
+    /// disabled keyspace; [`Error::InvalidArgument`] for a keyspace without API V2 or a column
+    /// family other than `default` under API V2; [`Error::Config`] for an invalid
+    /// configuration; PD's errors.
+    ///
+    /// ```no_run
+    /// # async fn f() -> tikv_client::Result<()> {
+    /// let client = tikv_client::RawClient::builder(["127.0.0.1:2379"]).build().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn build(self) -> Result<RawClient> {
+        self.check()?;
+        let Connect { endpoints, config } = self.target;
+        let cluster = Cluster::connect(endpoints, config).await?;
+        let settings = Settings {
+            api_version: self.api_version,
+            keyspace: self.keyspace,
+            column_family: self.column_family,
+            atomic: self.atomic,
+            options: self.options,
+        };
+        settings.build(cluster, true).await
+    }
+}
+
+impl RawClientBuilder<OnCluster> {
+    /// Resolves the keyspace and returns a client on the shared cluster.
+    ///
+    /// Errors: as the connecting builder's `build`, without the connection's own.
+    ///
+    /// ```no_run
+    /// # async fn f() -> tikv_client::Result<()> {
+    /// use tikv_client::{Cluster, Config, RawClient};
+    /// let cluster = Cluster::connect(["127.0.0.1:2379"], Config::default()).await?;
+    /// let a = RawClient::builder_on(&cluster).build().await?;
+    /// let b = RawClient::builder_on(&cluster).atomic(true).build().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn build(self) -> Result<RawClient> {
+        self.check()?;
+        let settings = Settings {
+            api_version: self.api_version,
+            keyspace: self.keyspace,
+            column_family: self.column_family,
+            atomic: self.atomic,
+            options: self.options,
+        };
+        settings.build(self.target.cluster, false).await
+    }
+}
+
+impl<T> RawClientBuilder<T> {
     /// The API version; V1 by default. V2 uses the keyspace given with
     /// [`keyspace`](RawClientBuilder::keyspace), or PD's default keyspace.
+    ///
+    /// ```no_run
+    /// # async fn f() -> tikv_client::Result<()> {
+    /// use tikv_client::{ApiVersion, RawClient};
+    /// let client = RawClient::builder(["pd:2379"]).api_version(ApiVersion::V2).build().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn api_version(mut self, version: ApiVersion) -> Self {
         self.api_version = version;
         self
     }
 
     /// The keyspace (API V2 only): resolved through PD when the client is built.
+    ///
+    /// ```no_run
+    /// # async fn f() -> tikv_client::Result<()> {
+    /// use tikv_client::{ApiVersion, RawClient};
+    /// let client = RawClient::builder(["pd:2379"])
+    ///     .api_version(ApiVersion::V2)
+    ///     .keyspace("tenant-a")
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn keyspace(mut self, name: impl Into<String>) -> Self {
         self.keyspace = Some(name.into());
         self
     }
 
-    /// The column family every call uses unless told otherwise (`default` if unset).
-    pub fn column_family(mut self, cf: impl Into<String>) -> Self {
-        self.column_family = cf.into();
+    /// The column family every call uses unless it sets its own (`default` if unset). Under
+    /// API V2 only `default` exists; another is refused by `build`.
+    ///
+    /// ```no_run
+    /// # async fn f() -> tikv_client::Result<()> {
+    /// use tikv_client::{options::ColumnFamily, RawClient};
+    /// let client = RawClient::builder(["pd:2379"]).column_family(ColumnFamily::Write).build().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn column_family(mut self, cf: ColumnFamily) -> Self {
+        self.column_family = cf;
         self
     }
 
     /// Atomic mode: writes go through TiKV's latches so they are atomic with
     /// [`RawClient::compare_and_swap`], which requires it. Every client writing the same keys
     /// must agree on it.
+    ///
+    /// ```no_run
+    /// # async fn f() -> tikv_client::Result<()> {
+    /// let client = tikv_client::RawClient::builder(["pd:2379"]).atomic(true).build().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn atomic(mut self, atomic: bool) -> Self {
         self.atomic = atomic;
         self
     }
 
-    /// Connects (unless built on a cluster), resolves the keyspace and returns the client.
+    /// The deadline of every call of the client (each call may set its own); none by default.
+    /// See [`CallOptions`].
     ///
-    /// Errors: [`Error::KeyspaceNotFound`] / [`Error::KeyspaceNotEnabled`] for an unknown or
-    /// disabled keyspace; [`Error::InvalidArgument`] for a keyspace without API V2; PD's errors.
-    pub async fn build(self) -> Result<RawClient> {
+    /// ```no_run
+    /// # async fn f() -> tikv_client::Result<()> {
+    /// use std::time::Duration;
+    /// let client = tikv_client::RawClient::builder(["pd:2379"])
+    ///     .timeout(Duration::from_secs(3))
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.options.timeout = Some(timeout);
+        self
+    }
+
+    /// The retry budget of every call of the client (each call may set its own); 40 s by
+    /// default. See [`CallOptions`].
+    ///
+    /// ```no_run
+    /// # async fn f() -> tikv_client::Result<()> {
+    /// use std::time::Duration;
+    /// let client = tikv_client::RawClient::builder(["pd:2379"])
+    ///     .retry_budget(Duration::from_secs(5))
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn retry_budget(mut self, budget: Duration) -> Self {
+        self.options.retry_budget = Some(budget);
+        self
+    }
+
+    /// Refuses settings that cannot go together, before anything is connected.
+    fn check(&self) -> Result<()> {
         if self.keyspace.is_some() && self.api_version != ApiVersion::V2 {
             return Err(Error::invalid_argument(
                 "a keyspace needs API V2 (RawClientBuilder::api_version)",
             ));
         }
-        let owns_cluster = matches!(self.target, Target::Endpoints(_));
-        let cluster = match self.target {
-            Target::Cluster(cluster) => cluster,
-            Target::Endpoints(endpoints) => Cluster::connect(endpoints, self.config).await?,
-        };
+        check_cf(self.api_version, self.column_family)
+    }
+}
+
+/// A builder's settings once its target is known.
+struct Settings {
+    api_version: ApiVersion,
+    keyspace: Option<String>,
+    column_family: ColumnFamily,
+    atomic: bool,
+    options: CallOptions,
+}
+
+impl Settings {
+    async fn build(self, cluster: Cluster, owns_cluster: bool) -> Result<RawClient> {
         let codec = match self.api_version {
             ApiVersion::V1 => ApiCodec::v1(KeyMode::Raw),
             ApiVersion::V2 => {
@@ -174,14 +411,44 @@ impl RawClientBuilder {
             inner: Arc::new(RawInner {
                 codec,
                 context: template.to_context(),
+                api_version: self.api_version,
                 cf: self.column_family,
                 atomic: self.atomic,
+                options: self.options,
             }),
         })
     }
 }
 
+/// Under API V2 TiKV serves the `default` column family only.
+fn check_cf(api_version: ApiVersion, cf: ColumnFamily) -> Result<()> {
+    if api_version == ApiVersion::V2 && cf != ColumnFamily::Default {
+        return Err(Error::invalid_argument(format!(
+            "column family {cf} is not available under API V2, which has `default` only"
+        )));
+    }
+    Ok(())
+}
+
 /// A raw key-value client. Cheap to clone; clones share everything.
+///
+/// Every call returns a request builder: set the call's options on it, then `.await` it
+/// (each builder implements [`IntoFuture`]). Dropping the future
+/// before it finishes cancels the call: nothing more is sent for it and the client stays
+/// usable; a write already sent may or may not have been applied.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tikv_client::RawClient;
+///
+/// # async fn f() -> tikv_client::Result<()> {
+/// let client = RawClient::new(["127.0.0.1:2379"]).await?;
+/// client.put("k", "v").ttl(Duration::from_secs(60)).await?;
+/// let v = client.get("k").timeout(Duration::from_millis(500)).await?;
+/// assert_eq!(v.as_ref().map(|v| v.as_bytes()), Some(&b"v"[..]));
+/// let page = client.scan("a".."z").limit(100).reverse().await?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct RawClient {
     cluster: Cluster,
@@ -193,8 +460,29 @@ struct RawInner {
     codec: ApiCodec,
     /// The request context every request starts from (API version, keyspace, source).
     context: kvrpcpb::Context,
-    cf: String,
+    api_version: ApiVersion,
+    cf: ColumnFamily,
     atomic: bool,
+    /// The client's deadline and retry budget; each call's own override them.
+    options: CallOptions,
+}
+
+/// What one call runs with, once its own options and its client's are merged.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Call {
+    /// The column family as the request spells it.
+    cf: &'static str,
+    /// The sleep budget of the call's backoffer.
+    budget: Duration,
+    /// The whole call's deadline.
+    timeout: Option<Duration>,
+}
+
+impl Call {
+    fn cf(&self) -> String {
+        // The default column family is the empty name: no allocation on the common path.
+        String::from(self.cf)
+    }
 }
 
 /// A key to send: its wire form (what the request carries), its region-key form (what the
@@ -221,60 +509,145 @@ struct Slot(usize);
 
 impl RawClient {
     /// A builder connecting to the PD members `pd_endpoints`.
-    pub fn builder(pd_endpoints: impl IntoIterator<Item = impl AsRef<str>>) -> RawClientBuilder {
+    ///
+    /// ```no_run
+    /// # async fn f() -> tikv_client::Result<()> {
+    /// let client = tikv_client::RawClient::builder(["pd1:2379", "pd2:2379"]).build().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder(
+        pd_endpoints: impl IntoIterator<Item = impl AsRef<str>>,
+    ) -> RawClientBuilder<Connect> {
         RawClientBuilder {
-            target: Target::Endpoints(
-                pd_endpoints
+            target: Connect {
+                endpoints: pd_endpoints
                     .into_iter()
                     .map(|e| e.as_ref().to_owned())
                     .collect(),
-            ),
-            config: Config::default(),
+                config: Config::default(),
+            },
             api_version: ApiVersion::V1,
             keyspace: None,
-            column_family: String::new(),
+            column_family: ColumnFamily::Default,
             atomic: false,
+            options: CallOptions::default(),
         }
     }
 
-    /// A builder for a client sharing `cluster` with other clients.
-    pub fn builder_on(cluster: &Cluster) -> RawClientBuilder {
+    /// A builder for a client sharing `cluster` (its connections, caches and configuration)
+    /// with other clients.
+    ///
+    /// ```no_run
+    /// # async fn f() -> tikv_client::Result<()> {
+    /// use tikv_client::{ApiVersion, Cluster, Config, RawClient};
+    /// let cluster = Cluster::connect(["pd:2379"], Config::default()).await?;
+    /// let tenant_a = RawClient::builder_on(&cluster)
+    ///     .api_version(ApiVersion::V2)
+    ///     .keyspace("a")
+    ///     .build()
+    ///     .await?;
+    /// let tenant_b = RawClient::builder_on(&cluster)
+    ///     .api_version(ApiVersion::V2)
+    ///     .keyspace("b")
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder_on(cluster: &Cluster) -> RawClientBuilder<OnCluster> {
         RawClientBuilder {
-            target: Target::Cluster(cluster.clone()),
-            config: cluster.config().clone(),
+            target: OnCluster {
+                cluster: cluster.clone(),
+            },
             api_version: ApiVersion::V1,
             keyspace: None,
-            column_family: String::new(),
+            column_family: ColumnFamily::Default,
             atomic: false,
+            options: CallOptions::default(),
         }
     }
 
     /// Connects with the default configuration and API V1.
+    ///
+    /// ```no_run
+    /// # async fn f() -> tikv_client::Result<()> {
+    /// let client = tikv_client::RawClient::new(["127.0.0.1:2379"]).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn new(pd_endpoints: impl IntoIterator<Item = impl AsRef<str>>) -> Result<RawClient> {
         Self::builder(pd_endpoints).build().await
     }
 
     /// The cluster this client runs on.
+    ///
+    /// ```no_run
+    /// # async fn f(client: tikv_client::RawClient) {
+    /// println!("cluster {}", client.cluster().cluster_id());
+    /// # }
+    /// ```
     pub fn cluster(&self) -> &Cluster {
         &self.cluster
     }
 
-    /// A client like this one using column family `cf`.
-    pub fn with_cf(&self, cf: impl Into<String>) -> RawClient {
-        self.derive(|inner| inner.cf = cf.into())
+    /// A client like this one using column family `cf` (refused by its calls under API V2,
+    /// which has `default` only).
+    ///
+    /// ```no_run
+    /// # async fn f(client: tikv_client::RawClient) -> tikv_client::Result<()> {
+    /// use tikv_client::options::ColumnFamily;
+    /// let writes = client.with_cf(ColumnFamily::Write);
+    /// writes.put("k", "v").await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_cf(&self, cf: ColumnFamily) -> RawClient {
+        self.derive(|inner| inner.cf = cf)
     }
 
     /// A client like this one in or out of atomic mode.
+    ///
+    /// ```no_run
+    /// # async fn f(client: tikv_client::RawClient) -> tikv_client::Result<()> {
+    /// let atomic = client.with_atomic_for_cas(true);
+    /// atomic.compare_and_swap("k", None::<&str>, "v").await?;
+    /// # Ok(()) }
+    /// ```
     pub fn with_atomic_for_cas(&self, atomic: bool) -> RawClient {
         self.derive(|inner| inner.atomic = atomic)
+    }
+
+    /// A client like this one whose calls have deadline `timeout` unless they set their own.
+    ///
+    /// ```no_run
+    /// # async fn f(client: tikv_client::RawClient) -> tikv_client::Result<()> {
+    /// use std::time::Duration;
+    /// let quick = client.with_timeout(Duration::from_millis(200));
+    /// let v = quick.get("k").await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_timeout(&self, timeout: Duration) -> RawClient {
+        self.derive(|inner| inner.options.timeout = Some(timeout))
+    }
+
+    /// A client like this one whose calls have retry budget `budget` unless they set their own.
+    ///
+    /// ```no_run
+    /// # async fn f(client: tikv_client::RawClient) -> tikv_client::Result<()> {
+    /// use std::time::Duration;
+    /// let patient = client.with_retry_budget(Duration::from_secs(120));
+    /// patient.put("k", "v").await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_retry_budget(&self, budget: Duration) -> RawClient {
+        self.derive(|inner| inner.options.retry_budget = Some(budget))
     }
 
     fn derive(&self, change: impl FnOnce(&mut RawInner)) -> RawClient {
         let mut inner = RawInner {
             codec: self.inner.codec.clone(),
             context: self.inner.context.clone(),
-            cf: self.inner.cf.clone(),
+            api_version: self.inner.api_version,
+            cf: self.inner.cf,
             atomic: self.inner.atomic,
+            options: self.inner.options,
         };
         change(&mut inner);
         RawClient {
@@ -283,143 +656,147 @@ impl RawClient {
         }
     }
 
+    /// Merges a call's options with the client's.
+    fn call(&self, cf: Option<ColumnFamily>, options: CallOptions) -> Result<Call> {
+        let cf = cf.unwrap_or(self.inner.cf);
+        check_cf(self.inner.api_version, cf)?;
+        let options = options.or(self.inner.options);
+        Ok(Call {
+            cf: cf.wire_name(),
+            budget: options.retry_budget.unwrap_or(RAW_RETRY_BUDGET),
+            timeout: options.timeout,
+        })
+    }
+
     // ----- single keys -----------------------------------------------------------------------
 
-    /// The value of `key`, or `None`.
-    pub async fn get(&self, key: impl Into<Key>) -> Result<Option<Value>> {
-        let key = self.encode_key(key.into())?;
+    async fn do_get(&self, call: Call, key: Key) -> Result<Option<Value>> {
+        let key = self.encode_key(key)?;
         let resp = self
-            .send_single(&key, || kvrpcpb::RawGetRequest {
+            .send_single(call, &key, || kvrpcpb::RawGetRequest {
                 context: Some(self.inner.context.clone()),
                 key: key.clone(),
-                cf: self.inner.cf.clone(),
+                cf: call.cf(),
             })
             .await?;
         raw_error(&resp.error)?;
-        Ok((!resp.not_found).then_some(resp.value))
+        Ok((!resp.not_found).then_some(Value::from(resp.value)))
     }
 
-    /// The remaining time to live of `key` in seconds (0: no TTL), or `None` if it does not
-    /// exist.
-    pub async fn get_key_ttl(&self, key: impl Into<Key>) -> Result<Option<u64>> {
-        let key = self.encode_key(key.into())?;
+    async fn do_get_key_ttl(&self, call: Call, key: Key) -> Result<Option<Duration>> {
+        let key = self.encode_key(key)?;
         let req = kvrpcpb::RawGetKeyTtlRequest {
             context: Some(self.inner.context.clone()),
             key,
-            cf: self.inner.cf.clone(),
+            cf: call.cf(),
         };
-        let resp = self.send_single(&req.key, || req.clone()).await?;
+        let resp = self.send_single(call, &req.key, || req.clone()).await?;
         raw_error(&resp.error)?;
-        Ok((!resp.not_found).then_some(resp.ttl))
+        Ok((!resp.not_found).then_some(Duration::from_secs(resp.ttl)))
     }
 
-    /// Stores `value` under `key`.
-    pub async fn put(&self, key: impl Into<Key>, value: impl Into<Value>) -> Result<()> {
-        self.put_with_ttl(key, value, 0).await
-    }
-
-    /// Stores `value` under `key` for `ttl_secs` seconds (0: forever). TiKV must have TTL
-    /// enabled (`storage.enable-ttl`) for a non-zero TTL.
-    pub async fn put_with_ttl(
-        &self,
-        key: impl Into<Key>,
-        value: impl Into<Value>,
-        ttl_secs: u64,
-    ) -> Result<()> {
-        let key = key.into();
-        let value = value.into();
+    async fn do_put(&self, call: Call, key: Key, value: Value, ttl: Ttl) -> Result<()> {
         check_entry(&key, &value)?;
+        let ttl = ttl.secs()?;
         let key = self.encode_key(key)?;
+        let value = value.into_bytes();
         let resp = self
-            .send_single(&key, || kvrpcpb::RawPutRequest {
+            .send_single(call, &key, || kvrpcpb::RawPutRequest {
                 context: Some(self.inner.context.clone()),
                 key: key.clone(),
                 value: value.clone(),
-                cf: self.inner.cf.clone(),
-                ttl: ttl_secs,
+                cf: call.cf(),
+                ttl,
                 for_cas: self.inner.atomic,
             })
             .await?;
         raw_error(&resp.error)
     }
 
-    /// Deletes `key` (no error if it does not exist).
-    pub async fn delete(&self, key: impl Into<Key>) -> Result<()> {
-        let key = self.encode_key(key.into())?;
+    async fn do_delete(&self, call: Call, key: Key) -> Result<()> {
+        let key = self.encode_key(key)?;
         let resp = self
-            .send_single(&key, || kvrpcpb::RawDeleteRequest {
+            .send_single(call, &key, || kvrpcpb::RawDeleteRequest {
                 context: Some(self.inner.context.clone()),
                 key: key.clone(),
-                cf: self.inner.cf.clone(),
+                cf: call.cf(),
                 for_cas: self.inner.atomic,
             })
             .await?;
         raw_error(&resp.error)
     }
 
-    /// Atomically replaces the value of `key` with `new` if its current value is `previous`
-    /// (`None`: the key must not exist). Returns the value found and whether the swap happened.
-    /// Requires atomic mode ([`RawClientBuilder::atomic`]).
-    pub async fn compare_and_swap(
+    async fn do_compare_and_swap(
         &self,
-        key: impl Into<Key>,
+        call: Call,
+        key: Key,
         previous: Option<Value>,
-        new: impl Into<Value>,
-    ) -> Result<(Option<Value>, bool)> {
+        new: Value,
+        ttl: Ttl,
+    ) -> Result<CasResult> {
         if !self.inner.atomic {
             return Err(Error::invalid_argument(
                 "compare_and_swap needs atomic mode (RawClientBuilder::atomic(true))",
             ));
         }
-        let key = key.into();
-        let new = new.into();
         check_entry(&key, &new)?;
+        let ttl = ttl.secs()?;
         let key = self.encode_key(key)?;
         let req = kvrpcpb::RawCasRequest {
             context: Some(self.inner.context.clone()),
             key,
-            value: new,
+            value: new.into_bytes(),
             previous_not_exist: previous.is_none(),
-            previous_value: previous.unwrap_or_default(),
-            cf: self.inner.cf.clone(),
-            ttl: 0,
+            previous_value: previous.map(Value::into_bytes).unwrap_or_default(),
+            cf: call.cf(),
+            ttl,
             delete: false,
         };
-        let resp = self.send_single(&req.key, || req.clone()).await?;
+        let resp = self.send_single(call, &req.key, || req.clone()).await?;
         raw_error(&resp.error)?;
-        let found = (!resp.previous_not_exist).then_some(resp.previous_value);
-        Ok((found, resp.succeed))
+        Ok(CasResult {
+            swapped: resp.succeed,
+            previous: (!resp.previous_not_exist).then(|| Value::from(resp.previous_value)),
+        })
     }
 
     // ----- batches ---------------------------------------------------------------------------
 
-    /// The pairs of the keys that exist, in the order of `keys` (a key given twice appears
-    /// twice).
-    ///
-    /// Each key carries its position in `keys`, and each answer is matched with the keys of
-    /// the request it answers: TiKV answers the keys it found in the order they were asked
-    /// for (a key asked twice, twice), so one forward walk pairs them; an answer out of that
-    /// order is matched by a search of the request's keys instead. The keys returned are the
-    /// request's, decoded (under API V1, the caller's own buffers).
-    pub async fn batch_get(
+    /// Encodes the keys of a `batch_get`, each with its position in the caller's list.
+    fn batch_get_items(
         &self,
         keys: impl IntoIterator<Item = impl Into<Key>>,
-    ) -> Result<Vec<KvPair>> {
-        let keys = keys.into_iter();
+    ) -> Result<(Vec<Item<Slot>>, usize)> {
         let mut count = 0;
-        let items = self.encode_items(keys.map(|key| {
+        let items = self.encode_items(keys.into_iter().map(|key| {
             count += 1;
             (key.into(), Slot(count - 1))
         }))?;
-        let cf = &self.inner.cf;
+        Ok((items, count))
+    }
+
+    /// Each key carries its position in the caller's list, and each answer is matched with
+    /// the keys of the request it answers: TiKV answers the keys it found in the order they
+    /// were asked for (a key asked twice, twice), so one forward walk pairs them; an answer
+    /// out of that order is matched by a search of the request's keys instead. The keys
+    /// returned are the request's, decoded (under API V1, the caller's own buffers).
+    async fn do_batch_get(
+        &self,
+        call: Call,
+        items: Vec<Item<Slot>>,
+        count: usize,
+    ) -> Result<Vec<KvPair>> {
         let answers = self
-            .fan_out(items, BatchLimit::keys(RAW_BATCH_PAIR_COUNT), |items| {
-                kvrpcpb::RawBatchGetRequest {
+            .fan_out(
+                call,
+                items,
+                BatchLimit::keys(RAW_BATCH_PAIR_COUNT),
+                |items| kvrpcpb::RawBatchGetRequest {
                     context: Some(self.inner.context.clone()),
                     keys: items.iter().map(|i| i.encoded.clone()).collect(),
-                    cf: cf.clone(),
-                }
-            })
+                    cf: call.cf(),
+                },
+            )
             .await?;
         // The answer of each key, at its position in the caller's list.
         let mut found: Vec<Option<KvPair>> = (0..count).map(|_| None).collect();
@@ -434,47 +811,20 @@ impl RawClient {
         Ok(out)
     }
 
-    /// Stores every pair.
-    pub async fn batch_put(
-        &self,
-        pairs: impl IntoIterator<Item = impl Into<KvPair>>,
-    ) -> Result<()> {
-        self.batch_put_inner(pairs.into_iter().map(|p| (p.into(), 0)).collect())
-            .await
-    }
-
-    /// Stores every pair with its own TTL in seconds (`ttls` aligned with `pairs`).
-    pub async fn batch_put_with_ttl(
-        &self,
-        pairs: impl IntoIterator<Item = impl Into<KvPair>>,
-        ttls: impl IntoIterator<Item = u64>,
-    ) -> Result<()> {
-        let pairs: Vec<KvPair> = pairs.into_iter().map(Into::into).collect();
-        let ttls: Vec<u64> = ttls.into_iter().collect();
-        if pairs.len() != ttls.len() {
-            return Err(Error::invalid_argument(format!(
-                "{} pairs but {} TTLs",
-                pairs.len(),
-                ttls.len()
-            )));
-        }
-        self.batch_put_inner(pairs.into_iter().zip(ttls).collect())
-            .await
-    }
-
-    async fn batch_put_inner(&self, pairs: Vec<(KvPair, u64)>) -> Result<()> {
-        for (pair, _) in &pairs {
+    async fn do_batch_put(&self, call: Call, pairs: Vec<KvPair>, ttls: Ttls) -> Result<()> {
+        let ttls = ttls.for_pairs(pairs.len())?;
+        for pair in &pairs {
             check_entry(pair.key(), pair.value())?;
         }
-        let with_ttl = pairs.iter().any(|(_, ttl)| *ttl != 0);
-        let items = self.encode_items(pairs.into_iter().map(|(pair, ttl)| {
+        let with_ttl = ttls.iter().any(|ttl| *ttl != 0);
+        let items = self.encode_items(pairs.into_iter().enumerate().map(|(i, pair)| {
             let (key, value) = pair.into_parts();
-            (key, (value, ttl))
+            (key, (value, ttls.get(i).copied().unwrap_or(0)))
         }))?;
-        let cf = &self.inner.cf;
         let atomic = self.inner.atomic;
         let answers = self
             .fan_out(
+                call,
                 items,
                 BatchLimit {
                     max_items: usize::MAX,
@@ -486,11 +836,11 @@ impl RawClient {
                         .iter()
                         .map(|i| kvrpcpb::KvPair {
                             key: i.encoded.clone(),
-                            value: i.value.0.clone(),
+                            value: i.value.0.as_bytes_ref().clone(),
                             ..Default::default()
                         })
                         .collect(),
-                    cf: cf.clone(),
+                    cf: call.cf(),
                     // One TTL per pair, aligned with this request's own pairs.
                     ttls: if with_ttl {
                         items.iter().map(|i| i.value.1).collect()
@@ -505,28 +855,28 @@ impl RawClient {
         answers.iter().try_for_each(|(_, r)| raw_error(&r.error))
     }
 
-    /// Deletes every key.
-    pub async fn batch_delete(&self, keys: impl IntoIterator<Item = impl Into<Key>>) -> Result<()> {
-        let items = self.encode_items(keys.into_iter().map(|k| (k.into(), ())))?;
-        let cf = &self.inner.cf;
+    async fn do_batch_delete(&self, call: Call, items: Vec<Item<()>>) -> Result<()> {
         let atomic = self.inner.atomic;
         let answers = self
-            .fan_out(items, BatchLimit::keys(RAW_BATCH_PAIR_COUNT), |items| {
-                kvrpcpb::RawBatchDeleteRequest {
+            .fan_out(
+                call,
+                items,
+                BatchLimit::keys(RAW_BATCH_PAIR_COUNT),
+                |items| kvrpcpb::RawBatchDeleteRequest {
                     context: Some(self.inner.context.clone()),
                     keys: items.iter().map(|i| i.encoded.clone()).collect(),
-                    cf: cf.clone(),
+                    cf: call.cf(),
                     for_cas: atomic,
-                }
-            })
+                },
+            )
             .await?;
         answers.iter().try_for_each(|(_, r)| raw_error(&r.error))
     }
 
-    /// Deletes every key in `range`, region by region.
-    pub async fn delete_range(&self, range: impl Into<BoundRange>) -> Result<()> {
-        let (mut start, end) = self.encode_range(range.into())?;
-        let mut bo = self.backoffer();
+    async fn do_delete_range(&self, call: Call, range: BoundRange) -> Result<()> {
+        let (mut start, end) = self.encode_range(range)?;
+        let mut bo = backoffer(call);
+        let opts = sender_options();
         while end.is_empty() || start < end {
             let (reply, location) = self
                 .cluster
@@ -535,13 +885,13 @@ impl RawClient {
                     &mut bo,
                     &self.route_key(&start),
                     LocateBy::Key,
-                    &self.call_options(),
+                    &opts,
                     |loc| {
                         Ok(kvrpcpb::RawDeleteRangeRequest {
                             context: Some(self.inner.context.clone()),
                             start_key: start.clone(),
                             end_key: clamp_end(&end, &self.wire_bound(loc.end_key())?),
-                            cf: self.inner.cf.clone(),
+                            cf: call.cf(),
                         })
                     },
                 )
@@ -556,10 +906,10 @@ impl RawClient {
         Ok(())
     }
 
-    /// The checksum of every pair in `range`.
-    pub async fn checksum(&self, range: impl Into<BoundRange>) -> Result<RawChecksum> {
-        let (mut start, end) = self.encode_range(range.into())?;
-        let mut bo = self.backoffer();
+    async fn do_checksum(&self, call: Call, range: BoundRange) -> Result<RawChecksum> {
+        let (mut start, end) = self.encode_range(range)?;
+        let mut bo = backoffer(call);
+        let opts = sender_options();
         let mut sum = RawChecksum::default();
         while end.is_empty() || start < end {
             let (reply, location) = self
@@ -569,7 +919,7 @@ impl RawClient {
                     &mut bo,
                     &self.route_key(&start),
                     LocateBy::Key,
-                    &self.call_options(),
+                    &opts,
                     |loc| {
                         Ok(kvrpcpb::RawChecksumRequest {
                             context: Some(self.inner.context.clone()),
@@ -596,14 +946,6 @@ impl RawClient {
     }
 
     // ----- internals -------------------------------------------------------------------------
-
-    fn backoffer(&self) -> Backoffer {
-        Backoffer::new(RAW_MAX_BACKOFF)
-    }
-
-    fn call_options(&self) -> CallOptions {
-        CallOptions::new(RAW_TIMEOUT)
-    }
 
     fn encode_key(&self, key: Key) -> Result<Bytes> {
         check_key(&key)?;
@@ -669,11 +1011,12 @@ impl RawClient {
     /// attempt's request.
     async fn send_single<R: KvRequest>(
         &self,
+        call: Call,
         key: &Bytes,
         build: impl Fn() -> R + Sync,
     ) -> Result<R::Response> {
-        let mut bo = self.backoffer();
-        let opts = self.call_options();
+        let mut bo = backoffer(call);
+        let opts = sender_options();
         let sender = self.cluster.sender();
         let route = self.inner.codec.route_key(key);
         let reply = sender
@@ -687,6 +1030,7 @@ impl RawClient {
     /// Raft entry is halved until it fits.
     async fn fan_out<V, R>(
         &self,
+        call: Call,
         items: Vec<Item<V>>,
         batch: BatchLimit,
         build: impl Fn(&[Item<V>]) -> R + Sync,
@@ -699,8 +1043,8 @@ impl RawClient {
             return Ok(Vec::new());
         }
         let sender = self.cluster.sender();
-        let opts = self.call_options();
-        let mut bo = self.backoffer();
+        let opts = sender_options();
+        let mut bo = backoffer(call);
         let shards = sender
             .fan_out(
                 &mut bo,
@@ -812,6 +1156,69 @@ fn place_answers(
         }
     }
     Ok(filled)
+}
+
+/// The backoffer of one call: its budget is the call's retry budget as given (weight 1: the
+/// public budget is already the total, client-go's 20 s times its default weight of 2). A zero
+/// budget retries nothing (a backoffer's own zero would mean "no limit").
+fn backoffer(call: Call) -> Backoffer {
+    if call.budget.is_zero() {
+        return Backoffer::no_retry();
+    }
+    Backoffer::with_vars(call.budget, BackoffVars::default().with_weight(1))
+}
+
+/// How the sender sends each attempt of a raw call.
+fn sender_options() -> SenderCallOptions {
+    SenderCallOptions::new(RAW_ATTEMPT_TIMEOUT)
+}
+
+/// A TTL as requests carry it: whole seconds, 0 for none. A TTL is rounded up to a whole
+/// second (a shorter one would be 0, "never expires"), and a zero TTL is refused: leave the TTL
+/// unset for a key that never expires.
+#[derive(Debug, Clone, Copy, Default)]
+struct Ttl(Option<Duration>);
+
+impl Ttl {
+    fn secs(self) -> Result<u64> {
+        let Some(ttl) = self.0 else {
+            return Ok(0);
+        };
+        if ttl.is_zero() {
+            return Err(Error::invalid_argument(
+                "a TTL of zero would mean no expiry: leave the TTL unset instead",
+            ));
+        }
+        Ok(ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0))
+    }
+}
+
+/// The TTLs of a batch put: none, one for every pair, or one per pair.
+#[derive(Debug, Clone, Default)]
+enum Ttls {
+    #[default]
+    None,
+    All(Duration),
+    Each(Vec<Duration>),
+}
+
+impl Ttls {
+    /// The TTL of each of `pairs` pairs in seconds (empty: none has one).
+    fn for_pairs(self, pairs: usize) -> Result<Vec<u64>> {
+        match self {
+            Ttls::None => Ok(Vec::new()),
+            Ttls::All(ttl) => Ok(vec![Ttl(Some(ttl)).secs()?; pairs]),
+            Ttls::Each(ttls) => {
+                if ttls.len() != pairs {
+                    return Err(Error::invalid_argument(format!(
+                        "{pairs} pairs but {} TTLs",
+                        ttls.len()
+                    )));
+                }
+                ttls.into_iter().map(|t| Ttl(Some(t)).secs()).collect()
+            }
+        }
+    }
 }
 
 /// The bytes an item adds to a request beyond its key.

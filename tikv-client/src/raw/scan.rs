@@ -1,12 +1,14 @@
 //! Raw scans: forward and reverse, key-only, several ranges at once, and as a stream.
 //!
-//! Each scan walks the regions of its range in order (descending for reverse scans), sending
+//! A scan is sent in pages of at most [`MAX_RAW_SCAN_LIMIT`] pairs, so its limit may be larger
+//! or unset (the whole range). Each page walks the regions of its range in order (descending for reverse scans), sending
 //! one RawScan per region with the range cut at the region's bounds, until the limit is reached
 //! or the range ends. A region that splits or moves while being scanned is located again and
 //! the same step is resent, so no key is skipped or repeated.
 //!
-//! Ports client-go `rawkv.Client.Scan` / `ReverseScan`; the stream has no client-go
-//! counterpart (client-rust users rely on it) and has no limit.
+//! Ports client-go `rawkv.Client.Scan` / `ReverseScan` (whose limit is capped at
+//! `MaxRawKVScanLimit`; here it is the page size); the stream has no client-go counterpart
+//! (client-rust users rely on it) and has no limit.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -15,7 +17,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::stream::{self, Stream, StreamExt};
 use tikv_proto::kvrpcpb;
 
-use super::{MAX_RAW_SCAN_LIMIT, RawClient, clamp_end};
+use super::{Call, MAX_RAW_SCAN_LIMIT, RawClient, backoffer, clamp_end, sender_options};
+use crate::options::with_deadline;
+use crate::request::Backoffer;
 use crate::request::dispatch::LocateBy;
 use crate::{BoundRange, Error, Key, KvPair, Result};
 
@@ -23,7 +27,17 @@ use crate::{BoundRange, Error, Key, KvPair, Result};
 const STREAM_PAGE: u32 = 1024;
 
 /// The pairs of a range, fetched page by page as they are consumed
-/// ([`RawClient::scan_stream`]).
+/// ([`RawClient::scan_stream`]). Dropping it stops the scan.
+///
+/// ```no_run
+/// use futures_util::TryStreamExt;
+/// # async fn f(client: tikv_client::RawClient) -> tikv_client::Result<()> {
+/// let mut pairs = client.scan_stream("a".."z").into_stream();
+/// while let Some(pair) = pairs.try_next().await? {
+///     println!("{:?}", pair.key());
+/// }
+/// # Ok(()) }
+/// ```
 pub struct RawScanStream {
     inner: Pin<Box<dyn Stream<Item = Result<KvPair>> + Send>>,
 }
@@ -42,102 +56,98 @@ impl Stream for RawScanStream {
     }
 }
 
-fn check_limit(limit: u32) -> Result<()> {
-    if limit == 0 || limit > MAX_RAW_SCAN_LIMIT {
-        return Err(Error::invalid_argument(format!(
-            "scan limit {limit} is outside 1..={MAX_RAW_SCAN_LIMIT}"
-        )));
+/// What one scan asks for; the scan builders fill it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ScanShape {
+    /// The most pairs to return; `None`: every pair of the range.
+    pub(super) limit: Option<u32>,
+    pub(super) reverse: bool,
+    pub(super) key_only: bool,
+}
+
+fn check_limit(limit: Option<u32>) -> Result<()> {
+    if limit == Some(0) {
+        return Err(Error::invalid_argument(
+            "a scan limit of 0 asks for nothing; leave the limit unset to scan the whole range",
+        ));
     }
     Ok(())
 }
 
 impl RawClient {
-    /// Up to `limit` pairs of `range`, ascending.
-    pub async fn scan(&self, range: impl Into<BoundRange>, limit: u32) -> Result<Vec<KvPair>> {
-        check_limit(limit)?;
-        let (start, end) = self.encode_range(range.into())?;
-        let kvs = self.scan_encoded(start, end, limit, false).await?;
-        self.to_pairs(kvs)
-    }
-
-    /// Up to `limit` keys of `range`, ascending (values are not read).
-    pub async fn scan_keys(&self, range: impl Into<BoundRange>, limit: u32) -> Result<Vec<Key>> {
-        check_limit(limit)?;
-        let (start, end) = self.encode_range(range.into())?;
-        let kvs = self.scan_encoded(start, end, limit, true).await?;
-        kvs.into_iter().map(|kv| self.decode_key(kv.key)).collect()
-    }
-
-    /// Up to `limit` pairs of `range`, descending from its end. The range is given ascending,
-    /// as for [`scan`](RawClient::scan). Under API V1 the range needs an end: TiKV cannot
-    /// scan backwards from an unbounded end.
-    pub async fn reverse_scan(
+    /// The pairs of `range` as `shape` asks, keys decoded.
+    pub(super) async fn do_scan(
         &self,
-        range: impl Into<BoundRange>,
-        limit: u32,
+        call: Call,
+        range: BoundRange,
+        shape: ScanShape,
     ) -> Result<Vec<KvPair>> {
-        check_limit(limit)?;
-        let (start, end) = self.encode_range(range.into())?;
-        let kvs = self.reverse_scan_encoded(start, end, limit, false).await?;
+        check_limit(shape.limit)?;
+        let (start, end) = self.encode_range(range)?;
+        let mut bo = backoffer(call);
+        let kvs = self.scan_pages(call, &mut bo, start, end, shape).await?;
         self.to_pairs(kvs)
     }
 
-    /// Up to `limit` keys of `range`, descending; see [`reverse_scan`](RawClient::reverse_scan).
-    pub async fn reverse_scan_keys(
+    /// The keys of `range` as `shape` asks (values are not read).
+    pub(super) async fn do_scan_keys(
         &self,
-        range: impl Into<BoundRange>,
-        limit: u32,
+        call: Call,
+        range: BoundRange,
+        shape: ScanShape,
     ) -> Result<Vec<Key>> {
-        check_limit(limit)?;
-        let (start, end) = self.encode_range(range.into())?;
-        let kvs = self.reverse_scan_encoded(start, end, limit, true).await?;
+        check_limit(shape.limit)?;
+        let (start, end) = self.encode_range(range)?;
+        let mut bo = backoffer(call);
+        let kvs = self.scan_pages(call, &mut bo, start, end, shape).await?;
         kvs.into_iter().map(|kv| self.decode_key(kv.key)).collect()
     }
 
-    /// Up to `each_limit` pairs of every range, ranges in the order given.
-    pub async fn batch_scan(
+    /// Up to `shape.limit` pairs of every range, ranges in the order given.
+    pub(super) async fn do_batch_scan(
         &self,
-        ranges: impl IntoIterator<Item = impl Into<BoundRange>>,
-        each_limit: u32,
-    ) -> Result<Vec<KvPair>> {
-        check_limit(each_limit)?;
+        call: Call,
+        ranges: Vec<BoundRange>,
+        shape: ScanShape,
+    ) -> Result<Vec<kvrpcpb::KvPair>> {
+        check_limit(shape.limit)?;
         let ranges = ranges
             .into_iter()
-            .map(|r| self.encode_range(r.into()))
+            .map(|r| self.encode_range(r))
             .collect::<Result<Vec<_>>>()?;
+        let mut bo = backoffer(call);
         let mut out = Vec::new();
         for (start, end) in ranges {
-            let kvs = self.scan_encoded(start, end, each_limit, false).await?;
-            out.extend(self.to_pairs(kvs)?);
+            out.extend(self.scan_pages(call, &mut bo, start, end, shape).await?);
         }
         Ok(out)
     }
 
-    /// Every pair of `range`, ascending, fetched page by page as the stream is polled. No
-    /// limit; errors end the stream.
-    pub fn scan_stream(&self, range: impl Into<BoundRange>) -> RawScanStream {
-        let start = self.encode_range(range.into());
+    /// Every pair of `range`, ascending, fetched page by page as the stream is polled; each
+    /// page has the call's deadline and retry budget. Errors end the stream.
+    pub(super) fn do_scan_stream(&self, call: Result<Call>, range: BoundRange) -> RawScanStream {
+        let start = call.and_then(|call| Ok((call, self.encode_range(range)?)));
         let client = self.clone();
         let pages = stream::unfold(Some(start), move |state| {
             let client = client.clone();
             async move {
-                let (start, end) = match state? {
-                    Ok(range) => range,
+                let (call, (start, end)) = match state? {
+                    Ok(state) => state,
                     Err(e) => return Some((Err(e), None)),
                 };
                 if !end.is_empty() && start >= end {
                     return None;
                 }
-                match client
-                    .scan_encoded(start, end.clone(), STREAM_PAGE, false)
-                    .await
-                {
+                let mut bo = backoffer(call);
+                let page =
+                    client.scan_encoded(call, &mut bo, start, end.clone(), STREAM_PAGE, false);
+                match with_deadline("raw scan_stream page", call.timeout, page).await {
                     Err(e) => Some((Err(e), None)),
                     Ok(kvs) => {
                         let next = if kvs.len() < STREAM_PAGE as usize {
                             None
                         } else {
-                            kvs.last().map(|kv| Ok((successor(&kv.key), end)))
+                            kvs.last().map(|kv| Ok((call, (successor(&kv.key), end))))
                         };
                         if kvs.is_empty() {
                             return None;
@@ -156,7 +166,58 @@ impl RawClient {
         }
     }
 
-    fn to_pairs(&self, kvs: Vec<kvrpcpb::KvPair>) -> Result<Vec<KvPair>> {
+    /// Scans encoded `[start, end)` as `shape` asks, in requests of at most
+    /// [`MAX_RAW_SCAN_LIMIT`] pairs: a full page continues after its last key (before it, in
+    /// reverse), a short one ends the range.
+    async fn scan_pages(
+        &self,
+        call: Call,
+        bo: &mut Backoffer,
+        mut start: Bytes,
+        mut end: Bytes,
+        shape: ScanShape,
+    ) -> Result<Vec<kvrpcpb::KvPair>> {
+        let mut out: Vec<kvrpcpb::KvPair> = Vec::new();
+        loop {
+            let left = match shape.limit {
+                Some(limit) => limit.saturating_sub(u32::try_from(out.len()).unwrap_or(u32::MAX)),
+                None => MAX_RAW_SCAN_LIMIT,
+            };
+            let want = left.min(MAX_RAW_SCAN_LIMIT);
+            if want == 0 {
+                break;
+            }
+            let page = if shape.reverse {
+                self.reverse_scan_encoded(
+                    call,
+                    bo,
+                    start.clone(),
+                    end.clone(),
+                    want,
+                    shape.key_only,
+                )
+                .await?
+            } else {
+                self.scan_encoded(call, bo, start.clone(), end.clone(), want, shape.key_only)
+                    .await?
+            };
+            let full = page.len() == want as usize;
+            if full && let Some(last) = page.last() {
+                if shape.reverse {
+                    end = last.key.clone();
+                } else {
+                    start = successor(&last.key);
+                }
+            }
+            out.extend(page);
+            if !full {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) fn to_pairs(&self, kvs: Vec<kvrpcpb::KvPair>) -> Result<Vec<KvPair>> {
         kvs.into_iter()
             .map(|kv| {
                 if let Some(e) = kv.error {
@@ -168,38 +229,33 @@ impl RawClient {
     }
 
     /// Forward scan of encoded `[start, end)` (empty end: unbounded).
-    pub(super) async fn scan_encoded(
+    async fn scan_encoded(
         &self,
+        call: Call,
+        bo: &mut Backoffer,
         mut start: Bytes,
         end: Bytes,
         limit: u32,
         key_only: bool,
     ) -> Result<Vec<kvrpcpb::KvPair>> {
         let mut out: Vec<kvrpcpb::KvPair> = Vec::new();
-        let mut bo = self.backoffer();
-        let opts = self.call_options();
+        let opts = sender_options();
         while (out.len() as u32) < limit && (end.is_empty() || start < end) {
             let want = limit - out.len() as u32;
             let (reply, location) = self
                 .cluster
                 .sender()
-                .send_by_key(
-                    &mut bo,
-                    &self.route_key(&start),
-                    LocateBy::Key,
-                    &opts,
-                    |loc| {
-                        Ok(kvrpcpb::RawScanRequest {
-                            context: Some(self.inner.context.clone()),
-                            start_key: start.clone(),
-                            end_key: clamp_end(&end, &self.wire_bound(loc.end_key())?),
-                            limit: want,
-                            key_only,
-                            cf: self.inner.cf.clone(),
-                            reverse: false,
-                        })
-                    },
-                )
+                .send_by_key(bo, &self.route_key(&start), LocateBy::Key, &opts, |loc| {
+                    Ok(kvrpcpb::RawScanRequest {
+                        context: Some(self.inner.context.clone()),
+                        start_key: start.clone(),
+                        end_key: clamp_end(&end, &self.wire_bound(loc.end_key())?),
+                        limit: want,
+                        key_only,
+                        cf: call.cf(),
+                        reverse: false,
+                    })
+                })
                 .await?;
             out.extend(reply.resp.kvs);
             let next = self.wire_bound(location.end_key())?;
@@ -215,6 +271,8 @@ impl RawClient {
     /// Reverse scan of encoded `[start, end)`, from `end` down.
     async fn reverse_scan_encoded(
         &self,
+        call: Call,
+        bo: &mut Backoffer,
         start: Bytes,
         mut upper: Bytes,
         limit: u32,
@@ -226,15 +284,14 @@ impl RawClient {
             ));
         }
         let mut out: Vec<kvrpcpb::KvPair> = Vec::new();
-        let mut bo = self.backoffer();
-        let opts = self.call_options();
+        let opts = sender_options();
         while (out.len() as u32) < limit && upper > start {
             let want = limit - out.len() as u32;
             let (reply, location) = self
                 .cluster
                 .sender()
                 .send_by_key(
-                    &mut bo,
+                    bo,
                     &self.route_key(&upper),
                     LocateBy::EndKey,
                     &opts,
@@ -250,7 +307,7 @@ impl RawClient {
                             },
                             limit: want,
                             key_only,
-                            cf: self.inner.cf.clone(),
+                            cf: call.cf(),
                             reverse: true,
                         })
                     },

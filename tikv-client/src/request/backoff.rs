@@ -229,7 +229,6 @@ impl Default for BackoffVars {
 }
 
 impl BackoffVars {
-    #[cfg(test)]
     /// Sets the budget weight.
     pub(crate) fn with_weight(mut self, weight: u32) -> Self {
         self.weight = weight;
@@ -344,7 +343,6 @@ impl Backoffer {
         self
     }
 
-    #[cfg(test)]
     /// A backoffer that never sleeps: every report returns the error at once.
     pub(crate) fn no_retry() -> Self {
         let mut bo = Backoffer::new(Duration::ZERO);
