@@ -8,6 +8,9 @@
 //! GC states are separate from the unified one, and advancing safe points on a keyspace
 //! without keyspace-level GC is refused).
 
+// Test code: an unwrap that fails is a failed test (the workspace lints deny them elsewhere).
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use tikv_client::gc::{GcRefusal, GcScope, NEVER_EXPIRES};
