@@ -9,6 +9,9 @@
 //! client-go fakes liveness with a failpoint; here the stores really stop, restart and move, and
 //! tikv-mock's stores check the store id of every request as TiKV does.
 
+// Test code: an unwrap that fails is a failed test (the workspace lints deny them elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::net::SocketAddr;
 
 use tikv_client::RawClient;

@@ -7,6 +7,9 @@
 //! encoding spec defines them. Every test also decodes the hand-made bytes with prost and checks
 //! it gets the same message back, which does not depend on the order fields are written in.
 
+// Test code: an unwrap that fails is a failed test (the workspace lints deny them elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use bytes::Bytes;
 use prost::Message;
 use tikv_proto::{errorpb, kvrpcpb, meta_storagepb, metapb, pdpb, tikvpb, tsopb};
