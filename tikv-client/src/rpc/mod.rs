@@ -90,21 +90,6 @@ pub(crate) trait KvRequest: Clone + Send + Sync + 'static {
     fn read_ts(&self) -> Option<u64> {
         None
     }
-
-    /// Points the request at one peer of one region version, for tests that send requests
-    /// without the sender (which copies a whole `AttemptContext` instead).
-    #[cfg(test)]
-    fn set_route(
-        &mut self,
-        region_id: u64,
-        epoch: Option<tikv_proto::metapb::RegionEpoch>,
-        peer: tikv_proto::metapb::Peer,
-    ) {
-        let ctx = self.context_mut();
-        ctx.region_id = region_id;
-        ctx.region_epoch = epoch;
-        ctx.peer = Some(peer);
-    }
 }
 
 /// A TiKV answer that may carry a region error.
