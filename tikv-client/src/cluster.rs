@@ -22,13 +22,14 @@ use crate::config::Config;
 use crate::locate::{RegionCache, ResolveState};
 use crate::oracle::{
     Oracle, OracleFuture, PdOracle, PdOracleOptions, TSO_MAX_BACKOFF, Timestamp,
-    get_timestamp_with_retry,
+    get_timestamp_with_retry, with_pd_retry,
 };
 use crate::pd::{BoxFuture, MinResolvedTs, PdClient, RegionSource};
+use crate::request::Backoffer;
 use crate::request::dispatch::FanOutLimit;
 use crate::request::sender::{ReadTsValidator, SenderCore, SenderParts};
-use crate::request::{BackoffKind, Backoffer};
 use crate::safe_ts::{DC_LABEL_KEY, SAFE_TS_UPDATE_INTERVAL, SafeTs, SafeTsSource, SafeTsStore};
+use crate::timestamp_oracle::TimestampOracle;
 use crate::transport::{SendOptions, Transport, UnaryRequest, UnaryResponse};
 use crate::{Error, Result};
 
@@ -75,7 +76,7 @@ impl Drop for ClusterInner {
 /// carries a timestamp, or the first timestamp asked for. A raw-only client never makes one,
 /// so it costs PD no timestamp and no refresh task, as client-go's `rawkv.Client`.
 #[derive(Debug)]
-struct ClusterOracle {
+pub(crate) struct ClusterOracle {
     pd: Arc<PdClient>,
     oracle: tokio::sync::OnceCell<PdOracle>,
 }
@@ -86,6 +87,23 @@ impl ClusterOracle {
         self.oracle
             .get_or_try_init(|| PdOracle::new(&self.pd, PdOracleOptions::default()))
             .await
+    }
+
+    /// The oracle, made now if it was not; a failed first fetch is retried on `bo` as any
+    /// timestamp fetch (PD unreachable, leader changing).
+    pub(crate) async fn get_with_retry(&self, bo: &mut Backoffer) -> Result<&PdOracle> {
+        if let Some(oracle) = self.oracle.get() {
+            return Ok(oracle);
+        }
+        with_pd_retry(bo, || self.get()).await
+    }
+
+    /// A fresh timestamp within client-go's 15 s TSO budget (client-go
+    /// `KVStore.CurrentTimestamp`), the budget covering the oracle's creation too.
+    pub(crate) async fn current_timestamp(&self) -> Result<Timestamp> {
+        let mut bo = Backoffer::new(TSO_MAX_BACKOFF);
+        let oracle = self.get_with_retry(&mut bo).await?;
+        get_timestamp_with_retry(oracle, &mut bo).await
     }
 
     fn close(&self) {
@@ -209,18 +227,26 @@ impl Cluster {
     /// Errors: [`Error::BackoffExhausted`] with PD's last error when the budget runs out, and at
     /// once the errors waiting cannot cure ([`Error::Closed`], a cluster-id mismatch).
     pub async fn current_timestamp(&self) -> Result<Timestamp> {
-        let mut bo = Backoffer::new(TSO_MAX_BACKOFF);
-        let oracle = loop {
-            match self.inner.oracle.get().await {
-                Ok(oracle) => break oracle,
-                // The oracle's first fetch failed: the same retry as for any fetch.
-                Err(err) if err.is_retryable() || matches!(err, Error::Pd { .. }) => {
-                    bo.backoff(BackoffKind::PdRpc, err).await?;
-                }
-                Err(err) => return Err(err),
-            }
-        };
-        get_timestamp_with_retry(oracle, &mut bo).await
+        self.inner.oracle.current_timestamp().await
+    }
+
+    /// The cluster's timestamp oracle (client-go `KVStore.GetOracle`): fresh and low-resolution
+    /// timestamps, stale-read timestamps, lock expiry, read-ts validation, PD's external
+    /// timestamp. It is the oracle the cluster's own reads are validated with; cheap to clone.
+    ///
+    /// ```no_run
+    /// # async fn example() -> tikv_client::Result<()> {
+    /// use tikv_client::{Cluster, Config};
+    ///
+    /// let cluster = Cluster::connect(["127.0.0.1:2379"], Config::default()).await?;
+    /// let oracle = cluster.oracle();
+    /// let start_ts = oracle.timestamp().await?;
+    /// oracle.validate_read_ts(start_ts, false).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn oracle(&self) -> TimestampOracle {
+        TimestampOracle::new(self.inner.oracle.clone())
     }
 
     /// Refreshes the safe timestamps now (what the background refresh does every 2 s).

@@ -97,6 +97,7 @@ mod rpc;
 #[cfg(doctest)]
 mod public_api;
 mod safe_ts;
+mod timestamp_oracle;
 mod tls;
 pub(crate) mod transport;
 
@@ -109,6 +110,7 @@ pub use locate::{StoreHealthDetail, StoreInfo, StoreState, StoreType};
 pub use oracle::Timestamp;
 pub use raw::{CasResult, RawClient};
 pub use safe_ts::GLOBAL_TXN_SCOPE;
+pub use timestamp_oracle::TimestampOracle;
 
 /// Internals the workspace's benchmarks drive directly: the PD client (TSO bench), the store
 /// transport (transport bench) and the region cache (region-cache bench). Not API: these types

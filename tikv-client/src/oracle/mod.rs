@@ -17,11 +17,12 @@
 //!
 //! # Who calls it
 //!
-//! The client builds one [`PdOracle`] per cluster ([`PdOracle::new`] over its
-//! [`PdClient`](crate::pd::PdClient)) and hands it to transactions (start and commit
-//! timestamps, `is_expired` / `until_expired` in the lock resolver), snapshots (stale-read
-//! timestamps), and the request sender (`validate_read_ts` before every read that carries a
-//! timestamp).
+//! The [`Cluster`](crate::Cluster) makes one [`PdOracle`] on first use ([`PdOracle::new`] over
+//! its [`PdClient`](crate::pd::PdClient)) and hands it to the request sender
+//! (`validate_read_ts` before every read that carries a timestamp) and to users, through the
+//! public [`TimestampOracle`](crate::TimestampOracle) (`timestamp_oracle.rs`, client-go
+//! `KVStore.GetOracle`); transactions (start and commit timestamps, `is_expired` /
+//! `until_expired` in the lock resolver) and snapshots (stale-read timestamps) come next.
 //!
 //! # Why `Oracle` is object-safe
 //!
@@ -46,8 +47,9 @@
 //!   ([`Error::LatestStaleRead`](crate::Error::LatestStaleRead)).
 //! - Transaction scopes (local/DC TSO) are not supported: there is one global scope.
 //! - One call, one attempt: each PD call has the PD client's own deadline. Retrying around the
-//!   oracle with a PD backoff is [`get_timestamp_with_retry`] / [`current_timestamp`] (client-go
-//!   `GetTimestampWithRetry` / `CurrentTimestamp`, `retry.rs`).
+//!   oracle with a PD backoff is [`get_timestamp_with_retry`] (client-go
+//!   `GetTimestampWithRetry`, `retry.rs`), within client-go's 15 s TSO budget when the caller
+//!   has no backoffer of its own ([`TSO_MAX_BACKOFF`], client-go `CurrentTimestamp`).
 //!
 //! Ports client-go `oracle/oracle.go`, `oracle/oracles/pd.go`, `oracle/oracles/local.go`,
 //! `oracle/oracles/local_external_timestamp.go`, `oracle/oracles/mock.go`, and the timestamp
@@ -79,7 +81,9 @@ pub(crate) use future::OracleFuture;
 #[cfg(test)]
 pub(crate) use local::LocalOracle;
 pub(crate) use pd::{PdOracle, PdOracleOptions};
-pub(crate) use retry::{TSO_MAX_BACKOFF, get_timestamp_with_retry};
+pub(crate) use retry::{
+    TSO_MAX_BACKOFF, get_min_ts_with_retry, get_timestamp_with_retry, with_pd_retry,
+};
 pub(crate) use source::TimestampSource;
 pub(crate) use timestamp::LOGICAL_BITS;
 pub use timestamp::Timestamp;

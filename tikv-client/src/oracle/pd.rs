@@ -67,6 +67,8 @@ impl Default for PdOracleOptions {
     }
 }
 
+// The cluster makes its oracle with the defaults; only tests choose other options.
+#[cfg(test)]
 impl PdOracleOptions {
     /// Sets [`update_interval`](Self::update_interval).
     pub(crate) fn with_update_interval(mut self, interval: Duration) -> Self {
@@ -441,17 +443,6 @@ impl PdOracle {
             self.refresh_task = Some(tokio::spawn(run_refresh(self.shared.clone(), rx)));
         }
     }
-
-    /// Turns read-timestamp validation on or off (see [`PdOracleOptions::ts_validation`]).
-    pub(crate) fn set_ts_validation(&self, enabled: bool) {
-        self.shared.ts_validation.store(enabled, Ordering::Relaxed);
-    }
-
-    /// The interval the refresh task currently uses: the configured one, or shorter while
-    /// adapting to stale reads.
-    pub(crate) fn current_update_interval(&self) -> Duration {
-        self.shared.adaptive.current()
-    }
 }
 
 impl Drop for PdOracle {
@@ -606,6 +597,17 @@ impl PdOracle {
 
     pub(crate) fn last_ts(&self) -> Option<Timestamp> {
         self.shared.last.ts()
+    }
+
+    /// Turns read-timestamp validation on or off (see [`PdOracleOptions::ts_validation`]).
+    pub(crate) fn set_ts_validation(&self, enabled: bool) {
+        self.shared.ts_validation.store(enabled, Ordering::Relaxed);
+    }
+
+    /// The interval the refresh task currently uses: the configured one, or shorter while
+    /// adapting to stale reads.
+    pub(crate) fn current_update_interval(&self) -> Duration {
+        self.shared.adaptive.current()
     }
 
     /// Starts the refresh task of an idle oracle (client-go `StartTsUpdateLoop`).

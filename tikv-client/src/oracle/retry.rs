@@ -5,10 +5,13 @@
 //! moment. These helpers retry around the oracle with the `pdRPC` backoff, bounded by the
 //! caller's backoffer, or by client-go's 15 s TSO budget.
 //!
-//! Who calls it: transactions and anything else that needs "now" and prefers waiting to
-//! failing; callers that want one attempt call [`Oracle::get_timestamp`] directly.
+//! Who calls it: the cluster (`Cluster::current_timestamp`, the public `TimestampOracle`, the
+//! lazy creation of its oracle), transactions next, and anything else that needs "now" and
+//! prefers waiting to failing; callers that want one attempt call [`Oracle::get_timestamp`]
+//! directly.
 //!
-//! Ports client-go `tikv/kv.go` (`KVStore.GetTimestampWithRetry`, `CurrentTimestamp`) and
+//! Ports client-go `tikv/kv.go` (`KVStore.GetTimestampWithRetry`, `CurrentTimestamp`,
+//! `CurrentAllTSOKeyspaceGroupMinTs`) and
 //! `txnkv/transaction/2pc.go` (`TsoMaxBackoff`).
 
 use std::time::Duration;
@@ -17,7 +20,8 @@ use super::{Oracle, Timestamp};
 use crate::request::{BackoffKind, Backoffer};
 use crate::{Error, Result};
 
-/// The backoff budget of [`current_timestamp`] (client-go `TsoMaxBackoff`, 15 000 ms).
+/// The backoff budget of a timestamp asked for without a caller's backoffer (client-go
+/// `TsoMaxBackoff`, 15 000 ms): `Cluster::current_timestamp` and `TimestampOracle`.
 pub(crate) const TSO_MAX_BACKOFF: Duration = Duration::from_millis(15_000);
 
 /// A fresh timestamp from `oracle`, retried after a `pdRPC` backoff on `bo` while the failure
@@ -31,20 +35,34 @@ pub(crate) async fn get_timestamp_with_retry(
     oracle: &dyn Oracle,
     bo: &mut Backoffer,
 ) -> Result<Timestamp> {
+    with_pd_retry(bo, || oracle.get_timestamp()).await
+}
+
+/// The minimum timestamp over all TSO keyspace groups, retried as
+/// [`get_timestamp_with_retry`] (client-go `getAllTSOKeyspaceGroupMinTSWithRetry`; a PD that
+/// does not implement the call answers a gRPC status that is not worth a retry).
+pub(crate) async fn get_min_ts_with_retry(
+    oracle: &dyn Oracle,
+    bo: &mut Backoffer,
+) -> Result<Timestamp> {
+    with_pd_retry(bo, || oracle.get_all_tso_keyspace_group_min_ts()).await
+}
+
+/// Runs `call` until it succeeds, backing off (`pdRPC`) on `bo` after each failure that may
+/// pass. Shared by the fetches above and by the lazy creation of a cluster's oracle, whose
+/// first fetch fails as any fetch does.
+pub(crate) async fn with_pd_retry<T, F, Fut>(bo: &mut Backoffer, mut call: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
     loop {
-        match oracle.get_timestamp().await {
-            Ok(ts) => return Ok(ts),
+        match call().await {
+            Ok(value) => return Ok(value),
             Err(err) if worth_retrying(&err) => bo.backoff(BackoffKind::PdRpc, err).await?,
             Err(err) => return Err(err),
         }
     }
-}
-
-/// [`get_timestamp_with_retry`] with a backoffer of its own, [`TSO_MAX_BACKOFF`] in all
-/// (client-go `CurrentTimestamp`).
-pub(crate) async fn current_timestamp(oracle: &dyn Oracle) -> Result<Timestamp> {
-    let mut bo = Backoffer::new(TSO_MAX_BACKOFF);
-    get_timestamp_with_retry(oracle, &mut bo).await
 }
 
 /// Whether a failed fetch may succeed later: PD unreachable or without a leader, a transient

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use super::retry::{TSO_MAX_BACKOFF, current_timestamp, get_timestamp_with_retry};
+use super::retry::{TSO_MAX_BACKOFF, get_timestamp_with_retry};
 use super::{Oracle, Timestamp};
 use crate::oracle::{LocalOracle, OracleFuture};
 use crate::request::{BackoffKind, Backoffer};
@@ -38,7 +38,10 @@ async fn a_timestamp_comes_once_pd_is_back() {
 async fn an_unreachable_pd_exhausts_the_budget_with_the_last_error() {
     let oracle = LocalOracle::with_manual_time(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000));
     oracle.set_enabled(false);
-    let err = current_timestamp(&oracle).await.unwrap_err();
+    let mut bo = Backoffer::new(TSO_MAX_BACKOFF);
+    let err = get_timestamp_with_retry(&oracle, &mut bo)
+        .await
+        .unwrap_err();
     match &err {
         Error::BackoffExhausted { last, .. } => {
             assert!(matches!(**last, Error::PdServerTimeout { .. }), "{last:?}");
@@ -138,10 +141,12 @@ async fn errors_pd_reports_are_waited_out() {
     assert_eq!(bo.times_of(BackoffKind::PdRpc), 2);
     assert_eq!(oracle.fetches(), 3);
 
-    // With its own budget, `current_timestamp` answers the first success at once.
+    // A first success is answered at once, without a backoff.
     let oracle = Scripted::new([Ok(Timestamp::from_version(7))]);
+    let mut bo = Backoffer::new(TSO_MAX_BACKOFF);
     assert_eq!(
-        current_timestamp(&oracle).await.unwrap(),
+        get_timestamp_with_retry(&oracle, &mut bo).await.unwrap(),
         Timestamp::from_version(7)
     );
+    assert_eq!(bo.times_of(BackoffKind::PdRpc), 0);
 }

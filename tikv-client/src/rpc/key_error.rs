@@ -377,11 +377,11 @@ mod tests {
         let Error::Locked(locked) = KeyErr::Locked(lock).into_error() else {
             panic!("not a public Locked")
         };
-        assert_eq!(locked.lock_ts.version(), 10);
+        assert_eq!(locked.lock_ts, crate::Timestamp::from_version(10));
         assert_eq!(locked.primary, Key::from(b"p".to_vec()));
         assert_eq!(locked.ttl_ms, 3000);
-        assert_eq!(locked.min_commit_ts.version(), 13);
-        assert_eq!(locked.for_update_ts.version(), 12);
+        assert_eq!(locked.min_commit_ts, crate::Timestamp::from_version(13));
+        assert_eq!(locked.for_update_ts, crate::Timestamp::from_version(12));
         assert!(locked.use_async_commit);
     }
 
@@ -399,7 +399,7 @@ mod tests {
         assert_eq!(lock.secondaries.len(), 2);
         assert!(matches!(
             err.into_error(),
-            Error::PrimaryMismatch { start_ts, .. } if start_ts.version() == 10
+            Error::PrimaryMismatch { start_ts, .. } if start_ts == crate::Timestamp::from_version(10)
         ));
     }
 
@@ -497,9 +497,9 @@ mod tests {
         let Error::WriteConflict(wc) = &err else {
             panic!("got {err:?}")
         };
-        assert_eq!(wc.start_ts.version(), 10);
-        assert_eq!(wc.conflict_ts.version(), 11);
-        assert_eq!(wc.conflict_commit_ts.version(), 12);
+        assert_eq!(wc.start_ts, crate::Timestamp::from_version(10));
+        assert_eq!(wc.conflict_ts, crate::Timestamp::from_version(11));
+        assert_eq!(wc.conflict_commit_ts, crate::Timestamp::from_version(12));
         assert_eq!(wc.key, Key::from(b"k".to_vec()));
         assert_eq!(wc.primary, Key::from(b"p".to_vec()));
         assert_eq!(wc.reason, WriteConflictReason::PessimisticRetry);
@@ -638,9 +638,12 @@ mod tests {
             ..key_error()
         });
         let Error::Deadlock(d) = err else { panic!() };
-        assert_eq!(d.lock_ts.version(), 5);
+        assert_eq!(d.lock_ts, crate::Timestamp::from_version(5));
         assert_eq!(d.wait_chain.len(), 1);
-        assert_eq!(d.wait_chain[0].wait_for_txn.version(), 6);
+        assert_eq!(
+            d.wait_chain[0].wait_for_txn,
+            crate::Timestamp::from_version(6)
+        );
         assert_eq!(d.wait_chain[0].wait_time_ms, 7);
     }
 }
