@@ -293,8 +293,39 @@ impl Cluster {
     }
 
     /// The region cache (in the keys TiKV stores: API V2 keys include their keyspace prefix).
-    pub fn region_cache(&self) -> &RegionCache {
+    /// Crate-private: users locate keys through their client (`RawClient::locate_key`), in
+    /// their own key space.
+    pub(crate) fn region_cache(&self) -> &RegionCache {
         &self.inner.sender.cache
+    }
+
+    /// What the client knows about every store it has seen, by id (client-go
+    /// `RegionCache.GetAllStores`).
+    ///
+    /// ```no_run
+    /// # async fn f(cluster: tikv_client::Cluster) {
+    /// for store in cluster.stores() {
+    ///     println!("store {} at {} ({:?})", store.id, store.address, store.state);
+    /// }
+    /// # }
+    /// ```
+    pub fn stores(&self) -> Vec<crate::StoreInfo> {
+        self.inner.sender.cache.stores()
+    }
+
+    /// The client's view of a store's health: its own slow score and the one TiKV last
+    /// reported (client-go `Store.GetHealthStatus().GetHealthStatusDetail()`); `None` for a
+    /// store the cache does not know.
+    ///
+    /// ```no_run
+    /// # async fn f(cluster: tikv_client::Cluster) {
+    /// if let Some(health) = cluster.store_health(1) {
+    ///     println!("store 1 slow: {}", health.is_slow());
+    /// }
+    /// # }
+    /// ```
+    pub fn store_health(&self, store_id: u64) -> Option<crate::StoreHealthDetail> {
+        self.inner.sender.cache.store_health(store_id)
     }
 
     /// The cluster id PD reported.

@@ -91,6 +91,7 @@ pub mod options;
 pub(crate) mod oracle;
 pub(crate) mod pd;
 pub mod raw;
+mod region_location;
 pub(crate) mod request;
 mod rpc;
 // Doctests that keep the internals out of the public API.
@@ -109,6 +110,7 @@ pub use kv::{BoundRange, Key, KvPair, Value};
 pub use locate::{StoreHealthDetail, StoreInfo, StoreState, StoreType};
 pub use oracle::Timestamp;
 pub use raw::{CasResult, RawClient};
+pub use region_location::RegionLocation;
 pub use safe_ts::GLOBAL_TXN_SCOPE;
 pub use timestamp_oracle::TimestampOracle;
 

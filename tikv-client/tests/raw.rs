@@ -388,6 +388,56 @@ fn v2_key(id: u32, key: &str) -> Vec<u8> {
     k
 }
 
+/// Region lookups answer in the caller's key space: API V1 keys as they are, API V2 regions
+/// clamped to the keyspace with the prefix taken off (client-go `LocateKey` over its codec).
+#[tokio::test]
+async fn regions_are_located_in_the_callers_key_space() {
+    let mock = mock(&["g", "p"]).await;
+    let c = client(&mock).await;
+    let first = c.locate_key("a").await.unwrap();
+    assert_eq!(
+        (first.start_key.as_bytes(), first.end_key.as_bytes()),
+        (&b""[..], &b"g"[..])
+    );
+    let middle = c.locate_key("g").await.unwrap();
+    assert_eq!(
+        (middle.start_key.as_bytes(), middle.end_key.as_bytes()),
+        (&b"g"[..], &b"p"[..])
+    );
+    assert_ne!(first.id, middle.id);
+    // A split moves the version on; the next lookup after the cache learns it sees it.
+    mock.split_raw(["j"]).unwrap();
+    c.put("h", "1").await.unwrap();
+    let after = c.locate_key("h").await.unwrap();
+    assert_eq!(after.end_key.as_bytes(), b"j");
+    assert!(after.version > middle.version);
+    assert!(matches!(
+        c.locate_key("").await,
+        Err(Error::InvalidArgument { .. })
+    ));
+
+    let (mock, a, b) = v2_mock(None).await;
+    mock.split_raw([v2_key(a, "m"), v2_key(b, "")]).unwrap();
+    let ca = RawClient::builder(mock.pd_endpoints())
+        .api_version(ApiVersion::V2)
+        .keyspace("alpha")
+        .build()
+        .await
+        .unwrap();
+    // The region before `m` starts outside the keyspace: clamped to its beginning.
+    let low = ca.locate_key("c").await.unwrap();
+    assert_eq!(
+        (low.start_key.as_bytes(), low.end_key.as_bytes()),
+        (&b""[..], &b"m"[..])
+    );
+    // The region from `m` ends where keyspace beta begins: the keyspace's end.
+    let high = ca.locate_key("x").await.unwrap();
+    assert_eq!(
+        (high.start_key.as_bytes(), high.end_key.as_bytes()),
+        (&b"m"[..], &b""[..])
+    );
+}
+
 #[tokio::test]
 async fn keyspaces_are_isolated() {
     let (mock, a, b) = v2_mock(None).await;

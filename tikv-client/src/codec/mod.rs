@@ -129,7 +129,6 @@ impl ApiCodec {
     }
 
     /// The API V2 keyspace, if any.
-    #[cfg(test)]
     pub(crate) fn keyspace(&self) -> Option<&KeyspaceCodec> {
         match self {
             ApiCodec::V1(_) => None,
@@ -220,6 +219,27 @@ impl ApiCodec {
             ))
         })?;
         Ok(Bytes::from(decoded))
+    }
+
+    /// A region's wire bounds `[start, end)` in the user's key space (client-go
+    /// `DecodeRegionRange`): under API V2 the region is clamped to the keyspace, a start before
+    /// it becomes empty (the keyspace's first key) and an end at or after it becomes empty (the
+    /// keyspace's end); under API V1 the bounds are the user's keys already.
+    pub(crate) fn user_bounds(&self, start: &Bytes, end: &Bytes) -> (Bytes, Bytes) {
+        let Some(ks) = self.keyspace() else {
+            return (start.clone(), end.clone());
+        };
+        let start = if start.starts_with(&ks.prefix) {
+            start.slice(KEYSPACE_PREFIX_LEN..)
+        } else {
+            Bytes::new()
+        };
+        let end = if end.starts_with(&ks.prefix) {
+            end.slice(KEYSPACE_PREFIX_LEN..)
+        } else {
+            Bytes::new()
+        };
+        (start, end)
     }
 }
 

@@ -245,6 +245,32 @@ fn v2_keys_at_the_keyspace_edges_route_inside_it() {
     assert!(first.decode_key(&b(b"x\0\0\x01k")).is_err());
 }
 
+// client-go DecodeRegionRange: a region reaching outside the keyspace is clamped to it.
+#[test]
+fn region_bounds_are_clamped_to_the_keyspace_in_user_form() {
+    let codec = codec();
+    let end = Bytes::copy_from_slice(ks(&codec).end_key());
+    // Inside on both sides.
+    assert_eq!(codec.user_bounds(&p("a"), &p("m")), (b(b"a"), b(b"m")));
+    // Starting in the keyspace before (or unbounded), ending at or after the keyspace's end.
+    let before = cat(&[b'r', 0, 0x10, 0x91], b"z");
+    assert_eq!(
+        codec.user_bounds(&before, &end),
+        (Bytes::new(), Bytes::new())
+    );
+    assert_eq!(
+        codec.user_bounds(&Bytes::new(), &Bytes::new()),
+        (Bytes::new(), Bytes::new())
+    );
+    assert_eq!(
+        codec.user_bounds(&p("k"), &b(b"x")),
+        (b(b"k"), Bytes::new())
+    );
+    // API V1 bounds are the user's keys already.
+    let v1 = ApiCodec::v1(KeyMode::Raw);
+    assert_eq!(v1.user_bounds(&b(b"a"), &b(b"b")), (b(b"a"), b(b"b")));
+}
+
 #[test]
 fn keys_of_another_keyspace_never_decode() {
     let a = ApiCodec::v2(KeyMode::Raw, 1, "a").unwrap();

@@ -588,6 +588,36 @@ impl RawClient {
         &self.cluster
     }
 
+    /// The region holding `key`, with its bounds in this client's key space (client-go
+    /// `RegionCache.LocateKey`): from the cluster's region cache, asking PD on a miss. Under API
+    /// V2 a region reaching outside the keyspace is clamped to it.
+    ///
+    /// Errors: [`Error::InvalidArgument`] / [`Error::KeyTooLarge`] for a key no call takes;
+    /// PD's errors when the region must be loaded and PD cannot answer.
+    ///
+    /// ```no_run
+    /// # async fn f(client: tikv_client::RawClient) -> tikv_client::Result<()> {
+    /// let region = client.locate_key("k").await?;
+    /// assert!(region.start_key.as_bytes() <= b"k".as_slice());
+    /// # Ok(()) }
+    /// ```
+    pub async fn locate_key(&self, key: impl Into<Key>) -> Result<crate::RegionLocation> {
+        let wire = self.encode_key(key.into())?;
+        let route = self.route_key(&wire);
+        let location = self.cluster.region_cache().locate_key(&route).await?;
+        let start = self.wire_bound(location.start_key())?;
+        let end = self.wire_bound(location.end_key())?;
+        let (start, end) = self.inner.codec.user_bounds(&start, &end);
+        let region = location.region();
+        Ok(crate::RegionLocation {
+            id: region.id(),
+            conf_ver: region.conf_ver(),
+            version: region.version(),
+            start_key: Key::from(start),
+            end_key: Key::from(end),
+        })
+    }
+
     /// A client like this one using column family `cf` (refused by its calls under API V2,
     /// which has `default` only).
     ///
