@@ -510,6 +510,77 @@ async fn unary_only_rpcs_reach_the_store() {
     assert_eq!(env.store.stats().unary_calls, 3);
 }
 
+/// The admin and debug RPCs travel unary too, and each answer comes back as its own kind (the
+/// mock serves UnsafeDestroyRange; it answers the MVCC debug calls with TiKV's status, which
+/// reaches the caller as a typed gRPC error). A command with no unary RPC is refused before
+/// anything is sent.
+#[tokio::test]
+async fn admin_and_debug_rpcs_travel_unary() {
+    let env = start(config(TikvClientConfig::default())).await;
+    env.put(b"a", b"1").await;
+    let unary = |req| env.store.unary(req, opts());
+
+    let destroyed = unary(UnaryRequest::UnsafeDestroyRange(
+        kvrpcpb::UnsafeDestroyRangeRequest {
+            context: Some(env.ctx.clone()),
+            start_key: b(b"a"),
+            end_key: b(b"b"),
+        },
+    ))
+    .await
+    .unwrap();
+    assert!(
+        matches!(destroyed, UnaryResponse::UnsafeDestroyRange(_)),
+        "{destroyed:?}"
+    );
+    assert_eq!(env.cluster.rpc_count(env.store_id, "UnsafeDestroyRange"), 1);
+
+    for request in [
+        UnaryRequest::MvccGetByKey(kvrpcpb::MvccGetByKeyRequest {
+            context: Some(env.ctx.clone()),
+            key: b(b"a"),
+        }),
+        UnaryRequest::MvccGetByStartTs(kvrpcpb::MvccGetByStartTsRequest {
+            context: Some(env.ctx.clone()),
+            start_ts: 1,
+        }),
+    ] {
+        match unary(request).await {
+            Ok(UnaryResponse::MvccGetByKey(_) | UnaryResponse::MvccGetByStartTs(_)) => {}
+            Err(Error::Grpc { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    let import = unary(UnaryRequest::Cmd(Cmd::Import(Default::default()))).await;
+    assert!(
+        matches!(import, Err(Error::InvalidArgument { .. })),
+        "{import:?}"
+    );
+    let empty = unary(UnaryRequest::Cmd(Cmd::Empty(Default::default()))).await;
+    assert!(
+        matches!(empty, Err(Error::InvalidArgument { .. })),
+        "{empty:?}"
+    );
+}
+
+/// A forwarded host that cannot be a gRPC header value is refused before sending.
+#[tokio::test]
+async fn a_forwarded_host_that_is_no_header_value_is_refused() {
+    let env = start(config(TikvClientConfig::default())).await;
+    let refused = env
+        .store
+        .unary(
+            UnaryRequest::GetStoreSafeTs(Default::default()),
+            opts().with_forwarded_host("bad\nhost"),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(Error::InvalidArgument { .. })),
+        "{refused:?}"
+    );
+}
+
 // ----- forwarding and TLS --------------------------------------------------------------------
 
 /// A call the proxy saw: its path and its `tikv-forwarded-host` header.
