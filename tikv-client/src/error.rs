@@ -827,8 +827,9 @@ impl Error {
         }
     }
 
-    /// An [`Error::Internal`]: an invariant did not hold.
-    pub fn internal(message: impl Into<String>) -> Self {
+    /// An [`Error::Internal`]: an invariant of this crate did not hold (crate-private: users
+    /// and servers never cause one).
+    pub(crate) fn internal(message: impl Into<String>) -> Self {
         Error::Internal {
             message: message.into(),
         }

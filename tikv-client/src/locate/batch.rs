@@ -4,12 +4,16 @@
 //! Ports `regionsHaveGapInRanges`, `rangesAfterKey` and `batchLocateRangesMerger` of client-go
 //! `internal/locate/region_cache.go`.
 
+#[cfg(any(test, feature = "unstable-internals"))]
 use std::sync::Arc;
 
 use bytes::Bytes;
 
+#[cfg(any(test, feature = "unstable-internals"))]
 use super::location::KeyLocation;
+#[cfg(any(test, feature = "unstable-internals"))]
 use super::region::CachedRegion;
+#[cfg(any(test, feature = "unstable-internals"))]
 use crate::Key;
 use crate::pd::RegionInfo;
 
@@ -64,6 +68,7 @@ pub(crate) fn regions_have_gap_in_ranges(
     end.is_empty() || check_key < end.as_ref()
 }
 
+#[cfg(any(test, feature = "unstable-internals"))]
 /// The part of `ranges` at or after `split` (client-go `rangesAfterKey`). An empty `split` (the
 /// loaded regions reached +inf) leaves nothing.
 pub(crate) fn ranges_after_key(mut ranges: Vec<KeyRange>, split: &[u8]) -> Vec<KeyRange> {
@@ -83,6 +88,7 @@ pub(crate) fn ranges_after_key(mut ranges: Vec<KeyRange>, split: &[u8]) -> Vec<K
     ranges
 }
 
+#[cfg(any(test, feature = "unstable-internals"))]
 /// Merges the regions found in the cache with those loaded from PD into one list in key order
 /// (client-go `batchLocateRangesMerger`). A cached region that the loaded ones cover is dropped;
 /// one they only partly cover is kept, since part of the asked ranges may be in it alone.
@@ -93,7 +99,9 @@ pub(crate) struct Merger {
     merged: Vec<KeyLocation>,
 }
 
+#[cfg(any(test, feature = "unstable-internals"))]
 impl Merger {
+    #[cfg(any(test, feature = "unstable-internals"))]
     pub(crate) fn new(cached: Vec<Arc<CachedRegion>>, size_hint: usize) -> Merger {
         Merger {
             last_end: None,
@@ -103,6 +111,7 @@ impl Merger {
         }
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     fn covered(&self, region: &CachedRegion) -> bool {
         match &self.last_end {
             Some(last_end) => !region.end_key().is_empty() && last_end >= region.end_key(),
@@ -110,6 +119,7 @@ impl Merger {
         }
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// Adds a region loaded from PD; loaded regions come in key order.
     pub(crate) fn append_loaded(&mut self, loaded: &CachedRegion) {
         let continues = loaded.start_key().is_empty()
@@ -140,6 +150,7 @@ impl Merger {
         }
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     pub(crate) fn build(mut self) -> Vec<KeyLocation> {
         while self.cached_idx < self.cached.len() {
             let cached = &self.cached[self.cached_idx];

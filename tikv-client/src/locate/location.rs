@@ -9,7 +9,11 @@ use std::sync::Arc;
 
 use tikv_proto::metapb;
 
-use super::region::{CachedRegion, RegionVerId, contains, contains_by_end};
+use super::region::{CachedRegion, RegionVerId};
+#[cfg(any(test, feature = "unstable-internals"))]
+use super::region::contains;
+#[cfg(feature = "unstable-internals")]
+use super::region::contains_by_end;
 use crate::Key;
 
 /// Where a key lives: the region (id and epoch) and its key range `[start_key, end_key)`, plus
@@ -82,6 +86,7 @@ impl KeyLocation {
         &self.end_key
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// The region's buckets, if PD reported them.
     pub fn buckets(&self) -> Option<&Buckets> {
         self.buckets.as_deref()
@@ -93,17 +98,20 @@ impl KeyLocation {
         self.buckets.as_ref().map_or(0, |b| b.version)
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// Whether `start_key <= key < end_key`.
     pub fn contains(&self, key: &[u8]) -> bool {
         contains(self.start_key.as_bytes(), self.end_key.as_bytes(), key)
     }
 
+    #[cfg(feature = "unstable-internals")]
     /// Whether `start_key < key <= end_key`, the test for a range's exclusive end. An empty `key`
     /// stands for +inf: only the last region contains it (client-go `ContainsByEnd`).
     pub fn contains_by_end(&self, key: &[u8]) -> bool {
         contains_by_end(self.start_key.as_bytes(), self.end_key.as_bytes(), key)
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// The bucket of this region that holds `key`, or `None` if the region does not hold it
     /// (client-go `LocateBucket`).
     ///
@@ -131,6 +139,7 @@ impl KeyLocation {
         Some(Bucket::new(self.start_key.clone(), self.end_key.clone()))
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// The bucket holding `key`, or `None` if `key` is outside every bucket.
     fn locate_bucket_strict(&self, key: &[u8]) -> Option<Bucket> {
         let keys = &self.buckets.as_ref()?.keys;
@@ -148,6 +157,7 @@ impl KeyLocation {
         Some(Bucket::new(keys[i - 1].clone(), keys[i].clone()))
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// Narrows a bucket to the region (client-go `clampBucketToRegion`).
     pub(crate) fn clamp_bucket(&self, bucket: Bucket) -> Bucket {
         let mut start = bucket.start_key.clone();
@@ -197,6 +207,7 @@ impl Buckets {
         self.version
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// The boundaries, in key order.
     pub fn keys(&self) -> &[Key] {
         &self.keys
@@ -219,6 +230,7 @@ impl Buckets {
     }
 }
 
+#[cfg(any(test, feature = "unstable-internals"))]
 /// One bucket: the key range `[start_key, end_key)`, an empty end being unbounded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bucket {
@@ -226,21 +238,26 @@ pub struct Bucket {
     end_key: Key,
 }
 
+#[cfg(any(test, feature = "unstable-internals"))]
 impl Bucket {
+    #[cfg(any(test, feature = "unstable-internals"))]
     pub(crate) fn new(start_key: Key, end_key: Key) -> Bucket {
         Bucket { start_key, end_key }
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// The first key of the bucket.
     pub fn start_key(&self) -> &Key {
         &self.start_key
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// The end of the bucket (exclusive); empty means unbounded.
     pub fn end_key(&self) -> &Key {
         &self.end_key
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// Whether `start_key <= key < end_key`.
     pub fn contains(&self, key: &[u8]) -> bool {
         contains(self.start_key.as_bytes(), self.end_key.as_bytes(), key)

@@ -552,6 +552,7 @@ impl CachedRegion {
         &self.end_key
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// Whether `start <= key < end` (an empty end is unbounded).
     #[inline]
     pub(crate) fn contains(&self, key: &[u8]) -> bool {
@@ -639,6 +640,7 @@ impl CachedRegion {
         self.hot
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     pub(crate) fn bucket_version(&self) -> u64 {
         self.buckets.load().as_ref().map_or(0, |b| b.version())
     }
@@ -772,6 +774,7 @@ impl CachedRegion {
         now_ms >= self.hot.deadline()
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     pub(crate) fn ttl_deadline(&self) -> u64 {
         self.hot.deadline()
     }

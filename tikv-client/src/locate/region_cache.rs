@@ -31,7 +31,9 @@
 //! caches, about 155-185 ns for uniformly random keys on a quiet machine (0.45-0.5 us before
 //! hits stopped reading the region object), and two threads do 1.5-1.95 times one.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+#[cfg(any(test, feature = "unstable-internals"))]
+use std::collections::HashSet;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -45,20 +47,27 @@ use tikv_proto::metapb;
 use tokio::sync::OnceCell;
 use tokio::task::AbortHandle;
 
-use super::batch::{KeyRange, Merger, ranges_after_key, regions_have_gap_in_ranges};
+use super::batch::{KeyRange, regions_have_gap_in_ranges};
+#[cfg(any(test, feature = "unstable-internals"))]
+use super::batch::{Merger, ranges_after_key};
 use super::index::RegionIndex;
 use super::location::{Buckets, KeyLocation};
 use super::region::{
     CachedRegion, InvalidReason, RegionParts, RegionPeer, RegionVerId, TtlPolicy, flags,
 };
-use super::store::{ResolveState, Store, StoreCache, StoreInfo, StoreType};
+#[cfg(any(test, feature = "unstable-internals"))]
+use super::store::ResolveState;
+use super::store::{Store, StoreCache, StoreInfo, StoreType};
 use crate::config::Config;
 use crate::error::{RegionError, RegionErrorKind};
-use crate::pd::{BoxFuture, PdClient, RegionInfo, RegionSource};
+#[cfg(any(test, feature = "unstable-internals"))]
+use crate::pd::PdClient;
+use crate::pd::{BoxFuture, RegionInfo, RegionSource};
 use crate::{Error, Key, Result};
 
 /// Regions asked of PD per batch scan (client-go `defaultRegionsPerBatch`).
 const REGIONS_PER_BATCH: usize = 128;
+#[cfg(any(test, feature = "unstable-internals"))]
 /// Most ranges sent in one `BatchScanRegions`, to stay under gRPC's message limit.
 const MAX_RANGES_PER_BATCH: usize = 16 * REGIONS_PER_BATCH;
 /// Regions per page when loading the whole cluster (preload, periodic refresh).
@@ -78,6 +87,7 @@ const LAST_REGION_PROBE: [u8; 32] = [0xFF; 32];
 /// Shards of the region-id map; lookups of different regions rarely share a lock.
 const ID_SHARDS: usize = 16;
 
+#[cfg(any(test, feature = "unstable-internals"))]
 /// Options of [`RegionCache::batch_locate_key_ranges`] (client-go `BatchLocateKeyRangesOpt`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -88,13 +98,16 @@ pub struct BatchLocateOptions {
     pub need_leader: bool,
 }
 
+#[cfg(any(test, feature = "unstable-internals"))]
 impl BatchLocateOptions {
+    #[cfg(feature = "unstable-internals")]
     /// Ask PD for buckets.
     pub fn with_buckets(mut self) -> Self {
         self.need_buckets = true;
         self
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// Leave out regions without a leader.
     pub fn with_leader(mut self) -> Self {
         self.need_leader = true;
@@ -217,6 +230,7 @@ impl IdMap {
 enum FlightKey {
     Key(Bytes),
     EndKey(Bytes),
+    #[cfg(any(test, feature = "unstable-internals"))]
     Id(u64),
 }
 
@@ -258,6 +272,7 @@ struct Inner {
     stores_refresh_interval: Duration,
     enable_preload: bool,
     /// Regions whose buckets are being reloaded in the background.
+    #[cfg(any(test, feature = "unstable-internals"))]
     bucket_updates: Mutex<HashSet<u64>>,
     /// Where the next GC round starts.
     gc_cursor: Mutex<Key>,
@@ -324,6 +339,7 @@ impl RegionCache {
         RegionCache::build(source, config, runtime)
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// A cache that asks `pd` on misses, configured by `config` (TTL and jitter, refresh
     /// intervals, preload).
     ///
@@ -383,6 +399,7 @@ impl RegionCache {
             regions_refresh_interval: config.regions_refresh_interval,
             stores_refresh_interval: config.stores_refresh_interval,
             enable_preload: config.enable_preload,
+            #[cfg(any(test, feature = "unstable-internals"))]
             bucket_updates: Mutex::new(HashSet::new()),
             gc_cursor: Mutex::new(Key::EMPTY),
             closed: AtomicBool::new(false),
@@ -397,6 +414,7 @@ impl RegionCache {
         }
     }
 
+    #[cfg(feature = "unstable-internals")]
     /// **Not API: for benchmarks only, may change or vanish in any release.**
     ///
     /// A cache preloaded with regions `[split_keys[i-1], split_keys[i])` (the first starting at
@@ -420,6 +438,7 @@ impl RegionCache {
             regions_refresh_interval: Duration::ZERO,
             stores_refresh_interval: Duration::from_secs(60),
             enable_preload: false,
+            #[cfg(any(test, feature = "unstable-internals"))]
             bucket_updates: Mutex::new(HashSet::new()),
             gc_cursor: Mutex::new(Key::EMPTY),
             closed: AtomicBool::new(false),
@@ -469,6 +488,7 @@ impl RegionCache {
         }
     }
 
+    #[cfg(feature = "unstable-internals")]
     /// **Not API: for benchmarks only, may change or vanish in any release.**
     ///
     /// Splits the cached region holding `split_key` at that key, as two PD loads after a split
@@ -529,6 +549,7 @@ impl RegionCache {
         self.inner.closed.load(Ordering::Acquire)
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// The number of cached regions, valid or not.
     pub fn region_count(&self) -> usize {
         self.inner.index.load().len()
@@ -549,6 +570,7 @@ impl RegionCache {
         }
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// The region holding `key` if the cache has it and may answer for it, without asking PD
     /// (client-go `TryLocateKey`).
     #[inline]
@@ -564,12 +586,14 @@ impl RegionCache {
         Ok(KeyLocation::from_region(&region))
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// The region with this id (client-go `LocateRegionByID`).
     pub async fn locate_region_by_id(&self, region_id: u64) -> Result<KeyLocation> {
         let region = self.inner.find_region_by_id(region_id).await?;
         Ok(KeyLocation::from_region(&region))
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// Asks PD for the region with this id without touching the cache (client-go
     /// `LocateRegionByIDFromPD`), for diagnosing a cache that may be stale.
     pub async fn locate_region_by_id_from_pd(&self, region_id: u64) -> Result<KeyLocation> {
@@ -577,6 +601,7 @@ impl RegionCache {
         Ok(KeyLocation::from_region(&region))
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// The regions covering `[start, end)`, in key order (client-go `LocateKeyRange`). An empty
     /// `end` is unbounded. Regions PD reports without a leader are left out.
     pub async fn locate_key_range(&self, start: &[u8], end: &[u8]) -> Result<Vec<KeyLocation>> {
@@ -604,6 +629,7 @@ impl RegionCache {
         }
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// The regions covering several ranges, in key order, each region once (client-go
     /// `BatchLocateKeyRanges`). Ranges are `(start, end)` with an empty end unbounded, sorted and
     /// not overlapping.
@@ -620,6 +646,7 @@ impl RegionCache {
         self.inner.batch_locate(ranges, options).await
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// Loads from PD every region in `[start, end)` and caches them (client-go
     /// `LoadRegionsInKeyRange`), whatever the cache holds.
     pub async fn load_regions_in_key_range(
@@ -644,6 +671,7 @@ impl RegionCache {
         }
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// The ids of the regions holding `[start, end]` (client-go `ListRegionIDsInKeyRange`; note
     /// the inclusive end). An empty `end` runs to the last region.
     pub async fn list_region_ids_in_key_range(&self, start: &[u8], end: &[u8]) -> Result<Vec<u64>> {
@@ -659,6 +687,7 @@ impl RegionCache {
         }
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// Groups keys by the region holding them (client-go `GroupKeysByRegion`).
     ///
     /// Groups come in the order their first key appears, so the first group is the first key's
@@ -671,6 +700,7 @@ impl RegionCache {
         self.group_by_region(keys, |k| k.as_ref()).await
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// Groups items by the region of the key each holds; see
     /// [`group_keys_by_region`](RegionCache::group_keys_by_region).
     pub(crate) async fn group_by_region<T>(
@@ -717,6 +747,7 @@ impl RegionCache {
         self.inner.stores.get(store_id).map(|s| s.health().detail())
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// The resolved stores of one engine (client-go `GetStoresByType`).
     pub fn stores_by_type(&self, store_type: StoreType) -> Vec<StoreInfo> {
         self.stores()
@@ -826,6 +857,7 @@ impl RegionCache {
         }
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// A response said newer buckets exist (client-go `UpdateBucketsIfNeeded`): reload the
     /// region by id in the background, once at a time per region.
     ///
@@ -949,6 +981,7 @@ fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+#[cfg(any(test, feature = "unstable-internals"))]
 fn check_sorted_ranges(ranges: &[(Key, Key)]) -> Result<()> {
     for (i, (start, end)) in ranges.iter().enumerate() {
         if !end.is_empty() && start >= end {
@@ -1061,6 +1094,7 @@ impl Inner {
         }
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// client-go `LocateRegionByID`.
     async fn find_region_by_id(&self, id: u64) -> Result<Arc<CachedRegion>> {
         self.clock.tick();
@@ -1120,6 +1154,7 @@ impl Inner {
                 self.insert_regions(std::slice::from_ref(&loaded), true);
                 Ok(loaded)
             }
+            #[cfg(any(test, feature = "unstable-internals"))]
             FlightKey::Id(id) => {
                 let now = self.clock.now();
                 if let Some(region) = self
@@ -1236,6 +1271,7 @@ impl Inner {
     }
 
     /// Asks PD for a region by id, without caching it (client-go `loadRegionByID`).
+    #[cfg(any(test, feature = "unstable-internals"))]
     async fn load_region_by_id(&self, id: u64) -> Result<Arc<CachedRegion>> {
         match self.source.get_region_by_id(id, true).await? {
             Some(info) => self.build_region_from_info(info).await,
@@ -1396,6 +1432,7 @@ impl Inner {
         Ok((regions, scanned_to))
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// Up to `limit` cached, usable regions in key order from the one holding `start`, stopping
     /// at a hole, an expired region or `end` (client-go `scanRegionsFromCache`).
     fn scan_cached(&self, start: &[u8], end: &[u8], limit: usize) -> Vec<Arc<CachedRegion>> {
@@ -1425,6 +1462,7 @@ impl Inner {
         regions
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// client-go `BatchLocateKeyRanges`.
     async fn batch_locate(
         &self,
@@ -1739,16 +1777,20 @@ async fn store_loop(weak: Weak<Inner>, check_needed: Arc<tokio::sync::Notify>, i
     }
 }
 
+#[cfg(feature = "unstable-internals")]
 /// The source of a cache built without PD (benchmarks): every call fails.
 #[derive(Debug)]
 struct NoRegionSource;
 
+#[cfg(feature = "unstable-internals")]
 impl NoRegionSource {
+    #[cfg(any(test, feature = "unstable-internals"))]
     fn fail<T: Send + 'static>() -> BoxFuture<'static, Result<T>> {
         Box::pin(async { Err(Error::internal("this region cache was built without PD")) })
     }
 }
 
+#[cfg(feature = "unstable-internals")]
 impl RegionSource for NoRegionSource {
     fn get_region<'a>(&'a self, _: &'a [u8], _: bool) -> BoxFuture<'a, Result<Option<RegionInfo>>> {
         Self::fail()

@@ -492,6 +492,7 @@ impl StoreCache {
             .clear();
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// Inserts a store already resolved, replacing any previous one (for tests and benchmarks
     /// that build a cache without PD).
     pub(crate) fn put_resolved(&self, store: &metapb::Store) -> Arc<Store> {

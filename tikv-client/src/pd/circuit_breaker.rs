@@ -121,15 +121,18 @@ impl CircuitBreaker {
         self.lock().clock = clock;
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// Changes the settings; a new window or cool-down uses them, as in PD.
     pub(crate) fn change_settings(&self, apply: impl FnOnce(&mut CircuitBreakerSettings)) {
         apply(&mut self.lock().settings);
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     pub(crate) fn settings(&self) -> CircuitBreakerSettings {
         self.lock().settings.clone()
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     pub(crate) fn state(&self) -> CircuitBreakerState {
         self.lock().state.kind
     }

@@ -57,19 +57,23 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use super::circuit_breaker::{
-    CircuitBreaker, CircuitBreakerState, is_overloaded, status_overloaded,
-};
+#[cfg(any(test, feature = "unstable-internals"))]
+use super::circuit_breaker::CircuitBreakerState;
+use super::circuit_breaker::{CircuitBreaker, is_overloaded, status_overloaded};
 use super::conn::{Connector, PdChannel, TlsSettings};
 use super::discovery::{Discovery, MEMBER_HEALTH_CHECK_INTERVAL};
 use super::keyspace::KeyspaceMeta;
 use super::retry::{Backoff, Failure, classify_status, is_leader_change, is_network_failure};
 use super::router::{Query, Router, RouterDispatcher};
 use super::router_discovery::RouterDiscovery;
-use super::tso::{Dispatcher, Tso, TsoStats};
+#[cfg(any(test, feature = "unstable-internals"))]
+use super::tso::TsoStats;
+use super::tso::{Dispatcher, Tso};
 use super::tso_discovery::{SERVICE_CHECK_INTERVAL, TSO_KEYSPACE_GROUP_ID_KEY, TsoDiscovery};
 use super::{BoxFuture, RegionInfo, RegionSource};
-use crate::config::{CircuitBreakerSettings, Config};
+#[cfg(any(test, feature = "unstable-internals"))]
+use crate::config::CircuitBreakerSettings;
+use crate::config::Config;
 use crate::error::GrpcCode;
 use crate::oracle::Timestamp;
 use crate::{Error, Result};
@@ -269,6 +273,7 @@ pub struct PdClientBuilder {
 }
 
 impl PdClientBuilder {
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// Loads this keyspace when connecting (an empty name means `DEFAULT`) and scopes the GC
     /// calls to it. Connecting fails with [`Error::KeyspaceNotFound`] if PD does not know it,
     /// and with [`Error::KeyspaceNotEnabled`] unless it is ENABLED (client-go's
@@ -278,6 +283,7 @@ impl PdClientBuilder {
         self
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// The keyspace id whose keyspace group serves this client's timestamps when PD runs TSO
     /// as a microservice (default: the null keyspace `0xFFFFFFFF`, served by the default
     /// keyspace group). [`keyspace`](Self::keyspace) sets it from the loaded keyspace.
@@ -286,6 +292,7 @@ impl PdClientBuilder {
         self
     }
 
+    #[cfg(feature = "unstable-internals")]
     /// How long the TSO dispatcher waits for more callers before sending a batch (PD's
     /// `MaxTSOBatchWaitInterval`, 0 to 10 ms, default 0: send what is queued as soon as the
     /// stream is free). A wait trades latency for fewer, larger requests.
@@ -294,6 +301,7 @@ impl PdClientBuilder {
         self
     }
 
+    #[cfg(feature = "unstable-internals")]
     /// How often the member list, and the router servers of PD's microservice mode, are
     /// refreshed in the background (default one minute, as PD's client). Failures trigger a
     /// refresh at once regardless.
@@ -302,6 +310,7 @@ impl PdClientBuilder {
         self
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// How often every PD member's gRPC health service is probed while forwarding or follower
     /// reads are on, and every known router server's always (default one second, PD's
     /// `MemberHealthCheckInterval`). The probes decide when calls detour around an
@@ -489,6 +498,7 @@ impl PdClient {
         self.core().router.close();
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// Changes the settings of the circuit breaker on region metadata calls at run time
     /// (client-go's `ChangePDRegionMetaCircuitBreakerSettings`; the starting settings are
     /// `pd-client.region-meta-circuit-breaker`). As in PD, new values apply from the next
@@ -509,16 +519,19 @@ impl PdClient {
         self.core().region_meta_breaker.change_settings(apply);
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// The region-meta circuit breaker's current settings.
     pub fn region_meta_circuit_breaker_settings(&self) -> CircuitBreakerSettings {
         self.core().region_meta_breaker.settings()
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// Where the region-meta circuit breaker stands.
     pub fn region_meta_circuit_breaker_state(&self) -> CircuitBreakerState {
         self.core().region_meta_breaker.state()
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// Lets PD followers answer region reads from now on, or stops it (PD's
     /// `UpdateOption(EnableFollowerHandle)`; the starting value is
     /// `pd-client.enable-follower-handle`).
@@ -529,6 +542,7 @@ impl PdClient {
             .store(enabled, Ordering::Relaxed);
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// Turns the batching router client on or off from now on (PD's
     /// `UpdateOption(EnableRouterClient)`; the starting value is
     /// `pd-client.enable-router-client`).
@@ -544,6 +558,7 @@ impl PdClient {
         self.core().discovery.cluster_id()
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// The URL of the PD leader the client currently talks to.
     pub fn leader_url(&self) -> Option<String> {
         self.core()
@@ -554,11 +569,13 @@ impl PdClient {
             .map(|l| l.url.clone())
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// The client URLs of every PD member, as last discovered.
     pub fn member_urls(&self) -> Vec<String> {
         self.core().discovery.view().urls.clone()
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// The keyspace loaded by [`PdClientBuilder::keyspace`], if any.
     pub fn keyspace(&self) -> Option<&KeyspaceMeta> {
         self.core().keyspace.get()
@@ -586,6 +603,7 @@ impl PdClient {
         );
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// Counters of the TSO stream: requests sent and timestamps received.
     pub fn tso_stats(&self) -> TsoStats {
         self.core().tso.stats()
@@ -638,6 +656,7 @@ impl PdClient {
         Ok(())
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// Asks PD to scatter regions over the stores (PD's `ScatterRegions`), optionally as one
     /// scatter group. Regions PD does not know are reported in the result, unless all are
     /// unknown, which is an error.
@@ -666,6 +685,7 @@ impl PdClient {
         })
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// The operator PD runs or last ran on a region (PD's `GetOperator`); `None` when PD has
     /// none on record. client-go's `WaitScatterRegionFinish` polls this until the status of a
     /// `scatter-region` operator is no longer [`OperatorStatus::Running`].
@@ -721,6 +741,7 @@ impl PdClient {
             .await
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// The region with this id (`GetRegionByID`); the leader answers, as client-go asks
     /// (its `loadRegionByID` passes neither follower nor router handling).
     pub(crate) async fn region_by_id(
@@ -827,6 +848,7 @@ impl PdClient {
                 )
                 .await?
             }
+            #[cfg(any(test, feature = "unstable-internals"))]
             Query::Id(region_id) => {
                 let req = pdpb::GetRegionByIdRequest {
                     header,
@@ -1423,6 +1445,7 @@ impl Core {
     }
 }
 
+#[cfg(any(test, feature = "unstable-internals"))]
 /// The result of [`PdClient::scatter_regions`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -1433,6 +1456,7 @@ pub struct ScatterResult {
     pub failed_region_ids: Vec<u64>,
 }
 
+#[cfg(any(test, feature = "unstable-internals"))]
 /// An operator PD runs or ran on a region ([`PdClient::get_operator`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -1447,6 +1471,7 @@ pub struct Operator {
     pub status: OperatorStatus,
 }
 
+#[cfg(any(test, feature = "unstable-internals"))]
 /// The status of a PD operator (`pdpb.OperatorStatus`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -1463,7 +1488,9 @@ pub enum OperatorStatus {
     Running,
 }
 
+#[cfg(any(test, feature = "unstable-internals"))]
 impl OperatorStatus {
+    #[cfg(any(test, feature = "unstable-internals"))]
     fn from_proto(value: i32) -> Self {
         use pdpb::OperatorStatus as S;
         match S::try_from(value) {
@@ -1547,6 +1574,7 @@ impl RegionSource for PdClient {
         Box::pin(self.prev_region(key, need_buckets))
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     fn get_region_by_id(
         &self,
         region_id: u64,

@@ -113,11 +113,13 @@ fn ttl_to_seconds(ttl: Option<Duration>) -> i64 {
 }
 
 impl PdClient {
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// The GC scope of this client: its keyspace, or the whole cluster.
     fn gc_keyspace_id(&self) -> u32 {
         self.keyspace().map_or(NULL_KEYSPACE_ID, |k| k.id)
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// Moves the txn safe point towards `target` as far as the GC barriers allow (never
     /// backwards). The first step of a GC run.
     pub async fn advance_txn_safe_point(&self, target: u64) -> Result<TxnSafePointAdvance> {
@@ -153,6 +155,7 @@ impl PdClient {
         })
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// Moves the GC safe point to `target`, which must not pass the txn safe point. The last
     /// step of a GC run, once every lock below the txn safe point is resolved.
     pub async fn advance_gc_safe_point(&self, target: u64) -> Result<GcSafePointAdvance> {
@@ -187,6 +190,7 @@ impl PdClient {
         })
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// The legacy `UpdateGCSafePoint` on the cluster-wide state, which client-go's `GC` still
     /// uses as its last step; returns the GC safe point after the call.
     pub async fn update_gc_safe_point(&self, safe_point: u64) -> Result<u64> {
@@ -204,6 +208,7 @@ impl PdClient {
         Ok(resp.new_safe_point)
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// Sets (or replaces) a GC barrier at `ts` for `ttl` (rounded up to whole seconds; `None`
     /// never expires). PD refuses a barrier below the current txn safe point.
     pub async fn set_gc_barrier(
@@ -248,6 +253,7 @@ impl PdClient {
         ))
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// Deletes a GC barrier; returns it, or `None` if there was none with this id.
     pub async fn delete_gc_barrier(&self, id: &str) -> Result<Option<GcBarrier>> {
         self.delete_gc_barrier_in(self.gc_keyspace_id(), id).await
@@ -326,6 +332,7 @@ impl PdClient {
             .map(|b| GcBarrier::new(b.barrier_id, b.barrier_ts, b.ttl_seconds)))
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     /// The GC state of the client's scope, with its barriers and the global barriers.
     pub async fn get_gc_state(&self) -> Result<GcState> {
         self.get_gc_state_in(self.gc_keyspace_id()).await

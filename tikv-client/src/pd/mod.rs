@@ -155,6 +155,7 @@ pub(crate) trait RegionSource: Send + Sync + std::fmt::Debug + 'static {
     ) -> BoxFuture<'a, Result<Option<RegionInfo>>>;
 
     /// The region with this id (`GetRegionByID`).
+    #[cfg(any(test, feature = "unstable-internals"))]
     fn get_region_by_id(
         &self,
         region_id: u64,

@@ -65,6 +65,7 @@ pub(crate) enum Query {
     /// The region just before the one containing the key.
     PrevKey(Bytes),
     /// The region with this id.
+    #[cfg(any(test, feature = "unstable-internals"))]
     Id(u64),
 }
 
@@ -513,6 +514,7 @@ fn build_request(cluster_id: u64, batch: &[Lookup]) -> pdpb::QueryRegionRequest 
         match &lookup.query {
             Query::Key(k) => request.keys.push(k.clone()),
             Query::PrevKey(k) => request.prev_keys.push(k.clone()),
+            #[cfg(any(test, feature = "unstable-internals"))]
             Query::Id(id) => request.ids.push(*id),
         }
     }
@@ -532,6 +534,7 @@ fn answer_batch(batch: Vec<Lookup>, resp: &pdpb::QueryRegionResponse) {
                 prev_idx += 1;
                 resp.prev_key_id_map.get(prev_idx - 1).copied()
             }
+            #[cfg(any(test, feature = "unstable-internals"))]
             Query::Id(id) => Some(*id),
         };
         let result = match id {

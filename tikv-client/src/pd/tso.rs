@@ -68,6 +68,7 @@ use crate::{Error, Result};
 /// does not fit the 18-bit logical part.
 pub(crate) const MAX_BATCH_SIZE: u32 = 10_000;
 
+#[cfg(any(test, feature = "unstable-internals"))]
 /// Counters of the TSO stream, for benchmarks and monitoring ([`PdClient::tso_stats`]).
 ///
 /// [`PdClient::tso_stats`]: super::PdClient::tso_stats
@@ -177,6 +178,7 @@ impl Tso {
         }
     }
 
+    #[cfg(any(test, feature = "unstable-internals"))]
     pub(crate) fn stats(&self) -> TsoStats {
         TsoStats {
             requests: self.requests.load(Ordering::Relaxed),

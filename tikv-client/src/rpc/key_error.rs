@@ -287,8 +287,10 @@ impl KeyErr {
                 key: key.into(),
                 start_ts: start_ts.into(),
             },
-            KeyErr::Unknown => Error::Internal {
-                message: "TiKV returned a key error with no detail set".to_owned(),
+            // TiKV's answer, not a broken invariant of ours: a newer TiKV may set a field this
+            // client does not know (client-go reports it as an unexpected key error).
+            KeyErr::Unknown => Error::Server {
+                message: "TiKV answered a key error with no field this client knows".to_owned(),
             },
         }
     }
