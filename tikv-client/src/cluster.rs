@@ -43,6 +43,19 @@ const FIRST_SAFE_TS_WAIT: Duration = Duration::from_secs(10);
 ///
 /// Dropping the last clone (and every client built from it) closes the connections and stops
 /// the background tasks; [`Cluster::close`] does it at once.
+///
+/// ```no_run
+/// # async fn f() -> tikv_client::Result<()> {
+/// use tikv_client::{Cluster, Config, RawClient};
+///
+/// let cluster = Cluster::connect(["127.0.0.1:2379"], Config::default()).await?;
+/// // Clients built on the cluster share its connections and caches.
+/// let client = RawClient::builder_on(&cluster).build().await?;
+/// client.put("k", "v").await?;
+/// println!("{} stores known", cluster.stores().len());
+/// cluster.close();
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Cluster {
     inner: Arc<ClusterInner>,
@@ -145,6 +158,15 @@ impl Cluster {
     ///
     /// Errors: [`Error::InvalidArgument`] for no endpoint, [`Error::Config`] for an invalid
     /// configuration, and PD's errors when no member answers.
+    ///
+    /// ```no_run
+    /// # async fn f() -> tikv_client::Result<()> {
+    /// use tikv_client::{Cluster, Config};
+    ///
+    /// let cluster = Cluster::connect(["pd-0:2379", "pd-1:2379"], Config::default()).await?;
+    /// println!("joined cluster {}", cluster.cluster_id());
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(
         pd_endpoints: impl IntoIterator<Item = impl AsRef<str>>,
         config: Config,
@@ -204,6 +226,17 @@ impl Cluster {
     /// The first call starts the refresh and waits for its first round (at most 10 s), so an
     /// answer is never a placeholder. `None` means nothing is known for the scope: no store of
     /// it has reported a safe ts yet, or the first round did not finish in time.
+    ///
+    /// ```no_run
+    /// # async fn f(cluster: tikv_client::Cluster) {
+    /// use tikv_client::GLOBAL_TXN_SCOPE;
+    ///
+    /// match cluster.min_safe_ts(GLOBAL_TXN_SCOPE).await {
+    ///     Some(ts) => println!("every store can serve stale reads at {ts}"),
+    ///     None => println!("no safe ts known yet"),
+    /// }
+    /// # }
+    /// ```
     pub async fn min_safe_ts(&self, txn_scope: &str) -> Option<Timestamp> {
         if !self.inner.safe_ts_started.swap(true, Ordering::AcqRel) {
             let inner = Arc::downgrade(&self.inner);
@@ -226,6 +259,13 @@ impl Cluster {
     ///
     /// Errors: [`Error::BackoffExhausted`] with PD's last error when the budget runs out, and at
     /// once the errors waiting cannot cure ([`Error::Closed`], a cluster-id mismatch).
+    ///
+    /// ```no_run
+    /// # async fn f(cluster: tikv_client::Cluster) -> tikv_client::Result<()> {
+    /// let ts = cluster.current_timestamp().await?;
+    /// println!("physical {} ms, logical {}", ts.physical(), ts.logical());
+    /// # Ok(()) }
+    /// ```
     pub async fn current_timestamp(&self) -> Result<Timestamp> {
         self.inner.oracle.current_timestamp().await
     }
@@ -283,6 +323,12 @@ impl Cluster {
     }
 
     /// The configuration the cluster was connected with.
+    ///
+    /// ```no_run
+    /// # fn f(cluster: &tikv_client::Cluster) {
+    /// println!("regions refreshed every {:?}", cluster.config().regions_refresh_interval);
+    /// # }
+    /// ```
     pub fn config(&self) -> &Config {
         &self.inner.config
     }
@@ -329,12 +375,31 @@ impl Cluster {
     }
 
     /// The cluster id PD reported.
+    ///
+    /// ```no_run
+    /// # fn f(cluster: &tikv_client::Cluster) {
+    /// println!("connected to cluster {}", cluster.cluster_id());
+    /// # }
+    /// ```
     pub fn cluster_id(&self) -> u64 {
         self.inner.pd.cluster_id()
     }
 
     /// Closes the connections and stops the background tasks; requests in flight and later
     /// ones fail with [`Error::Closed`].
+    ///
+    /// ```no_run
+    /// # async fn f(cluster: tikv_client::Cluster) -> tikv_client::Result<()> {
+    /// use tikv_client::{Error, RawClient};
+    ///
+    /// let client = RawClient::builder_on(&cluster).build().await?;
+    /// cluster.close();
+    /// // The clients built on the cluster stop with it.
+    /// if let Err(Error::Closed) = client.get("k").await {
+    ///     println!("closed");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn close(&self) {
         self.inner.sender.close();
         self.inner.oracle.close();

@@ -36,12 +36,52 @@ use crate::kv::Key;
 use crate::oracle::Timestamp;
 
 /// Result with this crate's [`Error`].
+///
+/// The error type defaults to [`Error`], so helpers in application code can use it too:
+///
+/// ```
+/// fn parse_limit(text: &str) -> tikv_client::Result<u32> {
+///     text.parse()
+///         .map_err(|e| tikv_client::Error::invalid_argument(format!("limit {text:?}: {e}")))
+/// }
+/// assert!(parse_limit("128").is_ok());
+/// assert!(parse_limit("many").is_err());
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Errors returned by this crate.
 ///
 /// The enum is `#[non_exhaustive]`: match the variants you act on and keep a fallback arm.
 /// Large payloads are boxed so that `Result<T, Error>` stays small on hot paths.
+///
+/// Retry what [`is_retryable`](Error::is_retryable) allows, a bounded number of times, and
+/// never blindly repeat a write that [`is_undetermined`](Error::is_undetermined):
+///
+/// ```no_run
+/// # async fn f(client: tikv_client::RawClient) -> tikv_client::Result<()> {
+/// use tikv_client::Error;
+///
+/// let mut attempts = 0;
+/// let outcome = loop {
+///     attempts += 1;
+///     match client.put("k", "v").await {
+///         Err(e) if e.is_retryable() && attempts < 3 => continue,
+///         other => break other,
+///     }
+/// };
+/// match outcome {
+///     Ok(()) => {}
+///     Err(Error::KeyTooLarge { size, limit }) => {
+///         eprintln!("key of {size} bytes is over the {limit}-byte limit")
+///     }
+///     Err(Error::Timeout { operation, after }) => {
+///         eprintln!("{operation} gave up after {after:?}")
+///     }
+///     Err(e) if e.is_undetermined() => eprintln!("the put may have been applied: read `k` back"),
+///     Err(e) => return Err(e),
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -383,7 +423,22 @@ pub enum Error {
     },
 }
 
-/// A write conflict reported by TiKV.
+/// A write conflict reported by TiKV, carried by [`Error::WriteConflict`].
+///
+/// ```
+/// use tikv_client::Error;
+///
+/// fn describe(err: &Error) -> Option<String> {
+///     match err {
+///         Error::WriteConflict(c) => Some(format!(
+///             "txn {} lost key {} to a write committed at {}",
+///             c.start_ts, c.key, c.conflict_commit_ts
+///         )),
+///         _ => None,
+///     }
+/// }
+/// # assert_eq!(describe(&Error::Closed), None);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WriteConflict {
@@ -413,6 +468,19 @@ impl fmt::Display for WriteConflict {
 }
 
 /// Why TiKV reported a write conflict (`kvrpcpb.WriteConflict.Reason`).
+///
+/// ```
+/// use tikv_client::error::WriteConflictReason;
+///
+/// fn hint(reason: WriteConflictReason) -> &'static str {
+///     match reason {
+///         WriteConflictReason::Optimistic => "another transaction committed first",
+///         WriteConflictReason::SelfRolledBack => "this transaction was already rolled back",
+///         _ => "retry the transaction",
+///     }
+/// }
+/// # assert_eq!(hint(WriteConflictReason::Unknown), "retry the transaction");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum WriteConflictReason {
@@ -447,7 +515,22 @@ impl WriteConflictReason {
     }
 }
 
-/// A deadlock detected while waiting for a pessimistic lock.
+/// A deadlock detected while waiting for a pessimistic lock, carried by [`Error::Deadlock`].
+///
+/// ```
+/// use tikv_client::Error;
+///
+/// fn should_retry_statement(err: &Error) -> bool {
+///     match err {
+///         Error::Deadlock(d) => {
+///             eprintln!("deadlock on key {}, cycle of {} waits", d.lock_key, d.wait_chain.len());
+///             d.is_retryable
+///         }
+///         _ => false,
+///     }
+/// }
+/// # assert!(!should_retry_statement(&Error::Closed));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Deadlock {
@@ -478,7 +561,21 @@ impl fmt::Display for Deadlock {
     }
 }
 
-/// One edge of a deadlock's wait-for cycle.
+/// One edge of a deadlock's wait-for cycle ([`Deadlock::wait_chain`]).
+///
+/// ```
+/// use tikv_client::error::Deadlock;
+///
+/// fn print_cycle(d: &Deadlock) {
+///     for edge in &d.wait_chain {
+///         println!(
+///             "txn {} waits {} ms for txn {} on key {}",
+///             edge.txn, edge.wait_time_ms, edge.wait_for_txn, edge.key
+///         );
+///     }
+/// }
+/// # let _ = print_cycle;
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WaitForEntry {
@@ -494,7 +591,19 @@ pub struct WaitForEntry {
     pub wait_time_ms: u64,
 }
 
-/// A failed key assertion.
+/// A failed key assertion, carried by [`Error::AssertionFailed`].
+///
+/// ```
+/// use tikv_client::Error;
+///
+/// fn existing_commit(err: &Error) -> Option<tikv_client::Timestamp> {
+///     match err {
+///         Error::AssertionFailed(a) => Some(a.existing_commit_ts),
+///         _ => None,
+///     }
+/// }
+/// # assert_eq!(existing_commit(&Error::Closed), None);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct AssertionFailed {
@@ -525,7 +634,20 @@ impl fmt::Display for AssertionFailed {
     }
 }
 
-/// A key assertion (`kvrpcpb.Assertion`).
+/// A key assertion (`kvrpcpb.Assertion`), as reported in [`AssertionFailed::assertion`].
+///
+/// ```
+/// use tikv_client::error::Assertion;
+///
+/// fn expected(assertion: Assertion) -> &'static str {
+///     match assertion {
+///         Assertion::Exist => "the key to exist",
+///         Assertion::NotExist => "the key to be absent",
+///         _ => "nothing",
+///     }
+/// }
+/// # assert_eq!(expected(Assertion::None), "nothing");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Assertion {
@@ -537,7 +659,19 @@ pub enum Assertion {
     NotExist,
 }
 
-/// A lock held by another transaction, as reported by TiKV.
+/// A lock held by another transaction, as reported by TiKV; carried by [`Error::Locked`].
+///
+/// ```
+/// use tikv_client::Error;
+///
+/// fn lock_owner(err: &Error) -> Option<(tikv_client::Timestamp, u64)> {
+///     match err {
+///         Error::Locked(l) => Some((l.lock_ts, l.ttl_ms)),
+///         _ => None,
+///     }
+/// }
+/// # assert_eq!(lock_owner(&Error::Closed), None);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LockedKey {
@@ -569,7 +703,22 @@ impl fmt::Display for LockedKey {
     }
 }
 
-/// A region error that was not resolved by retrying.
+/// A region error that was not resolved by retrying, carried by [`Error::Region`].
+///
+/// ```
+/// use tikv_client::Error;
+///
+/// fn failed_region(err: &Error) -> Option<u64> {
+///     match err {
+///         Error::Region(r) => {
+///             eprintln!("{:?}: {}", r.kind, r.message);
+///             r.region_id
+///         }
+///         _ => None,
+///     }
+/// }
+/// # assert_eq!(failed_region(&Error::Closed), None);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RegionError {
@@ -591,6 +740,25 @@ impl fmt::Display for RegionError {
 }
 
 /// The variants of TiKV's `errorpb.Error`, one per detail field.
+///
+/// ```
+/// use tikv_client::error::RegionErrorKind;
+///
+/// fn advice(kind: &RegionErrorKind) -> String {
+///     match kind {
+///         RegionErrorKind::RaftEntryTooLarge { entry_size } => {
+///             format!("split the batch: {entry_size} bytes do not fit one Raft entry")
+///         }
+///         RegionErrorKind::ServerIsBusy { estimated_wait, .. } => {
+///             format!("back off for about {estimated_wait:?}")
+///         }
+///         RegionErrorKind::DiskFull { store_ids } => format!("stores {store_ids:?} are full"),
+///         other if other.is_transient() => "retry later".to_owned(),
+///         _ => "report it".to_owned(),
+///     }
+/// }
+/// # assert_eq!(advice(&RegionErrorKind::EpochNotMatch), "retry later");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RegionErrorKind {
@@ -659,6 +827,13 @@ pub enum RegionErrorKind {
 
 impl RegionErrorKind {
     /// Whether the condition is transient, so that a later attempt may succeed.
+    ///
+    /// ```
+    /// use tikv_client::error::RegionErrorKind;
+    ///
+    /// assert!(RegionErrorKind::EpochNotMatch.is_transient());
+    /// assert!(!RegionErrorKind::UndeterminedResult.is_transient());
+    /// ```
     pub fn is_transient(&self) -> bool {
         !matches!(
             self,
@@ -672,7 +847,23 @@ impl RegionErrorKind {
     }
 }
 
-/// gRPC status codes, as defined by the gRPC protocol.
+/// gRPC status codes, as defined by the gRPC protocol; carried by [`Error::Grpc`].
+///
+/// ```
+/// use tikv_client::Error;
+/// use tikv_client::error::GrpcCode;
+///
+/// fn is_auth_failure(err: &Error) -> bool {
+///     matches!(
+///         err,
+///         Error::Grpc {
+///             code: GrpcCode::Unauthenticated | GrpcCode::PermissionDenied,
+///             ..
+///         }
+///     )
+/// }
+/// # assert!(!is_auth_failure(&Error::Closed));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum GrpcCode {
@@ -714,6 +905,13 @@ pub enum GrpcCode {
 
 impl GrpcCode {
     /// Whether a later attempt of the same call may succeed.
+    ///
+    /// ```
+    /// use tikv_client::error::GrpcCode;
+    ///
+    /// assert!(GrpcCode::Unavailable.is_transient());
+    /// assert!(!GrpcCode::Unimplemented.is_transient());
+    /// ```
     pub fn is_transient(self) -> bool {
         matches!(
             self,
@@ -807,6 +1005,14 @@ impl std::error::Error for ErrorSource {
 
 impl Error {
     /// An [`Error::InvalidArgument`].
+    ///
+    /// ```
+    /// use tikv_client::Error;
+    ///
+    /// let err = Error::invalid_argument("batch size must be > 0");
+    /// assert!(matches!(err, Error::InvalidArgument { .. }));
+    /// assert!(!err.is_retryable());
+    /// ```
     pub fn invalid_argument(message: impl Into<String>) -> Self {
         Error::InvalidArgument {
             message: message.into(),
@@ -814,6 +1020,13 @@ impl Error {
     }
 
     /// An [`Error::Codec`].
+    ///
+    /// ```
+    /// use tikv_client::Error;
+    ///
+    /// let err = Error::codec("key ends inside an encoded group");
+    /// assert_eq!(err.to_string(), "codec error: key ends inside an encoded group");
+    /// ```
     pub fn codec(message: impl Into<String>) -> Self {
         Error::Codec {
             message: message.into(),
@@ -821,6 +1034,13 @@ impl Error {
     }
 
     /// An [`Error::Config`].
+    ///
+    /// ```
+    /// use tikv_client::Error;
+    ///
+    /// let err = Error::config("grpc-connection-count: must be > 0");
+    /// assert!(matches!(err, Error::Config { ref message } if message.contains("grpc")));
+    /// ```
     pub fn config(message: impl Into<String>) -> Self {
         Error::Config {
             message: message.into(),
@@ -845,6 +1065,25 @@ impl Error {
     /// Whether retrying the whole operation may succeed: a conflict (retry the transaction with
     /// a new timestamp) or a transient condition of the cluster. Undetermined errors are never
     /// retryable.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tikv_client::Error;
+    ///
+    /// let timeout = Error::Timeout {
+    ///     operation: "raw get".to_owned(),
+    ///     after: Duration::from_secs(1),
+    /// };
+    /// assert!(timeout.is_retryable());
+    /// assert!(!Error::invalid_argument("empty key").is_retryable());
+    /// // A spent backoff is as retryable as the error it gave up on.
+    /// let exhausted = Error::BackoffExhausted {
+    ///     kind: "tikvRPC".to_owned(),
+    ///     total_sleep: Duration::from_secs(20),
+    ///     last: Box::new(timeout),
+    /// };
+    /// assert!(exhausted.is_retryable());
+    /// ```
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::WriteConflict(_)
@@ -871,6 +1110,17 @@ impl Error {
 
     /// Whether a write may or may not have been applied. The caller must find out (for a
     /// transaction: read back, or check the primary's status) before acting again.
+    ///
+    /// ```
+    /// use tikv_client::Error;
+    ///
+    /// let err = Error::Undetermined {
+    ///     message: "connection lost after the commit was sent".to_owned(),
+    /// };
+    /// assert!(err.is_undetermined());
+    /// assert!(!err.is_retryable());
+    /// assert!(!Error::Closed.is_undetermined());
+    /// ```
     pub fn is_undetermined(&self) -> bool {
         match self {
             Error::Undetermined { .. } => true,
@@ -881,6 +1131,16 @@ impl Error {
     }
 
     /// Whether this is a write conflict (client-go `IsErrWriteConflict`).
+    ///
+    /// ```
+    /// use tikv_client::{Error, Timestamp};
+    ///
+    /// let err = Error::WriteConflictInLatch {
+    ///     start_ts: Timestamp::compose(1_700_000_000_000, 0),
+    /// };
+    /// assert!(err.is_write_conflict());
+    /// assert!(!Error::LockWaitTimeout.is_write_conflict());
+    /// ```
     pub fn is_write_conflict(&self) -> bool {
         matches!(
             self,
@@ -889,6 +1149,14 @@ impl Error {
     }
 
     /// Whether an insert found the key already present (client-go `IsErrKeyExist`).
+    ///
+    /// ```
+    /// use tikv_client::{Error, Key};
+    ///
+    /// let err = Error::KeyExists { key: Key::from("user/1") };
+    /// assert!(err.is_key_exists());
+    /// assert!(!err.is_retryable());
+    /// ```
     pub fn is_key_exists(&self) -> bool {
         matches!(self, Error::KeyExists { .. })
     }

@@ -65,14 +65,16 @@
 //! | [`options`] | per-call options shared by the clients: deadline, retry budget, column family | `rawkv` options, `context` deadlines |
 //! | [`kv`] | [`Key`], [`Value`], [`KvPair`], [`BoundRange`], memcomparable codec | `kv/key.go`, `util/codec/` |
 //! | `pd` | the PD client: members, TSO, region and store queries, GC, keyspaces | tikv/pd `client/` |
-//! | `oracle` | [`Timestamp`], the `Oracle` trait, PD and local oracles | `oracle/` |
-//! | [`locate`] | the region cache and the store cache | `internal/locate/region_cache.go`, `store_cache.go` |
-//! | `transport` | per-store connections, BatchCommands streams, unary calls (hidden, unstable) | `internal/client/` |
-//! | [`request`] | backoff, the region request sender, replica selection, fan-out | `config/retry/`, `internal/locate/region_request.go` |
+//! | `oracle` | [`Timestamp`], the `Oracle` trait, the PD oracle (public as [`TimestampOracle`]) | `oracle/` |
+//! | `locate` | the region cache and the store cache (crate-private; [`RawClient::locate_key`], [`Cluster::stores`]) | `internal/locate/region_cache.go`, `store_cache.go` |
+//! | `transport` | per-store connections, BatchCommands streams, unary calls | `internal/client/` |
+//! | `request` | backoff, the region request sender, replica selection, fan-out | `config/retry/`, `internal/locate/region_request.go` |
 //! | `rpc` | typed requests and responses of every region-routed command | `tikvrpc/` |
 //! | `codec` | API V1/V2 key codecs (keyspaces) | `internal/apicodec/` |
 //! | `tls` | the TLS settings of every connection, `cluster-verify-cn` | `config/security.go` |
 //! | [`Cluster`] | what the clients of one cluster share: PD client, caches, transport, sender | `tikv/kv.go` |
+//! | `timestamp_oracle` | [`TimestampOracle`], the public handle to the cluster's PD oracle | `tikv/kv.go` (`GetOracle`), `oracle/` |
+//! | `region_location` | [`RegionLocation`], a region in the caller's key space | `internal/locate/region_cache.go` (`LocateKey`) |
 //! | [`gc`] | PD's GC states (safe points, GC barriers) and keyspaces, through [`Cluster`] | tikv/pd `client/clients/gc/`, `tikv/gc.go` |
 //! | [`raw`] | [`RawClient`] and its request builders | `rawkv/` |
 //! | `safe_ts` | per-store and per-scope safe timestamps for stale reads | `tikv/kv.go` (`updateSafeTS`) |

@@ -33,7 +33,18 @@ use crate::pd::{BoxFuture, MinResolvedTs};
 /// How often the safe ts is refreshed (client-go `safeTSUpdateInterval`).
 pub(crate) const SAFE_TS_UPDATE_INTERVAL: Duration = Duration::from_secs(2);
 
-/// The scope of every store.
+/// The scope of every store: pass it to [`Cluster::min_safe_ts`](crate::Cluster::min_safe_ts)
+/// for the whole cluster, or a store `zone` label value for one zone.
+///
+/// ```no_run
+/// # async fn f(cluster: tikv_client::Cluster) {
+/// use tikv_client::GLOBAL_TXN_SCOPE;
+///
+/// let everywhere = cluster.min_safe_ts(GLOBAL_TXN_SCOPE).await;
+/// let in_zone = cluster.min_safe_ts("zone-a").await;
+/// println!("cluster-wide {everywhere:?}, zone-a {in_zone:?}");
+/// # }
+/// ```
 pub const GLOBAL_TXN_SCOPE: &str = "global";
 
 /// The store label naming a store's data center, and so its scope (client-go `DCLabelKey`).

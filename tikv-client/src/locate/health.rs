@@ -45,7 +45,21 @@ const TIKV_SLOW_SCORE_DECAY_PER_SEC: f64 = 20.0 / 60.0;
 /// tests without reaching zero.
 const CLOCK_OFFSET_MS: u64 = 3_600_000;
 
-/// A store's slow scores as the client sees them (client-go `HealthStatusDetail`).
+/// A store's slow scores as the client sees them (client-go `HealthStatusDetail`), from
+/// [`Cluster::store_health`](crate::Cluster::store_health).
+///
+/// ```no_run
+/// # fn f(cluster: &tikv_client::Cluster) {
+/// for store in cluster.stores() {
+///     if let Some(health) = cluster.store_health(store.id) {
+///         println!(
+///             "store {}: client score {}, TiKV score {}",
+///             store.id, health.client_side_slow_score, health.tikv_side_slow_score
+///         );
+///     }
+/// }
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub struct StoreHealthDetail {
@@ -57,6 +71,15 @@ pub struct StoreHealthDetail {
 
 impl StoreHealthDetail {
     /// Whether either score makes the store slow (80 or more).
+    ///
+    /// ```
+    /// use tikv_client::StoreHealthDetail;
+    ///
+    /// let mut health = StoreHealthDetail::default();
+    /// assert!(!health.is_slow());
+    /// health.tikv_side_slow_score = 90;
+    /// assert!(health.is_slow());
+    /// ```
     pub fn is_slow(&self) -> bool {
         self.client_side_slow_score >= SLOW_SCORE_THRESHOLD as i64
             || self.tikv_side_slow_score >= TIKV_SLOW_SCORE_THRESHOLD

@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use tikv_proto::metapb;
 
-use super::region::{CachedRegion, RegionVerId};
 #[cfg(any(test, feature = "unstable-internals"))]
 use super::region::contains;
 #[cfg(feature = "unstable-internals")]
 use super::region::contains_by_end;
+use super::region::{CachedRegion, RegionVerId};
 use crate::Key;
 
 /// Where a key lives: the region (id and epoch) and its key range `[start_key, end_key)`, plus

@@ -40,6 +40,19 @@ pub(crate) const ENGINE_LABEL_TIFLASH: &str = "tiflash";
 pub(crate) const ENGINE_LABEL_TIFLASH_COMPUTE: &str = "tiflash_compute";
 
 /// The engine a store runs, from its `engine` label (client-go `tikvrpc.EndpointType`).
+///
+/// ```no_run
+/// # fn f(cluster: &tikv_client::Cluster) {
+/// use tikv_client::StoreType;
+///
+/// let tiflash = cluster
+///     .stores()
+///     .into_iter()
+///     .filter(|s| s.store_type == StoreType::TiFlash)
+///     .count();
+/// println!("{tiflash} TiFlash stores");
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum StoreType {
@@ -68,6 +81,20 @@ impl StoreType {
 }
 
 /// A store's state in PD (`metapb.StoreState`).
+///
+/// ```no_run
+/// # fn f(cluster: &tikv_client::Cluster) {
+/// use tikv_client::StoreState;
+///
+/// for store in cluster.stores() {
+///     match store.state {
+///         StoreState::Up => {}
+///         StoreState::Offline => println!("store {} is being removed", store.id),
+///         _ => println!("store {} is gone", store.id),
+///     }
+/// }
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum StoreState {
@@ -89,7 +116,17 @@ impl StoreState {
     }
 }
 
-/// A snapshot of what the client knows about a store.
+/// A snapshot of what the client knows about a store, as listed by
+/// [`Cluster::stores`](crate::Cluster::stores).
+///
+/// ```no_run
+/// # fn f(cluster: &tikv_client::Cluster) {
+/// for store in cluster.stores() {
+///     let zone = store.labels.iter().find(|(k, _)| k == "zone").map(|(_, v)| v.as_str());
+///     println!("store {} at {} in zone {zone:?}", store.id, store.address);
+/// }
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StoreInfo {
