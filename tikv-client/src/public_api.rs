@@ -17,6 +17,16 @@
 //! use tikv_client::oracle::Oracle;
 //! ```
 //!
+//! The region cache and the request sender are internals too:
+//!
+//! ```compile_fail,E0603
+//! use tikv_client::locate::RegionCache;
+//! ```
+//!
+//! ```compile_fail,E0603
+//! use tikv_client::request::Backoffer;
+//! ```
+//!
 //! ```compile_fail,E0603
 //! // The oracle's timestamp is at the crate root, not in the module.
 //! let _ = tikv_client::oracle::Timestamp::ZERO;

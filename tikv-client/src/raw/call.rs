@@ -470,7 +470,7 @@ impl Checksum<'_> {
 
 into_future!(Checksum, RawChecksum, |b| start(
     b.client,
-    Some(ColumnFamily::Default),
+    None,
     b.options,
     "raw checksum",
     move |call| b.client.do_checksum(call, b.range)

@@ -592,7 +592,8 @@ impl RawClient {
     /// `RegionCache.LocateKey`): from the cluster's region cache, asking PD on a miss. Under API
     /// V2 a region reaching outside the keyspace is clamped to it.
     ///
-    /// Errors: [`Error::InvalidArgument`] / [`Error::KeyTooLarge`] for a key no call takes;
+    /// The empty key names the first region. Errors: [`Error::KeyTooLarge`] for a key no call
+    /// takes;
     /// PD's errors when the region must be loaded and PD cannot answer.
     ///
     /// ```no_run
@@ -602,7 +603,14 @@ impl RawClient {
     /// # Ok(()) }
     /// ```
     pub async fn locate_key(&self, key: impl Into<Key>) -> Result<crate::RegionLocation> {
-        let wire = self.encode_key(key.into())?;
+        let key = key.into();
+        // The empty key is the first key of the key space: no call takes it, but it has a
+        // region (client-go's `LocateKey` accepts it too).
+        let wire = if key.is_empty() {
+            self.inner.codec.encode_key(key.as_bytes_ref())
+        } else {
+            self.encode_key(key)?
+        };
         let route = self.route_key(&wire);
         let location = self.cluster.region_cache().locate_key(&route).await?;
         let start = self.wire_bound(location.start_key())?;
@@ -937,6 +945,14 @@ impl RawClient {
     }
 
     async fn do_checksum(&self, call: Call, range: BoundRange) -> Result<RawChecksum> {
+        if call.cf != ColumnFamily::Default.wire_name() {
+            // TiKV's RawChecksum has no column family: it always sums `default`. A client set
+            // to another one would silently get the wrong family's checksum.
+            return Err(Error::invalid_argument(format!(
+                "checksum covers the default column family only; this call uses {:?}",
+                call.cf
+            )));
+        }
         let (mut start, end) = self.encode_range(range)?;
         let mut bo = backoffer(call);
         let opts = sender_options();
@@ -1192,10 +1208,21 @@ fn place_answers(
 /// public budget is already the total, client-go's 20 s times its default weight of 2). A zero
 /// budget retries nothing (a backoffer's own zero would mean "no limit").
 fn backoffer(call: Call) -> Backoffer {
-    if call.budget.is_zero() {
-        return Backoffer::no_retry();
+    let bo = if call.budget.is_zero() {
+        Backoffer::no_retry()
+    } else {
+        Backoffer::with_vars(call.budget, BackoffVars::default().with_weight(1))
+    };
+    // The call's deadline also bounds each attempt and each sleep, so a short deadline is not
+    // spent waiting on one 30 s attempt (the sender cuts attempt timeouts to it).
+    // A deadline too far to represent is no deadline.
+    match call
+        .timeout
+        .and_then(|timeout| tokio::time::Instant::now().checked_add(timeout))
+    {
+        Some(deadline) => bo.with_deadline(deadline),
+        None => bo,
     }
-    Backoffer::with_vars(call.budget, BackoffVars::default().with_weight(1))
 }
 
 /// How the sender sends each attempt of a raw call.
@@ -1219,7 +1246,10 @@ impl Ttl {
                 "a TTL of zero would mean no expiry: leave the TTL unset instead",
             ));
         }
-        Ok(ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0))
+        // Rounded up to whole seconds (TiKV's unit), never down to "no expiry".
+        ttl.as_secs()
+            .checked_add(u64::from(ttl.subsec_nanos() > 0))
+            .ok_or_else(|| Error::invalid_argument("a TTL must fit in u64 seconds"))
     }
 }
 

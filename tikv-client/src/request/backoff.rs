@@ -350,7 +350,6 @@ impl Backoffer {
         bo
     }
 
-    #[cfg(test)]
     /// Bounds every sleep and report by an absolute deadline.
     pub(crate) fn with_deadline(mut self, deadline: Instant) -> Self {
         self.deadline = Some(deadline);
