@@ -401,6 +401,10 @@ impl SenderCore {
             let (wire, took) = match result {
                 Ok(answer) => answer,
                 Err(Attempt::Fatal(err)) => return Err(err),
+                Err(Attempt::Lost(err)) => {
+                    *had_rpc_error = true;
+                    return Err(err);
+                }
                 Err(Attempt::Failed(err, took)) => {
                     selector.record_attempt_time(took);
                     *had_rpc_error = true;
@@ -491,7 +495,9 @@ impl SenderCore {
                 }
                 Ok((wire, took))
             }
-            Err(err @ (Error::Closed | Error::Cancelled)) => Err(Attempt::Fatal(err)),
+            // The request went out: it may have been applied (client-go sets `rpcError` for
+            // every send error).
+            Err(err @ (Error::Closed | Error::Cancelled)) => Err(Attempt::Lost(err)),
             Err(err) => Err(Attempt::Failed(err, took)),
         }
     }
@@ -899,9 +905,11 @@ fn immediate_retry_cap(selector: &ReplicaSelector) -> u32 {
     IMMEDIATE_RETRIES_PER_REPLICA.saturating_mul(replicas.max(1))
 }
 
-/// A failed attempt: `Fatal` ends the request, `Failed` is a transport failure to handle.
+/// A failed attempt: `Fatal` ends the request, `Lost` ends it after the request went out (its
+/// effect unknown), `Failed` is a transport failure to handle.
 enum Attempt {
     Fatal(Error),
+    Lost(Error),
     Failed(Error, Duration),
 }
 
