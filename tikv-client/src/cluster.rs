@@ -138,7 +138,12 @@ impl ReadTsValidator for ClusterOracle {
             return Oracle::validate_read_ts(oracle, read_ts, is_stale_read);
         }
         OracleFuture::boxed(async move {
-            Oracle::validate_read_ts(self.get().await?, read_ts, is_stale_read).await
+            // Made as any first timestamp fetch is: a short PD outage is waited out within
+            // the TSO budget rather than failing the first read that carries a timestamp.
+            let oracle = self
+                .get_with_retry(&mut Backoffer::new(TSO_MAX_BACKOFF))
+                .await?;
+            Oracle::validate_read_ts(oracle, read_ts, is_stale_read).await
         })
     }
 }

@@ -1109,30 +1109,39 @@ impl RawClient {
                         let mut first = Some(items);
                         let mut relocate = Vec::new();
                         let mut relocate_error = None;
+                        let mut had_rpc_error = false;
                         while let Some(part) = first.take().or_else(|| todo.pop()) {
                             let outcome = sender
                                 .send_built(&mut bo, location.region(), opts, || build(&part))
                                 .await;
                             match outcome {
                                 Ok(RegionOutcome::Done(reply)) => done.push((part, reply.resp)),
-                                Ok(RegionOutcome::Relocate { error, .. }) => {
+                                Ok(RegionOutcome::Relocate {
+                                    error,
+                                    had_rpc_error: failed,
+                                }) => {
                                     relocate.extend(part);
                                     relocate_error = Some(error);
+                                    had_rpc_error |= failed;
                                 }
                                 Err(SendError {
                                     error: Error::Region(e),
-                                    ..
+                                    had_rpc_error: failed,
                                 }) if matches!(
                                     e.kind,
                                     RegionErrorKind::RaftEntryTooLarge { .. }
                                 ) && part.len() > 1 =>
                                 {
+                                    had_rpc_error |= failed;
                                     let mut part = part;
                                     let tail = part.split_off(part.len() / 2);
                                     todo.push(tail);
                                     todo.push(part);
                                 }
-                                Err(e) => return Err(e.into()),
+                                Err(mut e) => {
+                                    e.had_rpc_error |= had_rpc_error;
+                                    return Err(e);
+                                }
                             }
                         }
                         Ok(match relocate_error {
@@ -1140,11 +1149,13 @@ impl RawClient {
                             Some(error) if done.is_empty() => ShardOutcome::Relocate {
                                 items: relocate,
                                 error,
+                                had_rpc_error,
                             },
                             Some(error) => ShardOutcome::Partial {
                                 done,
                                 items: relocate,
                                 error,
+                                had_rpc_error,
                             },
                             None => ShardOutcome::Done(done),
                         })

@@ -299,7 +299,16 @@ pub(crate) struct Backoffer {
     /// Kinds in the order they were used, for [`Backoffer::kinds_used`].
     history: Vec<BackoffKind>,
     rng: fastrand::Rng,
+    /// Where a backoffer forked for a concurrent sub-task reports its sleeps, so the parent
+    /// can take over the largest ([`Backoffer::fork_reporting`]).
+    report: Option<ForkReport>,
 }
+
+/// The sleeps of the forked backoffer that slept most among the sub-tasks of one concurrent
+/// step (client-go keeps the longest child when it merges them back); the parent merges it
+/// with [`Backoffer::merge_reported`].
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ForkReport(Arc<std::sync::Mutex<Option<Backoffer>>>);
 
 impl Backoffer {
     /// A backoffer whose sleeps may total `max_sleep` (multiplied by the default weight of 2).
@@ -333,6 +342,7 @@ impl Backoffer {
             kinds: None,
             history: Vec::new(),
             rng: fastrand::Rng::new(),
+            report: None,
         }
     }
 
@@ -405,7 +415,6 @@ impl Backoffer {
             .map_or_else(KindState::default, |kinds| kinds[kind.index()])
     }
 
-    #[cfg(test)]
     fn kinds_mut(&mut self) -> &mut Kinds {
         self.kinds
             .get_or_insert_with(|| Box::new([KindState::default(); BackoffKind::COUNT]))
@@ -502,6 +511,7 @@ impl Backoffer {
             self.excluded_sleep_ms = self.excluded_sleep_ms.saturating_add(real);
         }
         self.history.push(kind);
+        self.report_sleeps();
         tracing::debug!(
             kind = kind.name(),
             sleep_ms = real,
@@ -564,7 +574,49 @@ impl Backoffer {
         child
     }
 
-    #[cfg(test)]
+    /// A child for one of several concurrent sub-tasks: like [`Backoffer::fork`], and every
+    /// sleep it takes is reported to `report`, which keeps the child that slept most.
+    pub(crate) fn fork_reporting(&self, report: &ForkReport) -> Backoffer {
+        let mut child = self.fork();
+        child.report = Some(report.clone());
+        child
+    }
+
+    /// Takes over the sleeps of the reported child that slept most (see
+    /// [`Backoffer::merge_forked`]), so the budget bounds the whole call across its
+    /// concurrent steps, and passes them on to this backoffer's own report.
+    pub(crate) fn merge_reported(&mut self, report: &ForkReport) {
+        let child = report
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(child) = child
+            && child.total_sleep_ms > self.total_sleep_ms
+            && self.merge_forked(&child)
+        {
+            self.report_sleeps();
+        }
+    }
+
+    /// Reports this backoffer's sleeps to its report if it slept more than the one kept.
+    fn report_sleeps(&self) {
+        let Some(report) = &self.report else { return };
+        let mut kept = report
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if kept
+            .as_ref()
+            .is_none_or(|k| self.total_sleep_ms > k.total_sleep_ms)
+        {
+            let mut copy = self.clone();
+            // The copy must not hold the report it sits in.
+            copy.report = None;
+            *kept = Some(copy);
+        }
+    }
+
     /// Takes over the sleeps and counters of a backoffer forked (directly or not) from this one,
     /// so the parent's budget reflects what the sub-task spent. A backoffer from elsewhere is
     /// ignored. Returns whether the merge happened.

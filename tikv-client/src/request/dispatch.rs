@@ -30,7 +30,7 @@ use tokio::sync::Semaphore;
 use crate::locate::KeyLocation;
 use crate::request::region_error_needs_backoff;
 use crate::request::sender::{CallOptions, RegionOutcome, Reply, SendError, SenderCore};
-use crate::request::{BackoffKind, Backoffer};
+use crate::request::{BackoffKind, Backoffer, ForkReport};
 use crate::rpc::KvRequest;
 use crate::{Error, Result};
 
@@ -70,7 +70,9 @@ impl BatchLimit {
     };
 }
 
-/// What one shard of a fan-out came back with.
+/// What one shard of a fan-out came back with. Items handed back for relocation keep
+/// whether an RPC failed on the way ([`RegionOutcome::Relocate`]'s `had_rpc_error`), so that an
+/// error that ends the call later still reports it.
 #[derive(Debug)]
 pub(crate) enum ShardOutcome<T, P> {
     /// Answered.
@@ -80,13 +82,20 @@ pub(crate) enum ShardOutcome<T, P> {
         done: T,
         items: Vec<P>,
         error: Box<errorpb::Error>,
+        had_rpc_error: bool,
     },
     /// The region could not serve these items: relocate them.
     Relocate {
         items: Vec<P>,
         error: Box<errorpb::Error>,
+        had_rpc_error: bool,
     },
 }
+
+/// Relocation rounds in a row that a fan-out may start without sleeping (TiKV sent the current
+/// regions); the next one sleeps on `regionMiss`, so a region that keeps moving cannot keep a
+/// call going without spending its budget.
+const FREE_RELOCATION_ROUNDS: u32 = 1;
 
 /// The fan-out's shared limit.
 #[derive(Debug, Clone)]
@@ -209,7 +218,12 @@ impl SenderCore {
     ///
     /// `send` gets the shard's region, its items (in input order) and a backoffer forked from
     /// `bo`; it builds the request and usually calls
-    /// [`send_to_region`](SenderCore::send_to_region).
+    /// [`send_to_region`](SenderCore::send_to_region). After each round the sleeps of the
+    /// shard that slept most are merged into `bo` (client-go `UpdateUsingForked`), so the
+    /// budget bounds the whole call.
+    ///
+    /// The error says whether an RPC failed in any shard, in any round, as
+    /// [`SendError`] does for one region.
     pub(crate) async fn fan_out<P, T, F, Fut>(
         &self,
         bo: &mut Backoffer,
@@ -219,15 +233,20 @@ impl SenderCore {
         size_of: impl Fn(&P) -> usize,
         batch: BatchLimit,
         send: F,
-    ) -> Result<Vec<T>>
+    ) -> std::result::Result<Vec<T>, SendError>
     where
         F: Fn(KeyLocation, Vec<P>, Backoffer) -> Fut,
-        Fut: Future<Output = Result<ShardOutcome<T, P>>>,
+        Fut: Future<Output = std::result::Result<ShardOutcome<T, P>, SendError>>,
     {
         let mut answers = Vec::new();
         let mut pending = items;
+        let mut had_rpc_error = false;
+        let mut free_rounds = 0u32;
         while !pending.is_empty() {
-            let groups = self.group_by_region(pending, &key_of).await?;
+            let groups = match self.group_by_region(pending, &key_of).await {
+                Ok(groups) => groups,
+                Err(e) => return Err(SendError::new(e, had_rpc_error)),
+            };
             let mut shards = Vec::with_capacity(groups.len());
             for (location, group) in groups {
                 cut(location, group, &size_of, batch, &mut shards);
@@ -237,10 +256,23 @@ impl SenderCore {
             let mut record = |outcome: ShardOutcome<T, P>, region_id: u64| {
                 let (done, moved) = match outcome {
                     ShardOutcome::Done(answer) => (Some(answer), None),
-                    ShardOutcome::Partial { done, items, error } => {
+                    ShardOutcome::Partial {
+                        done,
+                        items,
+                        error,
+                        had_rpc_error: failed,
+                    } => {
+                        had_rpc_error |= failed;
                         (Some(done), Some((items, error)))
                     }
-                    ShardOutcome::Relocate { items, error } => (None, Some((items, error))),
+                    ShardOutcome::Relocate {
+                        items,
+                        error,
+                        had_rpc_error: failed,
+                    } => {
+                        had_rpc_error |= failed;
+                        (None, Some((items, error)))
+                    }
                 };
                 answers.extend(done);
                 if let Some((items, error)) = moved {
@@ -255,42 +287,73 @@ impl SenderCore {
                     }
                 }
             };
+            let report = ForkReport::default();
+            let mut first_error: Option<SendError> = None;
+            let mut shard_rpc_error = false;
             if shards.len() == 1 {
                 let Some((location, items)) = shards.pop() else {
                     break;
                 };
                 let id = location.region_id();
-                let outcome = send(location, items, bo.fork()).await?;
-                record(outcome, id);
+                match send(location, items, bo.fork_reporting(&report)).await {
+                    Ok(outcome) => record(outcome, id),
+                    Err(err) => first_error = Some(err),
+                }
             } else {
                 // All shards in one allocation, polled together on each wake-up: cheaper than
                 // a task per shard for the handful of regions a call usually spans.
                 let running = shards.into_iter().map(|(location, items)| {
                     let id = location.region_id();
-                    let forked = bo.fork();
+                    let forked = bo.fork_reporting(&report);
                     let send = &send;
                     async move {
-                        let _permit = limit.0.acquire().await.map_err(|_| Error::Closed)?;
+                        let _permit = limit
+                            .0
+                            .acquire()
+                            .await
+                            .map_err(|_| SendError::new(Error::Closed, false))?;
                         send(location, items, forked).await.map(|o| (o, id))
                     }
                 });
-                let mut first_error = None;
                 for result in join_all(running).await {
                     match result {
                         Ok((outcome, id)) => record(outcome, id),
                         Err(err) => {
                             // Let the other shards finish: their writes are in flight anyway,
-                            // and the caller gets one error, not a half-cancelled call.
+                            // and the caller gets one error, not a half-cancelled call. Any
+                            // shard's failed RPC makes the call's result undetermined.
+                            shard_rpc_error |= err.had_rpc_error;
                             first_error.get_or_insert(err);
                         }
                     }
                 }
-                if let Some(err) = first_error {
-                    return Err(err);
-                }
+            }
+            bo.merge_reported(&report);
+            had_rpc_error |= shard_rpc_error;
+            if let Some(err) = first_error {
+                return Err(merge_error(err, had_rpc_error));
             }
             if let Some((region_id, error)) = relocate_error {
-                backoff_for_relocation(bo, Some(region_id), &error).await?;
+                let slept = bo.total_sleep();
+                let result = if region_error_needs_backoff(&error)
+                    || free_rounds >= FREE_RELOCATION_ROUNDS
+                {
+                    bo.backoff(
+                        BackoffKind::RegionMiss,
+                        Error::from_region_error(Some(region_id), *error),
+                    )
+                    .await
+                } else {
+                    Ok(())
+                };
+                if let Err(e) = result {
+                    return Err(SendError::new(e, had_rpc_error));
+                }
+                if bo.total_sleep() == slept {
+                    free_rounds += 1;
+                } else {
+                    free_rounds = 0;
+                }
             }
             pending = relocate;
         }

@@ -18,4 +18,4 @@ pub(crate) mod sender;
 mod tests;
 
 pub(crate) use backoff::region_error_needs_backoff;
-pub(crate) use backoff::{BackoffKind, BackoffVars, Backoffer};
+pub(crate) use backoff::{BackoffKind, BackoffVars, Backoffer, ForkReport};

@@ -367,6 +367,14 @@ impl ReplicaSelector {
         !self.mode.replica_read && !self.mode.stale_read
     }
 
+    /// The rest of the request reads from the leader (client-go
+    /// `SetReplicaReadType(ReplicaReadLeader)` on the selector and the request).
+    fn switch_to_leader_read(&mut self) {
+        self.mode.replica_read = false;
+        self.mode.try_leader = false;
+        self.mode.stale_read = false;
+    }
+
     /// Picks the next replica and how it must serve the attempt (client-go
     /// `replicaSelector.next` + `buildRPCContext`). `None` means no replica is left for this
     /// region version: it has been invalidated where that is the right reaction, and the caller
@@ -761,38 +769,46 @@ impl ReplicaSelector {
         }
     }
 
-    /// TiKV answered NotLeader (client-go `onNotLeader`). Returns whether to retry at once;
-    /// with no leader named the caller backs off first.
+    /// TiKV answered NotLeader (client-go `onNotLeader`); with no leader named the caller
+    /// backs off before the retry. A named leader that may take the next attempt takes the
+    /// rest of the request as a leader read (a follower or stale read that reached a
+    /// follower's NotLeader goes to the leader, not to another follower).
     pub(crate) fn on_not_leader(&mut self, leader: Option<&metapb::Peer>) {
         self.build_replicas();
         if let Some(t) = self.target.and_then(|t| self.replicas.get_mut(t)) {
             t.flags |= flag::NOT_LEADER;
         }
-        if let Some(leader) = leader {
-            self.update_leader(leader);
+        let Some(leader) = leader else { return };
+        if let Some(i) = self.update_leader(leader)
+            && self.replicas[i]
+                .is_leader_candidate(&self.region.stores()[self.replicas[i].peer_idx])
+        {
+            self.switch_to_leader_read();
         }
     }
 
-    /// Points the region at the peer TiKV named leader (client-go `updateLeader`). A leader the
-    /// cached region does not know means the cached region is out of date: it is invalidated.
-    fn update_leader(&mut self, leader: &metapb::Peer) {
+    /// Points the region at the peer TiKV named leader (client-go `updateLeader`), returning
+    /// its replica index. A leader the cached region does not know means the cached region is
+    /// out of date: it is invalidated.
+    fn update_leader(&mut self, leader: &metapb::Peer) -> Option<usize> {
         let Some(i) = self
             .replicas
             .iter()
             .position(|r| r.peer.id == leader.id && r.peer.store_id == leader.store_id)
         else {
             self.region.invalidate(InvalidReason::StoreNotFound);
-            return;
+            return None;
         };
         // Sending to an unreachable leader only times out; wait for the next election instead.
         let store = &self.region.stores()[self.replicas[i].peer_idx];
         if store.health().liveness() != LivenessState::Reachable {
-            return;
+            return Some(i);
         }
         self.replicas[i].on_update_leader();
         if !self.region.switch_leader_to_store(leader.store_id) {
             self.region.invalidate(InvalidReason::StoreNotFound);
         }
+        Some(i)
     }
 
     /// TiKV answered RegionNotFound (client-go `onRegionNotFound`). The region is invalidated
@@ -808,6 +824,10 @@ impl ReplicaSelector {
         // client-go's `InvalidateCachedRegion`, whose reason is `Other`.
         self.region.invalidate(InvalidReason::Other);
         if leader_untried {
+            // The one retry goes to the leader, as a leader read: a follower may lack the
+            // region too (split by the leader, not yet created on a lagging replica).
+            self.switch_to_leader_read();
+            self.mode.busy_threshold_ms = 0;
             self.invalidated_for_retry = true;
         }
         leader_untried
@@ -824,9 +844,17 @@ impl ReplicaSelector {
     ) -> Option<(BackoffKind, Error)> {
         self.build_replicas();
         let region = self.region.clone();
-        let store = &region.stores()[self.peer_idx(route.send_replica())];
+        // The busy store is the target's, also when a proxy forwarded the request.
+        let store = &region.stores()[self.peer_idx(route.target)];
         if estimated_wait_ms != 0 {
             store.health().update_estimated_wait(estimated_wait_ms);
+            // A thresholded read avoids this replica from now on.
+            if self.mode.busy_threshold_ms != 0
+                && self.is_read
+                && let Some(t) = self.target.and_then(|t| self.replicas.get_mut(t))
+            {
+                t.flags |= flag::SERVER_IS_BUSY;
+            }
         } else {
             store.health().mark_slow();
             let leader_peer = self.leader_peer_id();
@@ -863,9 +891,13 @@ impl ReplicaSelector {
         Some((BackoffKind::TikvServerBusy, error))
     }
 
-    /// Whether a busy answer may go straight to another replica: only when the leader, which a
-    /// leader request must otherwise wait for, is out of the running.
+    /// Whether a busy answer may go straight to another replica (client-go `canFastRetry`):
+    /// always for a replica or stale read, which any replica may serve; for a leader read only
+    /// when the leader, which it must otherwise wait for, is out of the running.
     fn can_fast_retry(&self) -> bool {
+        if !self.is_leader_read() {
+            return true;
+        }
         match self.replicas.get(self.leader_idx()) {
             Some(leader) => {
                 !leader.is_leader_candidate(&self.region.stores()[leader.peer_idx])
@@ -903,7 +935,8 @@ impl ReplicaSelector {
         self.build_replicas();
         let failed = route.send_replica();
         let leader_peer = self.leader_peer_id();
-        if route.proxy.is_none()
+        if self.is_leader_read()
+            && route.proxy.is_none()
             && route.peer.id == leader_peer
             && liveness == LivenessState::Unreachable
             && self.replicas.len() > 1

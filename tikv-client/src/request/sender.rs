@@ -46,14 +46,17 @@ use crate::config::Config;
 use crate::error::RegionErrorKind;
 use crate::locate::{InvalidReason, LivenessState, RegionCache, RegionVerId, Store, StoreType};
 use crate::oracle::{Oracle, OracleFuture, Timestamp};
-use crate::request::selector::{AttemptContext, ReplicaSelector};
+use crate::request::selector::{AttemptContext, MAX_REPLICA_ATTEMPTS, ReplicaSelector};
 use crate::request::{BackoffKind, Backoffer};
-use crate::rpc::{KvRequest, KvResponse, Wire, WireResponse};
+use crate::rpc::{Access, KvRequest, KvResponse, Wire, WireResponse};
 use crate::transport::{Liveness, SendOptions, StoreClient, Transport};
 use crate::{Error, Result};
 
 /// TiKV's message for a `max_ts` update it refused (client-go `isInvalidMaxTsUpdate`).
 const INVALID_MAX_TS_UPDATE: &str = "invalid max_ts update";
+/// The longest TiKV may work on a write (client-go `MaxWriteExecutionTime`: its 30 s
+/// `ReadTimeoutShort` less 10 s), so that TiKV gives up before the client does.
+const MAX_WRITE_EXECUTION_TIME: Duration = Duration::from_secs(20);
 /// How often the health loop probes an unreachable store (client-go's loop period).
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the health loop asks PD whether the store still exists (client-go
@@ -248,6 +251,7 @@ pub(crate) struct AttemptRecord {
     pub(crate) store_id: u64,
     pub(crate) replica_read: bool,
     pub(crate) stale_read: bool,
+    pub(crate) max_execution_ms: u64,
 }
 
 impl SenderCore {
@@ -287,7 +291,14 @@ impl SenderCore {
     /// the newest timestamp PD has handed out could miss writes committed later below it.
     /// The request comes from `build`, called only for commands that carry a read ts and only
     /// when a validator is set: nothing of it is kept across the await.
-    async fn validate_read_ts<R: KvRequest>(&self, build: impl FnOnce() -> R) -> Result<()> {
+    /// Whether it is a stale read is the call's read mode (client-go's request-level
+    /// `StaleRead`), not the built request's context: the selector writes the flag into each
+    /// attempt only later.
+    async fn validate_read_ts<R: KvRequest>(
+        &self,
+        opts: &CallOptions,
+        build: impl FnOnce() -> R,
+    ) -> Result<()> {
         if !R::HAS_READ_TS {
             return Ok(());
         }
@@ -296,12 +307,14 @@ impl SenderCore {
         };
         let read = {
             let req = build();
-            req.read_ts()
-                .map(|ts| (ts, req.context().is_some_and(|c| c.stale_read)))
+            // A flag the caller set on the request itself counts too.
+            let flagged = req.context().is_some_and(|c| c.stale_read);
+            req.read_ts().map(|ts| (ts, flagged))
         };
-        let Some((ts, stale)) = read else {
+        let Some((ts, flagged)) = read else {
             return Ok(());
         };
+        let stale = (opts.read.stale_read || flagged) && R::ACCESS == Access::Read;
         validator
             .validate_read_ts(Timestamp::from_version(ts), stale)
             .await
@@ -349,13 +362,16 @@ impl SenderCore {
         build: impl Fn() -> R + Sync,
         had_rpc_error: &mut bool,
     ) -> Result<RegionOutcome<R::Response>> {
-        self.validate_read_ts(&build).await?;
+        self.validate_read_ts(opts, &build).await?;
         let Some(mut selector) =
             ReplicaSelector::new(&self.cache, region, self.enable_forwarding, opts, R::ACCESS)
         else {
             return Ok(relocate(no_replica_error(), *had_rpc_error));
         };
         let mut attempts = 0u32;
+        // Retries that slept nothing since the last sleep (see `IMMEDIATE_RETRIES_PER_REPLICA`).
+        let mut immediate_retries = 0u32;
+        let mut slept_mark = bo.total_sleep();
         loop {
             if self.is_closed() {
                 return Err(Error::Closed);
@@ -366,8 +382,9 @@ impl SenderCore {
                 }
                 return Ok(relocate(no_replica_error(), *had_rpc_error));
             };
-            let send_store_id = selector.send_store(&route).id();
-            if let Some((kind, err)) = selector.take_pending_backoff(send_store_id) {
+            // Busy answers are booked on the target's store, also when forwarded.
+            let target_store_id = selector.store(route.target).id();
+            if let Some((kind, err)) = selector.take_pending_backoff(target_store_id) {
                 bo.backoff(kind, err).await?;
             }
             let result = self
@@ -384,6 +401,10 @@ impl SenderCore {
             let (wire, took) = match result {
                 Ok(answer) => answer,
                 Err(Attempt::Fatal(err)) => return Err(err),
+                Err(Attempt::Lost(err)) => {
+                    *had_rpc_error = true;
+                    return Err(err);
+                }
                 Err(Attempt::Failed(err, took)) => {
                     selector.record_attempt_time(took);
                     *had_rpc_error = true;
@@ -411,7 +432,24 @@ impl SenderCore {
             drop(resp);
             let region_err = Box::new(region_err);
             match Box::pin(self.on_region_error(bo, &mut selector, &route, &region_err)).await? {
-                Reaction::Retry => continue,
+                Reaction::Retry => {
+                    if bo.total_sleep() == slept_mark {
+                        immediate_retries += 1;
+                    } else {
+                        immediate_retries = 0;
+                        slept_mark = bo.total_sleep();
+                    }
+                    if immediate_retries >= immediate_retry_cap(&selector) {
+                        // Replicas that keep naming each other (or themselves) leader, or keep
+                        // answering StaleCommand, would be retried forever without a sleep:
+                        // charge the budget so it ends such a loop.
+                        immediate_retries = 0;
+                        let typed = Error::from_region_error(Some(region.id()), *region_err);
+                        bo.backoff(BackoffKind::RegionScheduling, typed).await?;
+                        slept_mark = bo.total_sleep();
+                    }
+                    continue;
+                }
                 Reaction::Relocate => {
                     return Ok(RegionOutcome::Relocate {
                         error: region_err,
@@ -457,7 +495,9 @@ impl SenderCore {
                 }
                 Ok((wire, took))
             }
-            Err(err @ (Error::Closed | Error::Cancelled)) => Err(Attempt::Fatal(err)),
+            // The request went out: it may have been applied (client-go sets `rpcError` for
+            // every send error).
+            Err(err @ (Error::Closed | Error::Cancelled)) => Err(Attempt::Lost(err)),
             Err(err) => Err(Attempt::Failed(err, took)),
         }
     }
@@ -486,9 +526,15 @@ impl SenderCore {
             ctx.busy_threshold_ms = route.busy_threshold_ms;
             ctx.is_retry_request = attempts > 0;
             if ctx.max_execution_duration_ms == 0 {
-                // TiKV gives up on work whose answer nobody waits for any more.
+                // TiKV gives up on work whose answer nobody waits for any more; a write gives
+                // up well before the client's timeout, so a late apply cannot follow an answer
+                // the client already took as lost.
+                let limit = match R::ACCESS {
+                    Access::Write => timeout.min(MAX_WRITE_EXECUTION_TIME),
+                    Access::Read => timeout,
+                };
                 ctx.max_execution_duration_ms =
-                    u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+                    u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
             }
             if self.cluster_id != 0 {
                 ctx.cluster_id = self.cluster_id;
@@ -501,6 +547,7 @@ impl SenderCore {
                     store_id: route.peer.store_id,
                     replica_read: ctx.replica_read,
                     stale_read: ctx.stale_read,
+                    max_execution_ms: ctx.max_execution_duration_ms,
                 });
         }
         let mut send_opts = SendOptions::new(timeout).with_priority(opts.priority);
@@ -845,9 +892,24 @@ fn attempt_timeout<R: KvRequest>(
     Ok(opts.timeout.min(left))
 }
 
-/// A failed attempt: `Fatal` ends the request, `Failed` is a transport failure to handle.
+/// How many retries in a row one request may make without any sleep, per replica of the
+/// region, before one is charged to the budget. client-go has no such bound (a replica named
+/// leader gets its attempts back, so NotLeader naming a replica that refuses, or StaleCommand,
+/// retries forever); this is generous enough never to fire on a real leader change.
+const IMMEDIATE_RETRIES_PER_REPLICA: u32 = MAX_REPLICA_ATTEMPTS;
+
+/// The number of immediate retries after which the request sleeps (a RegionScheduling
+/// backoff): [`IMMEDIATE_RETRIES_PER_REPLICA`] for each replica of the region.
+fn immediate_retry_cap(selector: &ReplicaSelector) -> u32 {
+    let replicas = u32::try_from(selector.region().tikv_peer_indexes().len()).unwrap_or(u32::MAX);
+    IMMEDIATE_RETRIES_PER_REPLICA.saturating_mul(replicas.max(1))
+}
+
+/// A failed attempt: `Fatal` ends the request, `Lost` ends it after the request went out (its
+/// effect unknown), `Failed` is a transport failure to handle.
 enum Attempt {
     Fatal(Error),
+    Lost(Error),
     Failed(Error, Duration),
 }
 

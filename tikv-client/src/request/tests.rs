@@ -18,7 +18,7 @@ use crate::locate::{LivenessState, RegionCache};
 use crate::pd::{PdClient, RegionSource};
 use crate::request::dispatch::{BatchLimit, FanOutLimit, LocateBy, ShardOutcome};
 use crate::request::sender::{
-    AttemptRecord, CallOptions, RegionOutcome, Reply, SenderCore, SenderParts,
+    AttemptRecord, CallOptions, RegionOutcome, Reply, SendError, SenderCore, SenderParts,
 };
 use crate::request::{BackoffKind, Backoffer};
 use crate::rpc::KvRequest;
@@ -750,11 +750,13 @@ async fn a_stale_read_not_ready_on_a_follower_is_retried_on_the_leader_as_a_norm
         store_id: follower,
         replica_read: false,
         stale_read: true,
+        max_execution_ms: 5_000,
     };
     let second = AttemptRecord {
         store_id: leader,
         replica_read: false,
         stale_read: false,
+        max_execution_ms: 5_000,
     };
     assert_eq!(log, vec![first, second]);
     assert_eq!(
@@ -946,9 +948,14 @@ async fn batch_get(
                         .await?
                     {
                         RegionOutcome::Done(reply) => Ok(ShardOutcome::Done(reply.resp.pairs)),
-                        RegionOutcome::Relocate { error, .. } => {
-                            Ok(ShardOutcome::Relocate { items: keys, error })
-                        }
+                        RegionOutcome::Relocate {
+                            error,
+                            had_rpc_error,
+                        } => Ok(ShardOutcome::Relocate {
+                            items: keys,
+                            error,
+                            had_rpc_error,
+                        }),
                     }
                 }
             },
@@ -1155,4 +1162,280 @@ async fn a_store_on_a_new_address_is_sent_to_through_a_client_for_it() {
     assert_eq!(reply.resp.value.as_ref(), b"v");
     assert_eq!(reply.store_id, leader);
     assert_eq!(store.kept_client_address(), Some(new));
+}
+
+/// A leader that keeps answering NotLeader naming itself gets its attempts back each time, so
+/// without a bound the request would retry forever without sleeping; the immediate retries
+/// are charged to the budget, which ends the call.
+#[tokio::test]
+async fn not_leader_naming_the_same_leader_forever_ends_with_the_budget() {
+    let f = fixture(&[]).await;
+    f.put("k", "v").await;
+    f.mock.add_fault(
+        FaultRule::new(
+            Matcher::tikv().command("RawGet"),
+            Action::region_error(RegionErrorSpec::NotLeader),
+        )
+        .times(Times::Always),
+    );
+    let mut bo = Backoffer::new(Duration::from_millis(100)).without_sleeps();
+    let err = bounded("the NotLeader loop", f.get_with(&mut bo, "k"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::BackoffExhausted { .. }), "{err}");
+    assert!(bo.times_of(BackoffKind::RegionScheduling) > 0);
+}
+
+/// A stale read is validated as one from the call's read mode alone: the request as built
+/// does not carry the flag (the selector writes it into each attempt), yet a stale read of
+/// "the latest" is refused before anything is sent (client-go `validateReadTS` with
+/// `req.StaleRead`).
+#[tokio::test]
+async fn a_stale_read_of_the_latest_is_refused_by_the_calls_read_mode() {
+    let mock = MockCluster::builder().stores(3).start().await.unwrap();
+    let cluster = crate::Cluster::connect(mock.pd_endpoints(), Config::default())
+        .await
+        .unwrap();
+    let req = kvrpcpb::GetRequest {
+        key: Bytes::from_static(b"k"),
+        version: u64::MAX,
+        ..Default::default()
+    };
+    let mut stale = opts();
+    stale.read.stale_read = true;
+    let err = cluster
+        .sender()
+        .send_by_key(&mut bo(), b"k", LocateBy::Key, &stale, |_| Ok(req.clone()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.error, Error::LatestStaleRead),
+        "{:?}",
+        err.error
+    );
+    let gets: u64 = mock
+        .store_ids()
+        .into_iter()
+        .map(|s| mock.rpc_count(s, "KvGet"))
+        .sum();
+    assert_eq!(gets, 0, "nothing was sent");
+}
+
+impl Fixture {
+    /// A store of `key`'s region other than its leader.
+    fn follower_store(&self, key: &str) -> u64 {
+        let leader = self.leader_store(key);
+        let (region, _) = self.mock.region_for_raw_key(key.as_bytes()).unwrap();
+        region
+            .peers
+            .iter()
+            .map(|p| p.store_id)
+            .find(|&s| s != leader)
+            .unwrap()
+    }
+
+    /// A follower read of `key` whose first attempt goes to `follower`; the attempts made.
+    async fn follower_read(
+        &self,
+        bo: &mut Backoffer,
+        key: &str,
+        follower: u64,
+    ) -> (Reply<kvrpcpb::RawGetResponse>, Vec<AttemptRecord>) {
+        self.core.attempt_log.lock().unwrap().clear();
+        let mut opts = opts();
+        opts.read.replica_read = true;
+        opts.match_stores = vec![follower];
+        let req = kvrpcpb::RawGetRequest {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            ..Default::default()
+        };
+        let (reply, _) = self
+            .core
+            .send_by_key(
+                bo,
+                key.as_bytes(),
+                LocateBy::Key,
+                &opts,
+                |_| Ok(req.clone()),
+            )
+            .await
+            .unwrap();
+        (reply, self.core.attempt_log.lock().unwrap().clone())
+    }
+
+    fn fail_on(&self, store: u64, spec: RegionErrorSpec) {
+        self.mock.add_fault(
+            FaultRule::new(
+                Matcher::tikv().store(store).command("RawGet"),
+                Action::region_error(spec),
+            )
+            .times(Times::Once),
+        );
+    }
+}
+
+/// NotLeader naming a leader that can take the next attempt turns the rest of a follower read
+/// into a leader read (client-go `onNotLeader` sets `ReplicaReadLeader`): the retry goes to
+/// the leader without the replica-read flag, not to another follower.
+#[tokio::test]
+async fn not_leader_on_a_follower_read_retries_on_the_leader_as_a_leader_read() {
+    let f = fixture(&[]).await;
+    f.put("k", "v").await;
+    let (leader, follower) = (f.leader_store("k"), f.follower_store("k"));
+    f.fail_on(follower, RegionErrorSpec::NotLeader);
+    let (reply, log) = f.follower_read(&mut bo(), "k", follower).await;
+    assert_eq!(reply.resp.value.as_ref(), b"v");
+    let stores: Vec<(u64, bool)> = log.iter().map(|a| (a.store_id, a.replica_read)).collect();
+    assert_eq!(stores, vec![(follower, true), (leader, false)]);
+}
+
+/// RegionNotFound from a follower: the one retry goes to the leader as a leader read
+/// (client-go `onRegionNotFound` sets `ReplicaReadLeader`).
+#[tokio::test]
+async fn region_not_found_on_a_follower_read_retries_on_the_leader_as_a_leader_read() {
+    let f = fixture(&[]).await;
+    f.put("k", "v").await;
+    let (leader, follower) = (f.leader_store("k"), f.follower_store("k"));
+    f.fail_on(follower, RegionErrorSpec::RegionNotFound);
+    let (reply, log) = f.follower_read(&mut bo(), "k", follower).await;
+    assert_eq!(reply.resp.value.as_ref(), b"v");
+    let stores: Vec<(u64, bool)> = log.iter().map(|a| (a.store_id, a.replica_read)).collect();
+    assert_eq!(stores, vec![(follower, true), (leader, false)]);
+}
+
+/// A busy follower on a follower read is left for another replica at once, without a backoff
+/// (client-go `canFastRetry` refuses only leader reads).
+#[tokio::test]
+async fn a_busy_follower_on_a_follower_read_is_fast_retried_elsewhere() {
+    let f = fixture(&[]).await;
+    f.put("k", "v").await;
+    let follower = f.follower_store("k");
+    f.fail_on(
+        follower,
+        RegionErrorSpec::ServerIsBusy {
+            reason: "scheduler is busy".into(),
+            estimated_wait_ms: 0,
+        },
+    );
+    let mut bo = bo();
+    let (reply, log) = f.follower_read(&mut bo, "k", follower).await;
+    assert_eq!(reply.resp.value.as_ref(), b"v");
+    assert_eq!(log.len(), 2);
+    assert_ne!(log[1].store_id, follower);
+    assert_eq!(bo.total_times(), 0, "no backoff before the fast retry");
+}
+
+/// TiKV bounds a write's execution by client-go's `MaxWriteExecutionTime` (20 s), below the
+/// client's 30 s timeout; a read's bound is the attempt's timeout.
+#[tokio::test]
+async fn writes_are_bounded_in_tikv_below_the_clients_timeout() {
+    let f = fixture(&[]).await;
+    f.core.attempt_log.lock().unwrap().clear();
+    let opts = CallOptions::new(Duration::from_secs(30));
+    let put = kvrpcpb::RawPutRequest {
+        key: Bytes::from_static(b"k"),
+        value: Bytes::from_static(b"v"),
+        ..Default::default()
+    };
+    f.core
+        .send_by_key(&mut bo(), b"k", LocateBy::Key, &opts, |_| Ok(put.clone()))
+        .await
+        .unwrap();
+    let get = kvrpcpb::RawGetRequest {
+        key: Bytes::from_static(b"k"),
+        ..Default::default()
+    };
+    f.core
+        .send_by_key(&mut bo(), b"k", LocateBy::Key, &opts, |_| Ok(get.clone()))
+        .await
+        .unwrap();
+    let log = f.core.attempt_log.lock().unwrap().clone();
+    let limits: Vec<u64> = log.iter().map(|a| a.max_execution_ms).collect();
+    assert_eq!(limits, vec![20_000, 30_000]);
+}
+
+/// The sleeps a shard takes are merged back into the call's backoffer (client-go
+/// `UpdateUsingForked`), so the budget bounds a fan-out; a shard's failed RPC is reported by
+/// the error that ends the call.
+#[tokio::test]
+async fn fan_out_spends_the_calls_budget_and_reports_failed_rpcs() {
+    let f = fixture(&["m"]).await;
+    let keys = vec![Bytes::from_static(b"a"), Bytes::from_static(b"z")];
+    let leader = f.leader_store("a");
+    async fn run(
+        core: &SenderCore,
+        keys: Vec<Bytes>,
+    ) -> (
+        std::result::Result<Vec<Vec<kvrpcpb::KvPair>>, SendError>,
+        Backoffer,
+    ) {
+        let mut bo = bo();
+        let limit = FanOutLimit::new(4);
+        let result = core
+            .fan_out(
+                &mut bo,
+                &limit,
+                keys,
+                |k| k.as_ref(),
+                |k| k.len(),
+                BatchLimit::UNLIMITED,
+                |location, keys, mut bo| async move {
+                    let req = kvrpcpb::RawBatchGetRequest {
+                        keys: keys.clone(),
+                        ..Default::default()
+                    };
+                    match core
+                        .send_to_region(&mut bo, &req, location.region(), &opts())
+                        .await?
+                    {
+                        RegionOutcome::Done(reply) => Ok(ShardOutcome::Done(reply.resp.pairs)),
+                        RegionOutcome::Relocate {
+                            error,
+                            had_rpc_error,
+                        } => Ok(ShardOutcome::Relocate {
+                            items: keys,
+                            error,
+                            had_rpc_error,
+                        }),
+                    }
+                },
+            )
+            .await;
+        (result, bo)
+    }
+    // One shard backs off once: the call's backoffer has the sleep.
+    f.mock.add_fault(
+        FaultRule::new(
+            Matcher::tikv().command("RawBatchGet").key("a"),
+            Action::region_error(RegionErrorSpec::MaxTimestampNotSynced),
+        )
+        .times(Times::Once),
+    );
+    let (result, bo) = run(&f.core, keys.clone()).await;
+    result.unwrap();
+    assert_eq!(bo.times_of(BackoffKind::MaxTsNotSynced), 1);
+    assert!(bo.total_sleep() > Duration::ZERO);
+
+    // A failed send then a final error in one shard: the call's error says an RPC failed.
+    f.mock.add_fault(
+        FaultRule::new(
+            Matcher::tikv()
+                .store(leader)
+                .command("RawBatchGet")
+                .key("a"),
+            Action::status(tonic::Code::Unavailable, "broken"),
+        )
+        .times(Times::Once),
+    );
+    f.mock.add_fault(
+        FaultRule::new(
+            Matcher::tikv().command("RawBatchGet").key("a"),
+            Action::region_error(RegionErrorSpec::RaftEntryTooLarge),
+        )
+        .times(Times::Once),
+    );
+    let (result, _) = run(&f.core, keys).await;
+    let err = result.unwrap_err();
+    assert!(matches!(err.error, Error::Region(_)), "{:?}", err.error);
+    assert!(err.had_rpc_error);
 }
