@@ -79,7 +79,7 @@ impl GcBarrier {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct GcState {
-    /// The keyspace the state belongs to ([`NULL_KEYSPACE_ID`] for the unified state).
+    /// The keyspace the state belongs to (`NULL_KEYSPACE_ID`, `u32::MAX`, for the unified state).
     pub keyspace_id: u32,
     /// Whether the keyspace runs GC by itself.
     pub is_keyspace_level: bool,
