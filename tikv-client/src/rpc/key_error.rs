@@ -612,7 +612,7 @@ mod tests {
                 },
                 |e| matches!(e, Error::SharedLockLost { .. }),
             ),
-            (key_error(), |e| matches!(e, Error::Internal { .. })),
+            (key_error(), |e| matches!(e, Error::Server { .. })),
         ];
         for (input, check) in cases {
             let err = public(input.clone());
