@@ -114,18 +114,25 @@ impl FanOutLimit {
 }
 
 /// Backs off before relocating, unless TiKV told us the current regions (client-go
-/// `MayBackoffForRegionError`).
+/// `MayBackoffForRegionError`) and the previous relocation of the call did not go free too.
 pub(crate) async fn backoff_for_relocation(
     bo: &mut Backoffer,
     region_id: Option<u64>,
     error: &errorpb::Error,
+    free_rounds: &mut u32,
 ) -> Result<()> {
-    if region_error_needs_backoff(error) {
+    // A relocation that needs no backoff (EpochNotMatch with the current regions) is free once
+    // in a row; the next charges RegionMiss, so a cache that keeps disagreeing with TiKV (PD
+    // behind a split) ends with the budget instead of looping without a sleep.
+    if region_error_needs_backoff(error) || *free_rounds >= FREE_RELOCATION_ROUNDS {
         bo.backoff(
             BackoffKind::RegionMiss,
             Error::from_region_error(region_id, error.clone()),
         )
         .await?;
+        *free_rounds = 0;
+    } else {
+        *free_rounds += 1;
     }
     Ok(())
 }
@@ -145,6 +152,7 @@ impl SenderCore {
         build: impl Fn() -> R + Sync,
     ) -> std::result::Result<Reply<R::Response>, SendError> {
         let mut had_rpc_error = false;
+        let mut free_rounds = 0u32;
         loop {
             let region = match self.cache.locate_key(key).await {
                 Ok(location) => location.region(),
@@ -163,7 +171,9 @@ impl SenderCore {
                 }
                 Err(e) => return Err(merge_error(e, had_rpc_error)),
             };
-            if let Err(e) = backoff_for_relocation(bo, Some(region.id()), &error).await {
+            if let Err(e) =
+                backoff_for_relocation(bo, Some(region.id()), &error, &mut free_rounds).await
+            {
                 return Err(SendError::new(e, had_rpc_error));
             }
         }
@@ -180,6 +190,7 @@ impl SenderCore {
         mut build: impl FnMut(&KeyLocation) -> Result<R>,
     ) -> std::result::Result<(Reply<R::Response>, KeyLocation), SendError> {
         let mut had_rpc_error = false;
+        let mut free_rounds = 0u32;
         loop {
             let located = match by {
                 LocateBy::Key => self.cache.locate_key(key).await,
@@ -204,7 +215,10 @@ impl SenderCore {
                 }
                 Err(e) => return Err(merge_error(e, had_rpc_error)),
             };
-            if let Err(e) = backoff_for_relocation(bo, Some(location.region_id()), &error).await {
+            if let Err(e) =
+                backoff_for_relocation(bo, Some(location.region_id()), &error, &mut free_rounds)
+                    .await
+            {
                 return Err(SendError::new(e, had_rpc_error));
             }
         }
