@@ -217,15 +217,20 @@ pub(crate) async fn with_deadline<T>(
     timeout: Option<Duration>,
     call: impl Future<Output = Result<T>>,
 ) -> Result<T> {
-    match timeout {
-        None => call.await,
-        Some(after) => match tokio::time::timeout(after, call).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::Timeout {
-                operation: operation.to_owned(),
-                after,
-            }),
-        },
+    let Some(after) = timeout else {
+        return call.await;
+    };
+    let started = tokio::time::Instant::now();
+    let timed_out = || Error::Timeout {
+        operation: operation.to_owned(),
+        after,
+    };
+    match tokio::time::timeout(after, call).await {
+        // The call's backoffer carries the same deadline and may notice it first (both fire
+        // in one timer tick): the caller still hears of its own deadline, not of an attempt's.
+        Ok(Err(Error::Timeout { .. })) if started.elapsed() >= after => Err(timed_out()),
+        Ok(result) => result,
+        Err(_) => Err(timed_out()),
     }
 }
 
@@ -285,5 +290,35 @@ mod tests {
             "{err:?}"
         );
         assert_eq!(with_deadline("x", None, async { Ok(7) }).await.unwrap(), 7);
+    }
+
+    /// The call's own deadline noticed inside (by its backoffer or an attempt cut to it) is
+    /// reported as the call's timeout; an attempt's timeout well before the deadline is not.
+    #[tokio::test(start_paused = true)]
+    async fn the_calls_deadline_noticed_inside_is_the_calls_timeout() {
+        let deadline = Duration::from_millis(50);
+        let inner = || Error::Timeout {
+            operation: "retrying a request".to_owned(),
+            after: Duration::from_millis(3),
+        };
+        let late = async {
+            tokio::time::sleep(deadline).await;
+            Err::<(), _>(inner())
+        };
+        let err = with_deadline("raw put", Some(deadline), late)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Timeout { operation, after } if operation == "raw put" && *after == deadline),
+            "{err:?}"
+        );
+        let early = async { Err::<(), _>(inner()) };
+        let err = with_deadline("raw put", Some(deadline), early)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Timeout { operation, .. } if operation == "retrying a request"),
+            "{err:?}"
+        );
     }
 }
