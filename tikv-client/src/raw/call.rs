@@ -37,7 +37,12 @@ where
 {
     Box::pin(async move {
         let call = client.call(cf, options)?;
-        with_deadline(operation, call.timeout, body(call)).await
+        match call.timeout {
+            // The common case holds the call's own future only: the deadline's timer (and the
+            // room it takes in this boxed future, allocated for every call) only when asked.
+            None => body(call).await,
+            Some(_) => Box::pin(with_deadline(operation, call.timeout, body(call))).await,
+        }
     })
 }
 

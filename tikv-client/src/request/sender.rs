@@ -413,24 +413,29 @@ impl SenderCore {
                 }
             };
             selector.record_attempt_time(took);
-            let mut resp = R::response_from(wire)?;
-            let Some(region_err) = resp.take_region_error() else {
-                selector.on_send_success(&route);
-                return Ok(RegionOutcome::Done(Reply {
-                    resp,
-                    #[cfg(test)]
-                    region: route.region,
-                    #[cfg(test)]
-                    store_id: selector.store(route.target).id(),
-                    #[cfg(test)]
-                    attempts,
-                    had_rpc_error: *had_rpc_error,
-                }));
+            // Neither the answer nor the unboxed error may stay in this future across the await
+            // below: both are about a kilobyte, and this future is copied whenever its callers'
+            // move. Their bindings live in this block only (a binding moved from before an await
+            // still takes room in the future while its scope lasts).
+            let region_err = {
+                let mut resp = R::response_from(wire)?;
+                match resp.take_region_error() {
+                    Some(region_err) => Box::new(region_err),
+                    None => {
+                        selector.on_send_success(&route);
+                        return Ok(RegionOutcome::Done(Reply {
+                            resp,
+                            #[cfg(test)]
+                            region: route.region,
+                            #[cfg(test)]
+                            store_id: selector.store(route.target).id(),
+                            #[cfg(test)]
+                            attempts,
+                            had_rpc_error: *had_rpc_error,
+                        }));
+                    }
+                }
             };
-            // Neither the answer nor the error may stay in this future across the await: both
-            // are about a kilobyte, and this future is copied whenever its callers' move.
-            drop(resp);
-            let region_err = Box::new(region_err);
             match Box::pin(self.on_region_error(bo, &mut selector, &route, &region_err)).await? {
                 Reaction::Retry => {
                     if bo.total_sleep() == slept_mark {
