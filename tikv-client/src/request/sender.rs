@@ -305,16 +305,12 @@ impl SenderCore {
         let Some(validator) = &self.read_ts_validator else {
             return Ok(());
         };
-        let read = {
-            let req = build();
-            // A flag the caller set on the request itself counts too.
-            let flagged = req.context().is_some_and(|c| c.stale_read);
-            req.read_ts().map(|ts| (ts, flagged))
-        };
-        let Some((ts, flagged)) = read else {
+        // Whether the read is stale is the call's read mode: each attempt's context flag is
+        // written from it (`start_attempt`), whatever the built request says.
+        let Some(ts) = build().read_ts() else {
             return Ok(());
         };
-        let stale = (opts.read.stale_read || flagged) && R::ACCESS == Access::Read;
+        let stale = opts.read.stale_read && R::ACCESS == Access::Read;
         validator
             .validate_read_ts(Timestamp::from_version(ts), stale)
             .await

@@ -71,7 +71,8 @@ pub(crate) trait KvRequest: Clone + Send + Sync + 'static {
     /// The request's context, created empty if absent.
     fn context_mut(&mut self) -> &mut kvrpcpb::Context;
 
-    /// The request's context, if set.
+    /// The request's context, if set (tests read what an attempt carried).
+    #[cfg(test)]
     fn context(&self) -> Option<&kvrpcpb::Context>;
 
     /// Wraps the request for the transport.
@@ -131,6 +132,7 @@ macro_rules! batch_requests {
                 self.context.get_or_insert_with(Default::default)
             }
 
+            #[cfg(test)]
             fn context(&self) -> Option<&kvrpcpb::Context> {
                 self.context.as_ref()
             }
@@ -173,6 +175,7 @@ macro_rules! unary_requests {
                 self.context.get_or_insert_with(Default::default)
             }
 
+            #[cfg(test)]
             fn context(&self) -> Option<&kvrpcpb::Context> {
                 self.context.as_ref()
             }
