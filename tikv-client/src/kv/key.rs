@@ -7,6 +7,80 @@ use std::hash::{Hash, Hasher};
 
 use bytes::Bytes;
 
+/// The conversions [`Key`] and [`Value`] share: both wrap [`Bytes`], read as `&[u8]`, take
+/// `Vec<u8>`, `String` and [`Bytes`] without copying, and copy borrowed bytes once.
+macro_rules! bytes_conversions {
+    ($t:ident) => {
+        impl AsRef<[u8]> for $t {
+            fn as_ref(&self) -> &[u8] {
+                self.as_bytes()
+            }
+        }
+
+        impl Borrow<[u8]> for $t {
+            fn borrow(&self) -> &[u8] {
+                self.as_bytes()
+            }
+        }
+
+        impl From<Vec<u8>> for $t {
+            fn from(bytes: Vec<u8>) -> $t {
+                $t(Bytes::from(bytes))
+            }
+        }
+
+        impl From<String> for $t {
+            fn from(s: String) -> $t {
+                $t(Bytes::from(s))
+            }
+        }
+
+        impl From<Bytes> for $t {
+            fn from(bytes: Bytes) -> $t {
+                $t(bytes)
+            }
+        }
+
+        impl From<&$t> for $t {
+            fn from(other: &$t) -> $t {
+                other.clone()
+            }
+        }
+
+        impl From<&[u8]> for $t {
+            fn from(bytes: &[u8]) -> $t {
+                $t::copy_from_slice(bytes)
+            }
+        }
+
+        impl<const N: usize> From<&[u8; N]> for $t {
+            fn from(bytes: &[u8; N]) -> $t {
+                $t::copy_from_slice(bytes)
+            }
+        }
+
+        // Copies even for string literals: a zero-copy `From<&'static str>` would rule out
+        // every borrowed `&str`, the more common argument; `from_static` covers literals.
+        impl From<&str> for $t {
+            fn from(s: &str) -> $t {
+                $t::copy_from_slice(s.as_bytes())
+            }
+        }
+
+        impl From<$t> for Bytes {
+            fn from(this: $t) -> Bytes {
+                this.0
+            }
+        }
+
+        impl From<$t> for Vec<u8> {
+            fn from(this: $t) -> Vec<u8> {
+                Vec::from(this.0)
+            }
+        }
+    };
+}
+
 /// A key: an arbitrary byte string, ordered bytewise like TiKV orders it.
 ///
 /// `Key` wraps [`Bytes`], so cloning it bumps a reference count instead of copying, and a key
@@ -188,73 +262,7 @@ impl Hash for Key {
     }
 }
 
-impl AsRef<[u8]> for Key {
-    fn as_ref(&self) -> &[u8] {
-        self.as_bytes()
-    }
-}
-
-impl Borrow<[u8]> for Key {
-    fn borrow(&self) -> &[u8] {
-        self.as_bytes()
-    }
-}
-
-impl From<Vec<u8>> for Key {
-    fn from(bytes: Vec<u8>) -> Key {
-        Key(Bytes::from(bytes))
-    }
-}
-
-impl From<String> for Key {
-    fn from(s: String) -> Key {
-        Key(Bytes::from(s))
-    }
-}
-
-impl From<Bytes> for Key {
-    fn from(bytes: Bytes) -> Key {
-        Key(bytes)
-    }
-}
-
-impl From<&Key> for Key {
-    fn from(key: &Key) -> Key {
-        key.clone()
-    }
-}
-
-impl From<&[u8]> for Key {
-    fn from(bytes: &[u8]) -> Key {
-        Key::copy_from_slice(bytes)
-    }
-}
-
-impl<const N: usize> From<&[u8; N]> for Key {
-    fn from(bytes: &[u8; N]) -> Key {
-        Key::copy_from_slice(bytes)
-    }
-}
-
-// Copies even for string literals: a zero-copy `From<&'static str>` would rule out every
-// borrowed `&str`, which is the more common argument. `Key::from_static` covers literals.
-impl From<&str> for Key {
-    fn from(s: &str) -> Key {
-        Key::copy_from_slice(s.as_bytes())
-    }
-}
-
-impl From<Key> for Bytes {
-    fn from(key: Key) -> Bytes {
-        key.0
-    }
-}
-
-impl From<Key> for Vec<u8> {
-    fn from(key: Key) -> Vec<u8> {
-        Vec::from(key.0)
-    }
-}
+bytes_conversions!(Key);
 
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -415,72 +423,7 @@ impl std::ops::Deref for Value {
     }
 }
 
-impl AsRef<[u8]> for Value {
-    fn as_ref(&self) -> &[u8] {
-        self.as_bytes()
-    }
-}
-
-impl Borrow<[u8]> for Value {
-    fn borrow(&self) -> &[u8] {
-        self.as_bytes()
-    }
-}
-
-impl From<Vec<u8>> for Value {
-    fn from(bytes: Vec<u8>) -> Value {
-        Value(Bytes::from(bytes))
-    }
-}
-
-impl From<String> for Value {
-    fn from(s: String) -> Value {
-        Value(Bytes::from(s))
-    }
-}
-
-impl From<Bytes> for Value {
-    fn from(bytes: Bytes) -> Value {
-        Value(bytes)
-    }
-}
-
-impl From<&Value> for Value {
-    fn from(value: &Value) -> Value {
-        value.clone()
-    }
-}
-
-impl From<&[u8]> for Value {
-    fn from(bytes: &[u8]) -> Value {
-        Value::copy_from_slice(bytes)
-    }
-}
-
-impl<const N: usize> From<&[u8; N]> for Value {
-    fn from(bytes: &[u8; N]) -> Value {
-        Value::copy_from_slice(bytes)
-    }
-}
-
-// Copies, as `Key`'s does: a zero-copy `From<&'static str>` would refuse every borrowed `&str`.
-impl From<&str> for Value {
-    fn from(s: &str) -> Value {
-        Value::copy_from_slice(s.as_bytes())
-    }
-}
-
-impl From<Value> for Bytes {
-    fn from(value: Value) -> Bytes {
-        value.0
-    }
-}
-
-impl From<Value> for Vec<u8> {
-    fn from(value: Value) -> Vec<u8> {
-        Vec::from(value.0)
-    }
-}
+bytes_conversions!(Value);
 
 // Comparisons with plain byte and string data, so that tests and callers can write
 // `assert_eq!(value, "v")`.
